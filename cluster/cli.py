@@ -1,0 +1,223 @@
+"""The ``flotilla`` command line: a thin surface that validates, forwards and renders.
+
+Conventions for every command: ``--json`` prints exactly one JSON object on stdout and nothing
+else; exit code 0 on success, 2 on bad input (one line on stderr), 1 on an internal failure.
+Modeled figures are always labelled as modeled.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out
+from cluster.clikit import fmt as _fmt
+from cluster.exceptions import FlotillaError, InputError
+
+app = typer.Typer(
+    name="flotilla",
+    help="Serve LLMs on a mixed fleet of GPUs and edge boards, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = json_option()
+
+
+# ------------------------------------------------------------------------------------ devices
+
+
+@app.command()
+def devices(
+    kind: Optional[str] = typer.Argument(None, help="One kind or alias (e.g. 4090, A100-80GB); all when omitted."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the device catalog: figures, prices and the source of each figure."""
+    from cluster.devices import default_catalog
+
+    catalog = default_catalog()
+    kinds = [catalog.resolve(kind)] if kind else list(catalog.kinds())
+    specs = [catalog.get(k) for k in kinds]
+    if as_json:
+        emit_json({"version": catalog.version, "devices": [s.to_dict() for s in specs]})
+        return
+    table = Table(title=f"flotilla device catalog ({catalog.version})")
+    for col in ("kind", "class", "GiB", "GB/s", "TFLOPS", "fp8", "max W", "$/h"):
+        table.add_column(col, justify="left" if col in ("kind", "class") else "right")
+    for s in specs:
+        table.add_row(
+            s.kind, s.category, _fmt(s.memory_gib, ".0f"), _fmt(s.mem_bw_gbs, ".0f"), _fmt(s.tflops_fp16, ".3g"),
+            _fmt(s.tflops_fp8, ".3g"), _fmt(s.power_max_w, ".0f"), _fmt(s.price_per_hour, ".2f"),
+        )
+    out.print(table)
+    out.print("TFLOPS: dense fp16/bf16 tensor (GeForce: FP32 accumulate); 'cpu' is measured on this host (fp32 GEMM).")
+    out.print("Names, interconnects, sources and dates of every figure: flotilla devices KIND --json.")
+
+
+# ----------------------------------------------------------------------------------------- up
+
+
+def _fleet_table(title: str, reports: list[dict[str, Any]], specs: dict[str, Any]) -> Table:
+    table = Table(title=title)
+    for col in ("device", "runs on", "GEMM", "wall ms", "modeled ms", "modeled mJ", "GiB", "TFLOPS"):
+        table.add_column(col, justify="left" if col in ("device", "runs on", "GEMM") else "right")
+    for r in sorted(reports, key=lambda r: r["device_id"]):
+        s = specs[r["device_id"]]
+        runs_on = "cpu (simulated)" if r["simulated"] else r["label"].rsplit(" on ", 1)[-1]
+        table.add_row(
+            r["device_id"], runs_on, "ok" if r.get("checked") else "WRONG", f"{r['wall_s'] * 1e3:.2f}",
+            f"{r['modeled_s'] * 1e3:.4f}", f"{r['modeled_j'] * 1e3:.3f}", _fmt(s.memory_gib, ".0f"), _fmt(s.tflops_fp16, ".3g"),
+        )
+    return table
+
+
+@app.command()
+def up(
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML file (e.g. examples/fleet.yaml)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one (or set RAY_ADDRESS)."),
+    redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...); in-memory when omitted."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
+    once: bool = typer.Option(False, "--once", help="Probe every device, print the fleet and shut down."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Start the fleet: one DeviceActor per device, registered in the state store, probed with a real GEMM."""
+    from cluster.config import load_config
+    from cluster.fleet import bring_up
+    from cluster.runtime import load_fleet
+    from cluster.state import open_store
+
+    cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
+    fleet_obj = load_fleet(cfg.fleet) if cfg.fleet else None
+    store = open_store(cfg.redis_url, namespace=cfg.namespace)
+    with err.status("starting Ray and the device actors…", spinner="dots"):
+        t0 = time.perf_counter()
+        running = bring_up(fleet_obj, store, address=cfg.ray_address)
+        startup_s = time.perf_counter() - t0
+    try:
+        with err.status(f"probing {len(running.actors)} devices with a real 512x512 GEMM…", spinner="dots"):
+            reports = running.probe()
+        if as_json:
+            emit_json({
+                "fleet": running.runtime.fleet_name,
+                "embedded": running.runtime.embedded,
+                "startup_s": startup_s,
+                "devices": reports,
+                "note": MODELED_NOTE,
+            })
+        else:
+            out.print(_fleet_table(f"fleet '{running.runtime.fleet_name}': {len(reports)} devices, up in {startup_s:.1f} s", reports, running.specs))
+            out.print(f"wall = measured on the hardware the actor runs on; {MODELED_NOTE}.")
+        if not once:
+            running.start_heartbeats()
+            err.print(f"fleet is up (state store: {type(store).__name__}, namespace {cfg.namespace!r}); Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                err.print("stopping…")
+    finally:
+        running.shutdown()
+        store.close()
+
+
+# ------------------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show the live devices, the current plan version and counters from the shared state store."""
+    from cluster.config import load_config
+    from cluster.state import open_store
+
+    cfg = load_config(redis_url=redis, namespace=namespace)
+    if not cfg.redis_url or cfg.redis_url.startswith("memory"):
+        raise InputError(
+            "status reads the shared state store: pass --redis URL or set FLOTILLA_REDIS_URL "
+            "(the in-memory store lives only inside the `flotilla up` process)"
+        )
+    store = open_store(cfg.redis_url, namespace=cfg.namespace)
+    try:
+        devs = store.devices()
+        plan = store.get_plan()
+        counters = store.counters()
+    finally:
+        store.close()
+    if as_json:
+        emit_json({
+            "namespace": cfg.namespace,
+            "devices": devs,
+            "plan_version": plan[0] if plan else None,
+            "counters": counters,
+        })
+        return
+    table = Table(title=f"flotilla cluster '{cfg.namespace}': {len(devs)} live devices")
+    for col in ("device", "kind", "runs as", "host", "fleet"):
+        table.add_column(col)
+    for device_id, info in sorted(devs.items()):
+        table.add_row(device_id, info.get("kind", "?"), info.get("label", "?"), info.get("host", "?"), info.get("fleet", "?"))
+    out.print(table)
+    out.print(f"plan version: {plan[0] if plan else 'none'}")
+    if counters:
+        out.print("counters: " + ", ".join(f"{k}={v:g}" for k, v in sorted(counters.items())))
+
+
+# --------------------------------------------------------------------------------------- main
+
+#: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_commands()
+
+
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
+    """(UsageError, ClickException) of the click that typer runs on (typer >= 0.20 vendors it)."""
+    try:
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # an older typer on the real click
+        from click.exceptions import ClickException, UsageError
+    return UsageError, ClickException
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps errors to exit codes (2 bad input, 1 internal failure)."""
+    usage_error, click_exception = _click_exceptions()
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except usage_error as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return 2
+    except click_exception as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return getattr(exc, "exit_code", 1)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        return 130
+    except InputError as exc:
+        print(f"flotilla: error: {exc}", file=sys.stderr)
+        return 2
+    except FlotillaError as exc:
+        print(f"flotilla: failed: {exc}", file=sys.stderr)
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,788 @@
+"""The device catalog: typed device figures, each with its source, and pure queries over them.
+
+The figures live in ``cluster/devices.yaml`` (one source of truth, versioned, every figure a
+``{value, source, date, basis}`` mapping); this module loads and validates that file and answers
+"what is this device?" questions. Nothing here probes hardware except :func:`measure_host_cpu`,
+which the ``cpu`` kind needs because the local host is measured rather than typed in.
+
+Units (the data file's header says the same):
+
+* ``memory_gib`` GiB, so ``memory_bytes = memory_gib * 2**30``;
+* ``mem_bw_gbs`` and ``link_gbs`` GB/s, so ``mem_bw_bytes_s = mem_bw_gbs * 10**9``;
+* ``tflops_fp16`` / ``tflops_fp8`` dense tensor TFLOPS, so ``flops_fp16 = tflops_fp16 * 10**12``
+  FLOP/s. GeForce cards carry the FP32-accumulate figure (half their FP16-accumulate rate);
+* power in W, price in USD per device-hour.
+
+Names: a *kind* (``rtx4090``, ``a100-80g-sxm``) is the canonical name. People and tools may type
+aliases ("A100-80GB", "RTX 4090"); :meth:`Catalog.resolve` maps them after normalisation
+(lowercase, trimmed, runs of spaces, underscores and dashes become one ``-``).
+:func:`kind_from_device_name` maps the names CUDA/NVML report ("NVIDIA A100-SXM4-80GB") to kinds.
+
+The ``cpu`` kind is the local host. :func:`load_catalog` never measures; the first
+``Catalog.get("cpu")`` in a process runs :func:`measure_host_cpu` (well under a second after
+torch is imported) and every later call reuses that measurement.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from cluster.exceptions import CatalogError, InputError, UnknownDeviceKindError, did_you_mean
+
+#: The packaged catalog file.
+DEFAULT_CATALOG_PATH = Path(__file__).with_name("devices.yaml")
+
+#: Allowed ``category`` values.
+CATEGORIES = ("consumer", "datacenter", "edge", "host")
+
+#: Allowed ``basis`` values of a :class:`Figure`.
+BASES = ("datasheet", "quote", "derived", "unverified", "measured")
+
+#: The kind that stands for the local host; measured at start-up, never typed in.
+HOST_KIND = "cpu"
+
+#: Figure name -> (value type, null allowed, lower bound rule). "positive": > 0; "non-negative": >= 0.
+_FIGURE_RULES: Mapping[str, tuple[str, bool, str]] = MappingProxyType(
+    {
+        "memory_gib": ("number", False, "positive"),
+        "mem_bw_gbs": ("number", False, "positive"),
+        "tflops_fp16": ("number", False, "positive"),
+        "tflops_fp8": ("number", True, "positive"),
+        "power_idle_w": ("number", False, "non-negative"),
+        "power_max_w": ("number", False, "positive"),
+        "interconnect": ("text", False, ""),
+        "link_gbs": ("number", False, "positive"),
+        "price_per_hour": ("number", True, "non-negative"),
+        "price_per_hour_melange": ("number", False, "positive"),
+    }
+)
+#: Figures every typed (non-host) entry must carry; DeviceSpec has one field per name.
+_SPEC_FIGURES = tuple(n for n in _FIGURE_RULES if n != "price_per_hour_melange")
+_OPTIONAL_FIGURES = ("price_per_hour_melange",)
+#: Figures the host entry carries; the rest are measured.
+_HOST_FIGURES = ("power_idle_w", "power_max_w")
+
+_DATE_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?")
+_KIND_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+_SEPARATORS = re.compile(r"[\s_-]+")
+
+
+def normalize_name(name: str) -> str:
+    """Normalise a device name for lookup: lowercase, trimmed, ``[ _-]+`` -> ``-``.
+
+    >>> normalize_name("  NVIDIA GeForce  RTX_4090 ")
+    'nvidia-geforce-rtx-4090'
+    """
+    return _SEPARATORS.sub("-", name.strip().lower()).strip("-")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One catalog figure and where it comes from.
+
+    ``value`` is a number, a text (``interconnect``) or ``None`` (no such figure, e.g. no FP8);
+    ``source`` names the document or the arithmetic; ``date`` is the source's date, ``YYYY-MM`` or
+    ``YYYY-MM-DD``; ``basis`` is one of :data:`BASES`.
+    """
+
+    value: float | str | None
+    source: str
+    date: str
+    basis: str
+
+    def __post_init__(self) -> None:
+        if not (self.value is None or isinstance(self.value, str) or _is_number(self.value)):
+            raise InputError(f"Figure.value: expected a finite number, a text or None, got {self.value!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise InputError(f"Figure.source: expected a non-empty text naming the source, got {self.source!r}")
+        if not isinstance(self.date, str) or not _DATE_RE.fullmatch(self.date):
+            raise InputError(f"Figure.date: expected 'YYYY-MM' or 'YYYY-MM-DD', got {self.date!r}")
+        if self.basis not in BASES:
+            raise InputError(
+                f"Figure.basis: {self.basis!r} is not allowed; allowed: {', '.join(BASES)}"
+                f"{did_you_mean(str(self.basis), BASES)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"value", "source", "date", "basis"}``, JSON-ready."""
+        return {"value": self.value, "source": self.source, "date": self.date, "basis": self.basis}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """The figures of one device kind (see the module docstring for units).
+
+    ``figures`` keeps the provenance: field name -> :class:`Figure`. Where a figure is given for a
+    field, its value must equal the field. ``price_per_hour_melange`` (the Mélange paper's price,
+    for L4, A10G, A100-80G and H100) exists only as a figure. Change a spec with
+    ``dataclasses.replace``; validation runs again.
+    """
+
+    kind: str
+    name: str
+    category: str
+    memory_gib: float
+    mem_bw_gbs: float
+    tflops_fp16: float
+    tflops_fp8: float | None
+    power_idle_w: float
+    power_max_w: float
+    interconnect: str
+    link_gbs: float
+    price_per_hour: float | None
+    aliases: tuple[str, ...] = ()
+    figures: tuple[tuple[str, Figure], ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"DeviceSpec({self.kind!r})"
+        if not isinstance(self.kind, str) or not _KIND_RE.fullmatch(self.kind):
+            raise InputError(
+                f"DeviceSpec.kind: expected lowercase letters, digits and single dashes "
+                f"(e.g. 'a100-80g-sxm'), got {self.kind!r}"
+            )
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InputError(f"{where}.name: expected a non-empty text, got {self.name!r}")
+        if self.category not in CATEGORIES:
+            raise InputError(
+                f"{where}.category: {self.category!r} is not allowed; allowed: {', '.join(CATEGORIES)}"
+                f"{did_you_mean(str(self.category), CATEGORIES)}"
+            )
+        for name in ("memory_gib", "mem_bw_gbs", "tflops_fp16", "power_max_w", "link_gbs"):
+            _check_number(where, name, getattr(self, name), nullable=False, rule="positive")
+        _check_number(where, "tflops_fp8", self.tflops_fp8, nullable=True, rule="positive")
+        _check_number(where, "power_idle_w", self.power_idle_w, nullable=False, rule="non-negative")
+        _check_number(where, "price_per_hour", self.price_per_hour, nullable=True, rule="non-negative")
+        if self.power_idle_w > self.power_max_w:
+            raise InputError(
+                f"{where}.power_idle_w: {self.power_idle_w} W exceeds power_max_w {self.power_max_w} W; "
+                f"idle power must be at most the maximum"
+            )
+        if not isinstance(self.interconnect, str) or not self.interconnect.strip():
+            raise InputError(f"{where}.interconnect: expected a non-empty text, got {self.interconnect!r}")
+        if not isinstance(self.aliases, tuple) or not all(isinstance(a, str) and a.strip() for a in self.aliases):
+            raise InputError(f"{where}.aliases: expected a tuple of non-empty texts, got {self.aliases!r}")
+        _check_figures(where, self, self.figures)
+
+    # ---------------------------------------------------------------------- queries
+
+    def figure(self, field_name: str) -> Figure:
+        """The :class:`Figure` (value with source, date, basis) behind ``field_name``."""
+        for name, fig in self.figures:
+            if name == field_name:
+                return fig
+        have = ", ".join(n for n, _ in self.figures) or "none"
+        raise InputError(f"{self.kind}: no figure {field_name!r}; figures present: {have}")
+
+    @property
+    def memory_bytes(self) -> int:
+        """Device memory in bytes: ``memory_gib * 2**30``, rounded down."""
+        return int(self.memory_gib * 2**30)
+
+    @property
+    def mem_bw_bytes_s(self) -> float:
+        """Peak memory bandwidth in bytes/s: ``mem_bw_gbs * 1e9``."""
+        return self.mem_bw_gbs * 1e9
+
+    @property
+    def flops_fp16(self) -> float:
+        """Peak dense fp16/bf16 tensor rate in FLOP/s: ``tflops_fp16 * 1e12``."""
+        return self.tflops_fp16 * 1e12
+
+    @property
+    def link_bytes_s(self) -> float:
+        """Host/network link bandwidth in bytes/s, one direction: ``link_gbs * 1e9``."""
+        return self.link_gbs * 1e9
+
+    @property
+    def price_per_hour_melange(self) -> float | None:
+        """The Mélange paper's price for this kind (USD/h), or None where the paper has none."""
+        for name, fig in self.figures:
+            if name == "price_per_hour_melange":
+                return fig.value  # type: ignore[return-value]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, ``price_per_hour_melange`` and ``figures`` (name -> Figure dict), JSON-ready."""
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "category": self.category}
+        for name in _SPEC_FIGURES:
+            out[name] = getattr(self, name)
+        out["price_per_hour_melange"] = self.price_per_hour_melange
+        out["aliases"] = list(self.aliases)
+        out["figures"] = {name: fig.to_dict() for name, fig in self.figures}
+        return out
+
+
+def _check_number(where: str, name: str, value: object, *, nullable: bool, rule: str) -> None:
+    if value is None and nullable:
+        return
+    ok = _is_number(value) and (value > 0 if rule == "positive" else value >= 0)  # type: ignore[operator]
+    if not ok:
+        expected = f"a {rule} number" + (" or None" if nullable else "")
+        raise InputError(f"{where}.{name}: expected {expected}, got {value!r}")
+
+
+def _check_figures(where: str, spec: DeviceSpec | None, figures: object) -> None:
+    """Figures are (name, Figure) pairs with known, unique names matching the spec's fields."""
+    if not isinstance(figures, tuple):
+        raise InputError(f"{where}.figures: expected a tuple of (name, Figure) pairs, got {type(figures).__name__}")
+    seen: set[str] = set()
+    for item in figures:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Figure)):
+            raise InputError(f"{where}.figures: expected (name, Figure) pairs, got {item!r}")
+        name, fig = item
+        if name not in _FIGURE_RULES:
+            raise InputError(
+                f"{where}.figures: unknown figure {name!r}; allowed: {', '.join(_FIGURE_RULES)}"
+                f"{did_you_mean(str(name), _FIGURE_RULES)}"
+            )
+        if name in seen:
+            raise InputError(f"{where}.figures: figure {name!r} given twice")
+        seen.add(name)
+        if spec is not None and name in _SPEC_FIGURES and fig.value != getattr(spec, name):
+            raise InputError(
+                f"{where}.figures: figure {name!r} has value {fig.value!r} but the field is {getattr(spec, name)!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HostTemplate:
+    """The catalog entry of the measured host kind: what is typed in; the rest is measured.
+
+    ``figures`` holds ``power_idle_w`` and ``power_max_w`` (documented estimates).
+    """
+
+    kind: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    figures: tuple[tuple[str, Figure], ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"HostTemplate({self.kind!r})"
+        if not isinstance(self.kind, str) or not _KIND_RE.fullmatch(self.kind):
+            raise InputError(f"HostTemplate.kind: expected a kind such as 'cpu', got {self.kind!r}")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InputError(f"{where}.name: expected a non-empty text, got {self.name!r}")
+        if not isinstance(self.aliases, tuple) or not all(isinstance(a, str) and a.strip() for a in self.aliases):
+            raise InputError(f"{where}.aliases: expected a tuple of non-empty texts, got {self.aliases!r}")
+        _check_figures(where, None, self.figures)
+        names = {n for n, _ in self.figures}
+        if names != set(_HOST_FIGURES):
+            raise InputError(f"{where}.figures: expected exactly {', '.join(_HOST_FIGURES)}, got {sorted(names)}")
+        idle, peak = (dict(self.figures)[n].value for n in _HOST_FIGURES)
+        _check_number(where, "power_idle_w", idle, nullable=False, rule="non-negative")
+        _check_number(where, "power_max_w", peak, nullable=False, rule="positive")
+        if idle > peak:  # type: ignore[operator]
+            raise InputError(f"{where}.power_idle_w: {idle} W exceeds power_max_w {peak} W")
+
+
+# ----------------------------------------------------------------------------------- catalog
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """An immutable set of device kinds with their aliases.
+
+    ``specs`` are the typed kinds; ``host`` is the measured host kind (``cpu``), if any. Iterating
+    yields kinds (sorted); ``name in catalog`` accepts kinds and aliases. ``get("cpu")`` measures
+    the host on first use in a process (see :func:`measure_host_cpu`) and then reuses it.
+    """
+
+    version: str
+    specs: tuple[DeviceSpec, ...]
+    host: HostTemplate | None = None
+    path: str | None = None
+    _by_kind: Mapping[str, DeviceSpec] = field(init=False, repr=False, compare=False)
+    _names: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = self.path or "<catalog>"
+        if not isinstance(self.version, str) or not self.version.strip():
+            raise CatalogError(f"{where}: version: expected a non-empty text, got {self.version!r}")
+        by_kind: dict[str, DeviceSpec] = {}
+        for spec in self.specs:
+            if not isinstance(spec, DeviceSpec):
+                raise CatalogError(f"{where}: specs: expected DeviceSpec items, got {type(spec).__name__}")
+            if spec.kind in by_kind:
+                raise CatalogError(f"{where}: devices.{spec.kind}: kind given twice")
+            by_kind[spec.kind] = spec
+        entries: list[tuple[str, tuple[str, ...]]] = [(s.kind, s.aliases) for s in self.specs]
+        if self.host is not None:
+            if self.host.kind in by_kind:
+                raise CatalogError(f"{where}: devices.{self.host.kind}: kind given twice")
+            entries.append((self.host.kind, self.host.aliases))
+        # Kinds claim their own normalised name first, so an alias that equals another kind collides.
+        names: dict[str, str] = {kind: kind for kind, _ in entries}
+        for kind, aliases in entries:
+            for alias in aliases:
+                key = normalize_name(alias)
+                owner = names.setdefault(key, kind)
+                if owner != kind:
+                    raise CatalogError(
+                        f"{where}: devices.{kind}.aliases: alias {alias!r} (normalised {key!r}) is already "
+                        f"{'the kind' if key == owner else 'an alias of'} {owner!r}; an alias may name one kind "
+                        f"only, so remove it from {kind!r} or {owner!r}"
+                    )
+        object.__setattr__(self, "_by_kind", MappingProxyType(by_kind))
+        object.__setattr__(self, "_names", MappingProxyType(names))
+
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind, sorted, the host kind (``cpu``) included."""
+        return tuple(sorted(set(self._names.values())))
+
+    def resolve(self, name: str) -> str:
+        """The kind that ``name`` (a kind or an alias, any case, spaces/underscores/dashes) names.
+
+        Raises :class:`UnknownDeviceKindError` listing every kind, with a "did you mean".
+        """
+        if not isinstance(name, str):
+            raise UnknownDeviceKindError(
+                f"device name: expected a text, got {type(name).__name__} {name!r}; "
+                f"known kinds: {', '.join(self.kinds())}"
+            )
+        key = normalize_name(name)
+        kind = self._names.get(key)
+        if kind is None:
+            hint = did_you_mean(key, self.kinds()) or did_you_mean(key, self._names)
+            raise UnknownDeviceKindError(
+                f"unknown device kind {name!r}{hint}; known kinds: {', '.join(self.kinds())}"
+            )
+        return kind
+
+    def get(self, name: str) -> DeviceSpec:
+        """The spec of the kind ``name`` resolves to; ``cpu`` is measured once per process, lazily."""
+        kind = self.resolve(name)
+        if self.host is not None and kind == self.host.kind:
+            return _host_spec(self.host, _cached_host_measurement())
+        return self._by_kind[kind]
+
+    def specs_of(self, *, include_host: bool = False) -> tuple[DeviceSpec, ...]:
+        """Every spec sorted by kind; the measured host only with ``include_host=True`` (it measures)."""
+        return tuple(self.get(k) for k in self.kinds() if include_host or k in self._by_kind)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.kinds())
+
+    def __len__(self) -> int:
+        return len(self._by_kind) + (self.host is not None)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize_name(name) in self._names
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (plain YAML keeps the last one silently)."""
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
+    """Load and validate a catalog file; ``None`` means the packaged ``devices.yaml`` (cached).
+
+    Any problem raises :class:`CatalogError` naming the file and the field, e.g.
+    ``devices.yaml: devices.rtx4090.mem_bw_gbs.value: expected a positive number, got 'fast'``.
+    Loading never measures the host.
+    """
+    if path is None or Path(path).resolve() == DEFAULT_CATALOG_PATH.resolve():
+        return default_catalog()
+    return _load(Path(path))
+
+
+@functools.lru_cache(maxsize=1)
+def default_catalog() -> Catalog:
+    """The packaged catalog, loaded once per process."""
+    return _load(DEFAULT_CATALOG_PATH)
+
+
+def _load(path: Path) -> Catalog:
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{where}: cannot read the catalog: {exc.strerror or exc}") from exc
+    try:
+        doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise CatalogError(f"{where}: line {exc.line}: key {exc.key!r} given twice") from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{where}: not valid YAML: {exc}") from exc
+    return _parse_catalog(doc, where)
+
+
+def _parse_catalog(doc: object, where: str) -> Catalog:
+    if not isinstance(doc, dict):
+        raise CatalogError(f"{where}: expected a mapping with 'version' and 'devices', got {type(doc).__name__}")
+    _no_unknown(where, "", doc, ("version", "devices"))
+    for key in ("version", "devices"):
+        if key not in doc:
+            raise CatalogError(f"{where}: {key}: missing (required: version, devices)")
+    version = doc["version"]
+    if isinstance(version, _dt.date):
+        version = version.isoformat()
+    if not isinstance(version, str) or not version.strip():
+        raise CatalogError(f"{where}: version: expected a text such as '2026-11-28', got {version!r}")
+    devices = doc["devices"]
+    if not isinstance(devices, dict) or not devices:
+        raise CatalogError(
+            f"{where}: devices: expected a non-empty mapping kind -> entry, got {type(devices).__name__}"
+        )
+    specs: list[DeviceSpec] = []
+    host: HostTemplate | None = None
+    for kind, entry in devices.items():
+        item = _parse_entry(where, kind, entry)
+        if isinstance(item, HostTemplate):
+            host = item
+        else:
+            specs.append(item)
+    return Catalog(version=version, specs=tuple(specs), host=host, path=where)
+
+
+def _parse_entry(where: str, kind: object, entry: object) -> DeviceSpec | HostTemplate:
+    if not isinstance(kind, str) or not _KIND_RE.fullmatch(kind):
+        raise CatalogError(
+            f"{where}: devices.{kind}: a kind is lowercase letters, digits and single dashes "
+            f"(e.g. 'a100-80g-sxm'), got {kind!r}"
+        )
+    p = f"devices.{kind}"
+    if not isinstance(entry, dict):
+        raise CatalogError(
+            f"{where}: {p}: expected a mapping of name, category, aliases and figures, got {type(entry).__name__}"
+        )
+    for key in ("name", "category"):
+        if key not in entry:
+            raise CatalogError(f"{where}: {p}.{key}: missing (required)")
+    name, category = entry["name"], entry["category"]
+    if not isinstance(name, str) or not name.strip():
+        raise CatalogError(f"{where}: {p}.name: expected a non-empty text, got {name!r}")
+    if category not in CATEGORIES:
+        raise CatalogError(
+            f"{where}: {p}.category: {category!r} is not allowed; allowed: {', '.join(CATEGORIES)}"
+            f"{did_you_mean(str(category), CATEGORIES)}"
+        )
+    if (category == "host") != (kind == HOST_KIND):
+        raise CatalogError(
+            f"{where}: {p}.category: the category 'host' belongs to the measured {HOST_KIND!r} kind "
+            f"and only to it, got {category!r} for {kind!r}"
+        )
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, (str, int)) and str(a).strip() for a in aliases):
+        raise CatalogError(f"{where}: {p}.aliases: expected a list of texts, got {aliases!r}")
+    aliases_t = tuple(str(a) for a in aliases)  # an unquoted 4090 is still a name
+    wanted = _HOST_FIGURES if category == "host" else _SPEC_FIGURES
+    allowed = ("name", "category", "aliases", *wanted, *(() if category == "host" else _OPTIONAL_FIGURES))
+    _no_unknown(where, p, entry, allowed, host=category == "host")
+    figures: list[tuple[str, Figure]] = []
+    for fname in (*wanted, *_OPTIONAL_FIGURES):
+        if fname not in entry:
+            if fname in wanted:
+                raise CatalogError(f"{where}: {p}.{fname}: missing (required figures: {', '.join(wanted)})")
+            continue
+        figures.append((fname, _parse_figure(where, f"{p}.{fname}", fname, entry[fname])))
+    try:
+        if category == "host":
+            return HostTemplate(kind=kind, name=name, aliases=aliases_t, figures=tuple(figures))
+        values = {n: f.value for n, f in figures if n in _SPEC_FIGURES}
+        return DeviceSpec(kind=kind, name=name, category=category, aliases=aliases_t, figures=tuple(figures), **values)
+    except InputError as exc:
+        raise CatalogError(f"{where}: {p}: {exc}") from exc
+
+
+def _no_unknown(where: str, p: str, mapping: dict, allowed: tuple[str, ...], *, host: bool = False) -> None:
+    for key in mapping:
+        if key not in allowed:
+            at = f"{p}.{key}" if p else str(key)
+            why = ""
+            if host and key in _FIGURE_RULES:
+                why = " (the host's compute, memory and links are measured at start-up, not typed in)"
+            raise CatalogError(
+                f"{where}: {at}: unknown field{why}; allowed: {', '.join(allowed)}{did_you_mean(str(key), allowed)}"
+            )
+
+
+def _parse_figure(where: str, p: str, fname: str, raw: object) -> Figure:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: {p}: expected a mapping {{value, source, date, basis}}, got {raw!r}")
+    keys = ("value", "source", "date", "basis")
+    _no_unknown(where, p, raw, keys)
+    for key in keys:
+        if key not in raw:
+            raise CatalogError(f"{where}: {p}.{key}: missing (a figure needs value, source, date, basis)")
+    kind, nullable, rule = _FIGURE_RULES[fname]
+    value = raw["value"]
+    if kind == "text":
+        if not isinstance(value, str) or not value.strip():
+            raise CatalogError(f"{where}: {p}.value: expected a non-empty text, got {value!r}")
+    elif not (value is None and nullable):
+        if not _is_number(value) or not (value > 0 if rule == "positive" else value >= 0):
+            expected = f"a {rule} number" + (" or null" if nullable else "")
+            raise CatalogError(f"{where}: {p}.value: expected {expected}, got {value!r}")
+        value = float(value)
+    source, date, basis = raw["source"], raw["date"], raw["basis"]
+    if isinstance(date, _dt.date):  # an unquoted 2026-11-28 reaches us as a date
+        date = date.isoformat()
+    if not isinstance(source, str) or not source.strip():
+        raise CatalogError(f"{where}: {p}.source: expected a non-empty text naming the source, got {source!r}")
+    if not isinstance(date, str) or not _DATE_RE.fullmatch(date):
+        raise CatalogError(f"{where}: {p}.date: expected 'YYYY-MM' or 'YYYY-MM-DD', got {date!r}")
+    if basis not in BASES:
+        raise CatalogError(
+            f"{where}: {p}.basis: {basis!r} is not allowed; allowed: {', '.join(BASES)}"
+            f"{did_you_mean(str(basis), BASES)}"
+        )
+    return Figure(value=value, source=source, date=date, basis=basis)
+
+
+# --------------------------------------------------------------------------- CUDA device names
+
+#: CUDA/NVML device names (lowercased, whitespace collapsed, leading "nvidia " removed) -> kind.
+#: Exact matches only: "GeForce RTX 4070 Ti", "4070 SUPER", "RTX 4090 D", "3090 Ti", "H200 NVL",
+#: "A100-PCIE-40GB" are other products with other figures, so they are unknown (None), not guessed.
+_CUDA_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "geforce rtx 4090": "rtx4090",
+        "geforce rtx 4070": "rtx4070",
+        "geforce rtx 3090": "rtx3090",
+        "a100-sxm4-80gb": "a100-80g-sxm",
+        "a100-sxm4-40gb": "a100-40g-sxm",
+        "a100 80gb pcie": "a100-80g-pcie",
+        "h100 80gb hbm3": "h100-sxm",
+        "h100 pcie": "h100-pcie",
+        "h200": "h200-sxm",
+        "l4": "l4",
+        "a10g": "a10g",
+        "tesla t4": "t4",
+        "l40s": "l40s",
+    }
+)
+
+
+def kind_from_device_name(cuda_name: str, memory_gib: float | None = None) -> str | None:
+    """The catalog kind of a device as CUDA/NVML names it, or None for a GPU the catalog lacks.
+
+    Matching is exact after lowercasing, collapsing whitespace and dropping a leading "NVIDIA ",
+    so variants with other figures (4070 Ti / SUPER, 3090 Ti, H200 NVL, A100 PCIe 40GB) give None.
+
+    Jetson boards all report "Orin"; ``memory_gib`` (total device memory, which CUDA reports a
+    little below the nominal size) tells them apart: > 40 -> jetson-agx-orin-64,
+    (20, 40] -> jetson-agx-orin-32, (12, 20] -> None (Orin NX 16GB, not in the catalog),
+    (6, 12] -> jetson-orin-nano-8 (an Orin NX 8GB looks the same), <= 6 -> None (Orin Nano 4GB).
+    Without ``memory_gib``, "Orin" means jetson-agx-orin-64, as the alias "Orin" does.
+    """
+    if not isinstance(cuda_name, str):
+        raise InputError(f"cuda_name: expected a text such as 'NVIDIA GeForce RTX 4090', got {cuda_name!r}")
+    if memory_gib is not None and not (_is_number(memory_gib) and memory_gib > 0):
+        raise InputError(f"memory_gib: expected a positive number of GiB or None, got {memory_gib!r}")
+    key = " ".join(cuda_name.lower().split())
+    if key.startswith("nvidia "):
+        key = key[len("nvidia "):]
+    if key == "orin":
+        if memory_gib is None or memory_gib > 40:
+            return "jetson-agx-orin-64"
+        if memory_gib > 20:
+            return "jetson-agx-orin-32"
+        if 6 < memory_gib <= 12:
+            return "jetson-orin-nano-8"
+        return None
+    return _CUDA_NAMES.get(key)
+
+
+# --------------------------------------------------------------------------- host measurement
+
+_HOST_COPY_BYTES = 64 * 2**20  # per tensor; source + destination = 128 MiB, beyond most L3 caches
+_HOST_GEMM_SIZES = (256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True, slots=True)
+class HostMeasurement:
+    """Raw figures measured on this host (see :func:`measure_host_cpu` for the method)."""
+
+    gemm_tflops: float
+    copy_gbs: float
+    memory_gib: float
+    gemm_n: int
+    cpu_model: str
+    date: str
+
+
+def measure_host_cpu(seconds_budget: float = 0.5, *, template: HostTemplate | None = None) -> DeviceSpec:
+    """Measure the local host and return its :class:`DeviceSpec` (kind ``cpu``), now, uncached.
+
+    * ``tflops_fp16``: fp32 GEMM rate (the CPU path computes in fp32), ``2 n^3 / t`` for the best
+      of several ``n x n`` ``torch.mm`` calls; ``n`` grows (256 .. 2048) until one call takes at
+      least 1/16 of the budget. ``torch.set_num_threads`` is left as it is.
+    * ``mem_bw_gbs``: ``2 * B / t`` for the best of several copies of a ``B`` = 64 MiB fp32 tensor
+      (bytes read + written). ``link_gbs`` is the same figure: data reaches the host by a copy.
+    * ``memory_gib``: physical memory (``os.sysconf``, else /proc/meminfo), or the cgroup limit
+      where that is lower.
+
+    Roughly ``seconds_budget`` seconds (plus torch's import the first time). Figures get basis
+    "measured", today's date and a source starting "measured on this host at start-up".
+    ``template`` supplies name, aliases and the power estimates; default: the packaged catalog's.
+    :meth:`Catalog.get` caches one measurement per process; call this to measure again.
+    """
+    if not _is_number(seconds_budget) or seconds_budget <= 0:
+        raise InputError(f"seconds_budget: expected a positive number of seconds, got {seconds_budget!r}")
+    if template is None:
+        template = default_catalog().host
+        if template is None:
+            raise CatalogError(f"{DEFAULT_CATALOG_PATH}: devices.{HOST_KIND}: missing (the host template)")
+    return _host_spec(template, _measure_host(float(seconds_budget)))
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_host_measurement() -> HostMeasurement:
+    return _measure_host(0.5)
+
+
+def _measure_host(seconds_budget: float) -> HostMeasurement:
+    import torch  # heavy; only the host measurement needs it
+
+    gemm_s = 0.6 * seconds_budget
+    with torch.no_grad():
+        # GEMM: grow n until one call is long enough to time, then best of the remaining budget.
+        n, best = _HOST_GEMM_SIZES[0], math.inf
+        for n in _HOST_GEMM_SIZES:
+            a = torch.randn(n, n, dtype=torch.float32)
+            b = torch.randn(n, n, dtype=torch.float32)
+            best = _best_time(lambda: torch.mm(a, b), min_runs=2, max_runs=2, budget_s=math.inf)
+            if best >= gemm_s / 16:
+                break
+        best = min(best, _best_time(lambda: torch.mm(a, b), min_runs=1, max_runs=8, budget_s=gemm_s / 2))
+        gemm_tflops = 2.0 * n**3 / best / 1e12
+        # Memory bandwidth: tensor copy, bytes read + written.
+        src = torch.ones(_HOST_COPY_BYTES // 4, dtype=torch.float32)
+        dst = torch.empty_like(src)
+        dst.copy_(src)  # touch the destination's pages before timing
+        t_copy = _best_time(lambda: dst.copy_(src), min_runs=3, max_runs=10, budget_s=0.35 * seconds_budget)
+        copy_gbs = 2.0 * _HOST_COPY_BYTES / t_copy / 1e9
+    return HostMeasurement(
+        gemm_tflops=gemm_tflops,
+        copy_gbs=copy_gbs,
+        memory_gib=_host_memory_bytes() / 2**30,
+        gemm_n=n,
+        cpu_model=_cpu_model(),
+        date=_dt.date.today().isoformat(),
+    )
+
+
+def _best_time(fn: Any, *, min_runs: int, max_runs: int, budget_s: float) -> float:
+    """Shortest wall time of ``fn()`` over at least ``min_runs`` runs, stopping at ``max_runs`` or the budget."""
+    best, start = math.inf, time.perf_counter()
+    for i in range(max_runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if i + 1 >= min_runs and time.perf_counter() - start >= budget_s:
+            break
+    return max(best, 1e-9)
+
+
+def _host_memory_bytes() -> int:
+    total = 0
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemTotal:"):
+                        total = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (total or math.inf):
+            total = int(text)
+    if total <= 0:
+        raise OSError("cannot read the host's memory size (os.sysconf, /proc/meminfo)")
+    return total
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _host_spec(template: HostTemplate, m: HostMeasurement) -> DeviceSpec:
+    """Join the typed host template with a measurement into the ``cpu`` DeviceSpec."""
+    head = "measured on this host at start-up"
+    cpus = os.cpu_count() or 1
+
+    def measured(value: float, how: str) -> Figure:
+        return Figure(value=value, source=f"{head}: {how}", date=m.date, basis="measured")
+
+    def derived(value: float | str | None, why: str) -> Figure:
+        return Figure(value=value, source=why, date=m.date, basis="derived")
+
+    power = dict(template.figures)
+    figures = (
+        ("memory_gib", measured(m.memory_gib, "physical memory (os.sysconf / /proc/meminfo, cgroup limit if lower)")),
+        ("mem_bw_gbs", measured(m.copy_gbs, "best torch copy of a 64 MiB fp32 tensor, bytes read + written / time")),
+        ("tflops_fp16", measured(m.gemm_tflops, f"fp32 GEMM (the CPU path runs fp32), best n={m.gemm_n} torch.mm, 2n^3/t")),
+        ("tflops_fp8", derived(None, "no FP8 GEMM path on the CPU")),
+        ("power_idle_w", power["power_idle_w"]),
+        ("power_max_w", power["power_max_w"]),
+        ("interconnect", derived("host memory", "the local host: data reaches it by a memory copy")),
+        ("link_gbs", measured(m.copy_gbs, "the memory copy bandwidth (data reaches the host by a copy)")),
+        ("price_per_hour", derived(None, "the local host: owned, not rented by the hour")),
+    )
+    values = {name: fig.value for name, fig in figures}
+    return DeviceSpec(
+        kind=template.kind,
+        name=f"{template.name} ({m.cpu_model}, {cpus} logical CPUs)",
+        category="host",
+        aliases=template.aliases,
+        figures=figures,
+        **values,
+    )
