@@ -173,7 +173,7 @@ def status(
 # --------------------------------------------------------------------------------------- main
 
 #: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cluster.cli_select",)
 
 
 def _register_commands() -> None:
