@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/flotilla up --fleet examples/fleet.yaml --once
+	$(BIN)/flotilla demo --fleet examples/fleet.yaml
 
 test: setup
 	@scripts/with-redis $(BIN)/python -m pytest -q

@@ -130,19 +130,26 @@ def up(
 
 @app.command()
 def status(
-    redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...)."),
+    server: Optional[str] = typer.Option(None, "--server", envvar="FLOTILLA_SERVER", help="Ask this gateway (HOST:PORT) for its ClusterStatus."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FLOTILLA_TOKEN", help="Bearer token for the gateway."),
+    redis: Optional[str] = typer.Option(None, "--redis", help="Read the shared state store (redis://...) instead."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show the live devices, the current plan version and counters from the shared state store."""
+    """Show the cluster: a gateway's replicas and counters (--server), or the state store's live devices, plan and counters (--redis)."""
     from cluster.config import load_config
     from cluster.state import open_store
 
     cfg = load_config(redis_url=redis, namespace=namespace)
+    if server and not redis:
+        from cluster.cli_serve import gateway_status
+
+        gateway_status(server, token, as_json)
+        return
     if not cfg.redis_url or cfg.redis_url.startswith("memory"):
         raise InputError(
-            "status reads the shared state store: pass --redis URL or set FLOTILLA_REDIS_URL "
-            "(the in-memory store lives only inside the `flotilla up` process)"
+            "status needs a source: --server HOST:PORT (a running gateway) or --redis URL / "
+            "FLOTILLA_REDIS_URL (the shared state store)"
         )
     store = open_store(cfg.redis_url, namespace=cfg.namespace)
     try:
@@ -173,7 +180,7 @@ def status(
 # --------------------------------------------------------------------------------------- main
 
 #: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
-COMMAND_MODULES: tuple[str, ...] = ("cluster.cli_select",)
+COMMAND_MODULES: tuple[str, ...] = ("cluster.cli_select", "cluster.cli_plan", "cluster.cli_serve")
 
 
 def _register_commands() -> None:

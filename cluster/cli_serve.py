@@ -1,0 +1,170 @@
+"""``flotilla serve``, ``flotilla generate`` and ``flotilla demo`` (the serving path's commands).
+
+``register(app)`` adds them to the main Typer app. :func:`gateway_status` renders a gateway's
+``ClusterStatus`` for ``flotilla status --server HOST:PORT``.
+
+Client commands reach the gateway at ``--server`` (default ``$FLOTILLA_SERVER`` or
+127.0.0.1:50051) with ``--token`` (default ``$FLOTILLA_TOKEN``). A request the server rejects
+exits 2 with the gRPC status and message on stderr; a server that cannot be reached exits 1.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out
+from cluster.clikit import fmt as _fmt
+
+#: Status codes that mean "your request was refused" (exit 2) rather than "the server failed" (exit 1).
+REJECTED = {"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED",
+            "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED"}
+
+
+def _fail(exc: Any) -> typer.Exit:
+    code = getattr(exc, "code", "UNKNOWN")
+    print(f"flotilla: {'error' if code in REJECTED else 'failed'}: {exc}", file=sys.stderr)
+    return typer.Exit(2 if code in REJECTED else 1)
+
+
+def serve(
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (embedded Ray); e.g. examples/fleet.yaml."),
+    redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...); in-memory when omitted."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (or RAY_ADDRESS) instead of embedding one."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
+    port: int = typer.Option(50051, "--port", help="gRPC port (0 picks a free one)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FLOTILLA_TOKEN", help="Require this bearer token."),
+    model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local HF model directory."),
+    max_concurrency: int = typer.Option(2, "--max-concurrency", help="Requests served at once per expert."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests the router admits at once (RESOURCE_EXHAUSTED past it)."),
+) -> None:
+    """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
+    from actors.router import RouterConfig
+    from cluster.config import load_config
+    from cluster.gateway import GatewayConfig, ServeConfig, start_serving
+
+    cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
+    sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
+                     model=model, gateway=GatewayConfig(host=host, port=port, token=token),
+                     router=RouterConfig(max_queue=max_queue), max_concurrency=max_concurrency)
+    run_until_stopped(sc)
+
+
+def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
+    """Start serving, report the address on stderr, block until SIGINT/SIGTERM, shut down."""
+    from cluster.gateway import start_serving
+
+    with err.status("starting Ray, the device actors and the experts…", spinner="dots"):
+        serving = start_serving(sc)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    kinds = sorted({r["kind"] for r in serving.router.replicas()})
+    err.print(f"flotilla gateway on {serving.gateway.address}: {len(serving.experts)} experts ({', '.join(kinds)}), "
+              f"replaying {serving.replayed} journaled requests; Ctrl-C to stop")
+    if ready is not None:
+        ready.set()
+    try:
+        stop.wait()
+    finally:
+        err.print("stopping…")
+        serving.shutdown()
+
+
+def generate(
+    prompt: str = typer.Argument(..., help="The user message."),
+    stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="1..4096."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus mass, (0, 1]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    request_id: str = typer.Option("", "--request-id", help="Idempotency key: a retry with it gets the same answer."),
+    server: Optional[str] = typer.Option(None, "--server", help="Gateway HOST:PORT (default $FLOTILLA_SERVER or 127.0.0.1:50051)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Bearer token (default $FLOTILLA_TOKEN)."),
+    as_json: bool = json_option(),
+) -> None:
+    """Send one prompt to the gateway and print the answer with its measured (and modeled) timings."""
+    from cluster.client import Client, GenerateResult, RpcError
+    from cluster.exceptions import InputError
+
+    if max_tokens < 1:  # 0 would mean "server default" on the wire
+        raise InputError(f"--max-tokens: {max_tokens}; allowed: 1..4096")
+    kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop or [], request_id=request_id)
+    try:
+        with Client(server, token=token) as client:
+            result = None
+            for item in client.stream(prompt, **kw):
+                if isinstance(item, GenerateResult):
+                    result = item
+                elif stream and not as_json:
+                    sys.stdout.write(item)
+                    sys.stdout.flush()
+    except RpcError as exc:
+        raise _fail(exc) from None
+    assert result is not None  # Client.stream always ends with the final message or raises
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        out.print(result.text, markup=False)
+    line = (f"{result.device_label} ({result.device_id}): {result.completion_tokens} tokens, measured TTFT "
+            f"{result.ttft_ms:.1f} ms, TPOT {result.tpot_ms:.1f} ms")
+    if result.modeled_ttft_ms is not None:
+        line += (f"; modeled TTFT {result.modeled_ttft_ms:.2f} ms, TPOT {_fmt(result.modeled_tpot_ms, '.3f')} ms, "
+                 f"{_fmt(result.modeled_energy_j, '.3f')} J")
+    err.print(f"[dim]{line}[/dim]")
+    if result.modeled_ttft_ms is not None:
+        err.print(f"[dim]{MODELED_NOTE}[/dim]")
+
+
+def gateway_status(server: str | None, token: str | None, as_json: bool) -> None:
+    """Print a gateway's ClusterStatus (for ``flotilla status --server``); exits like generate."""
+    from google.protobuf.json_format import MessageToDict
+
+    from cluster.client import Client, RpcError
+
+    try:
+        with Client(server, token=token) as client:
+            st = client.status()
+    except RpcError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        emit_json(MessageToDict(st, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+        return
+    table = Table(title=f"gateway {server or 'default'}: model {st.model}, {st.admitted}/{st.max_queue} admitted")
+    for col in ("replica", "kind", "active", "capacity", "alive"):
+        table.add_column(col)
+    for r in st.replicas:
+        table.add_row(r.device_id, r.kind, str(r.active), str(r.capacity), "yes" if r.alive else "DEAD")
+    out.print(table)
+    if st.counters:
+        out.print("counters: " + ", ".join(f"{k}={v:g}" for k, v in sorted(st.counters.items())))
+
+
+def demo(
+    fleet: str = typer.Option("examples/fleet.yaml", "--fleet", help="Fleet YAML (simulated kinds)."),
+    requests: int = typer.Option(10, "--requests", help="How many requests of mixed sizes."),
+    model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local model directory."),
+    as_json: bool = json_option(),
+) -> None:
+    """Embedded fleet -> gateway -> a batch of mixed requests through the gRPC client -> a table per device kind."""
+    from cluster.job import run_demo
+
+    run_demo(fleet=fleet, n_requests=requests, model=model, as_json=as_json)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve``, ``generate`` and ``demo`` to ``app``."""
+    app.command()(serve)
+    app.command()(generate)
+    app.command()(demo)

@@ -1,0 +1,357 @@
+"""The gRPC gateway: authenticate, validate, forward to the Router, map errors to status codes.
+
+A thin surface (the logic lives in :mod:`actors.router` and :mod:`actors.expert`):
+
+* ``Generate`` streams the router's chunks as ``GenerateResponse.chunk`` and ends with one
+  ``GenerateResponse.final`` (usage, measured TTFT / TPOT, the device, modeled figures when
+  simulated). The RPC's deadline becomes the request's deadline.
+* ``Plan`` returns the routing plan and replicas; ``ClusterStatus`` devices, replicas, queue and
+  counters; ``SelectExperts`` validates its fields and answers UNIMPLEMENTED until the selection
+  solver is wired to the serving path.
+* Standard health checking (``grpc.health.v1``, service ``""`` and ``flotilla.v1.Flotilla``) and
+  server reflection. With a token configured every Flotilla RPC needs the metadata
+  ``authorization: Bearer <token>`` (UNAUTHENTICATED otherwise; health and reflection stay open).
+
+Errors: :class:`~cluster.exceptions.InputError` -> INVALID_ARGUMENT (its message names the
+field), QueueFullError / CapacityError -> RESOURCE_EXHAUSTED, DeadlineExceededError ->
+DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE. Anything else is
+INTERNAL with a generic message, logged; the server keeps serving.
+
+:func:`start_serving` composes the whole path (fleet -> DeviceActors -> ExpertActors -> Router ->
+gateway) for ``flotilla serve`` and ``python -m cluster.job serve``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from actors.router import DeadlineExceededError, NoReplicaError, Router, RouterConfig
+from cluster.exceptions import CapacityError, InputError, StoreUnavailableError
+from cluster.proto import flotilla_pb2 as pb
+from cluster.proto import flotilla_pb2_grpc as pb_grpc
+
+log = logging.getLogger("flotilla.gateway")
+
+SERVICE_NAME = "flotilla.v1.Flotilla"
+DEFAULT_PORT = 50051
+DEFAULT_MAX_TOKENS = 64
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Where and how the gateway listens."""
+
+    #: Interface to bind; 127.0.0.1 unless you mean to expose it.
+    host: str = "127.0.0.1"
+    #: Port; 0 picks a free one (see :attr:`Gateway.port`).
+    port: int = DEFAULT_PORT
+    #: Bearer token required on Flotilla RPCs; None: no authentication.
+    token: str | None = None
+    #: RPC threads; concurrent RPCs beyond ``max_rpcs`` get RESOURCE_EXHAUSTED from gRPC itself.
+    max_workers: int = 32
+    max_rpcs: int = 256
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise InputError(f"host: expected an interface address, got {self.host!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InputError(f"port: {self.port!r}; allowed: 0..65535 (0 picks a free port)")
+        if self.token is not None and (not isinstance(self.token, str) or not self.token or not self.token.isprintable()):
+            raise InputError("token: expected a non-empty printable string")
+        for name in ("max_workers", "max_rpcs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000:
+                raise InputError(f"{name}: {v!r}; allowed: 1..10000")
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status code of an error raised while serving."""
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, CapacityError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, (NoReplicaError, StoreUnavailableError)):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+def _finite(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
+        bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise InputError(f"{name}: {value!r} is out of range; allowed: {bound}")
+    return float(value)
+
+
+def generate_request(msg: Any, served_model: str) -> dict[str, Any]:
+    """A validated request dict from a ``GenerateRequest`` (InputError naming the field)."""
+    from actors.llm.generate import MAX_TOKENS_LIMIT
+
+    if not msg.prompt.strip():
+        raise InputError("prompt: must be a non-empty string")
+    max_tokens = msg.max_tokens or DEFAULT_MAX_TOKENS
+    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise InputError(f"max_tokens: {msg.max_tokens} is out of range; allowed: 1..{MAX_TOKENS_LIMIT} (0 = {DEFAULT_MAX_TOKENS})")
+    temperature = _finite("temperature", msg.temperature, 0.0, 100.0)
+    top_p = _finite("top_p", msg.top_p or 1.0, 0.0, 1.0, lo_open=True)
+    if msg.model and msg.model.lower() != served_model.lower():
+        raise InputError(f"model: unknown model {msg.model!r}; this server serves {served_model!r}")
+    seed = msg.seed if msg.HasField("seed") else None
+    if seed is not None and seed >= 2**63:
+        raise InputError(f"seed: {seed} is out of range; allowed: 0..2**63-1")
+    req: dict[str, Any] = {
+        "prompt": msg.prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+        "seed": seed, "stop": list(msg.stop), "chat": not msg.raw,
+    }
+    if msg.request_id:
+        req["request_id"] = msg.request_id
+    return req
+
+
+def final_message(ev: dict[str, Any]) -> Any:
+    """``GenerateResponse.final`` from the router's final dict."""
+    modeled = None
+    if ev.get("modeled"):
+        m = ev["modeled"]
+        modeled = pb.Modeled(ttft_ms=m["ttft_s"] * 1e3, tpot_ms=m["tpot_s"] * 1e3, e2e_ms=m["e2e_s"] * 1e3,
+                             energy_j=m["energy_j"], note=m.get("note", ""))
+    return pb.GenerateResponse(final=pb.Final(
+        text=ev["text"], finish_reason=ev["finish_reason"],
+        usage=pb.Usage(prompt_tokens=ev["prompt_tokens"], completion_tokens=ev["completion_tokens"]),
+        ttft_ms=ev["ttft_s"] * 1e3, tpot_ms=ev["tpot_s"] * 1e3, e2e_ms=ev["e2e_s"] * 1e3,
+        device_id=ev["device_id"], device_kind=ev["device_kind"], device_label=ev["label"],
+        simulated=ev["simulated"], modeled=modeled, attempts=ev.get("attempts", 1),
+        request_id=ev.get("request_id", ""), model=ev.get("model") or "", replayed=bool(ev.get("replayed")),
+    ))
+
+
+def _replica_msgs(replicas: list[dict[str, Any]]) -> list[Any]:
+    return [pb.Replica(device_id=r["device_id"], kind=r["kind"], capacity=r["capacity"], active=r["active"], alive=r["alive"])
+            for r in replicas]
+
+
+class FlotillaServicer(pb_grpc.FlotillaServicer):
+    """Validates and forwards to the router; errors become status codes (see the module docstring)."""
+
+    def __init__(self, router: Router, store: Any, model_name: str) -> None:
+        self.router = router
+        self.store = store
+        self.model_name = model_name
+
+    def _fail(self, context: Any, exc: BaseException) -> None:
+        code = status_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("internal error while serving")
+            context.abort(code, f"internal error ({type(exc).__name__}); see the gateway log")
+        context.abort(code, str(exc))
+
+    def Generate(self, request: Any, context: Any) -> Any:
+        try:
+            req = generate_request(request, self.model_name)
+            remaining = context.time_remaining()
+            timeout = remaining if remaining is not None and remaining < 1e8 else None
+            events = self.router.stream(req, timeout_s=timeout)
+            for ev in events:
+                if ev["type"] == "chunk":
+                    yield pb.GenerateResponse(chunk=pb.Chunk(index=ev["index"], text=ev["text"]))
+                else:
+                    yield final_message(ev)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status code
+            self._fail(context, exc)
+
+    def Plan(self, request: Any, context: Any) -> Any:
+        try:
+            version, plan = self.router.plan()
+            buckets = [pb.PlanBucket(max_tokens=b.get("max_tokens") or 0, kinds=b["kinds"]) for b in plan["buckets"]]
+            return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")), buckets=buckets,
+                                   replicas=_replica_msgs(self.router.replicas()))
+        except Exception as exc:  # noqa: BLE001
+            self._fail(context, exc)
+
+    def SelectExperts(self, request: Any, context: Any) -> Any:
+        try:
+            if not request.query.strip():
+                raise InputError("query: must be a non-empty string")
+            _finite("energy_budget_j", request.energy_budget_j, 0.0, 1e12, lo_open=True)
+            _finite("latency_budget_ms", request.latency_budget_ms, 0.0, 1e9, lo_open=True)
+            if not 0 <= request.max_experts <= 64:
+                raise InputError(f"max_experts: {request.max_experts} is out of range; allowed: 1..64 (0 = 1)")
+        except Exception as exc:  # noqa: BLE001
+            self._fail(context, exc)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "SelectExperts: the selection solver is not wired to the serving path yet; use solvers.selection directly")
+
+    def ClusterStatus(self, request: Any, context: Any) -> Any:
+        try:
+            devs = self.store.devices()
+            status = self.router.status()
+            return pb.ClusterStatusResponse(
+                devices=[pb.Device(device_id=k, kind=v.get("kind", ""), label=v.get("label", "")) for k, v in sorted(devs.items())],
+                replicas=_replica_msgs(status["replicas"]), admitted=status["admitted"], max_queue=status["max_queue"],
+                plan_version=status["plan_version"] or 0, counters=self.store.counters(), model=self.model_name,
+            )
+        except Exception as exc:  # noqa: BLE001
+            self._fail(context, exc)
+
+
+class _AuthInterceptor(grpc.ServerInterceptor):
+    """UNAUTHENTICATED unless ``authorization: Bearer <token>`` matches (constant-time compare)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request: Any, context: Any) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in the 'authorization' metadata")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if details.method.startswith(_OPEN_PREFIXES):
+            return continuation(details)
+        got = dict(details.invocation_metadata or ()).get("authorization", "")
+        got_b = got.encode() if isinstance(got, str) else bytes(got)
+        if hmac.compare_digest(got_b, self._expected):
+            return continuation(details)
+        return self._deny_stream if details.method.endswith("/Generate") else self._deny_unary
+
+
+class Gateway:
+    """A running gRPC server around a router."""
+
+    def __init__(self, router: Router, store: Any, config: GatewayConfig, model_name: str) -> None:
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        self.config = config
+        self.router = router
+        interceptors = [_AuthInterceptor(config.token)] if config.token else []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="flotilla-rpc"),
+                                  interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs)
+        pb_grpc.add_FlotillaServicer_to_server(FlotillaServicer(router, store, model_name), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (pb.DESCRIPTOR.services_by_name["Flotilla"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{config.port}")
+        except RuntimeError as exc:
+            raise InputError(f"port: cannot bind {config.host}:{config.port} ({exc}); pick another --port") from None
+        if self.port == 0:
+            raise InputError(f"port: cannot bind {config.host}:{config.port}; is it in use? pick another --port")
+        self._health_pb2 = health_pb2
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def start(self) -> Gateway:
+        self.server.start()
+        for svc in ("", SERVICE_NAME):
+            self.health.set(svc, self._health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    def stop(self, grace_s: float | None = 2.0) -> None:
+        """Stop serving: requests in flight end with UNAVAILABLE and stay journaled (replayed by
+        the next gateway on the same store)."""
+        self.health.enter_graceful_shutdown()
+        self.router.close()
+        self.server.stop(grace_s).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)
+
+
+# ------------------------------------------------------------------------------- composition
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``flotilla serve`` starts. Precedence: file < environment < flags (cluster.config)."""
+
+    fleet: str | None = None
+    redis_url: str | None = None
+    namespace: str = "default"
+    ray_address: str | None = None
+    model: str | None = None
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    max_concurrency: int = 2
+    max_context: int = 2048
+
+
+@dataclass
+class Serving:
+    """The running serving path; :meth:`shutdown` stops it in reverse order."""
+
+    gateway: Gateway
+    router: Router
+    running: Any  # cluster.fleet.RunningFleet
+    store: Any
+    experts: dict[str, Any]
+    replayed: int = 0
+
+    def shutdown(self) -> None:
+        import ray
+
+        self.gateway.stop(1.0)
+        for actor in self.experts.values():
+            try:
+                ray.get(actor.stop.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - the actor may be dead; its reservation dies with its DeviceActor
+                pass
+            ray.kill(actor)
+        self.running.shutdown()
+        self.store.close()
+
+
+def start_serving(cfg: ServeConfig) -> Serving:
+    """Fleet -> one ExpertActor per device -> Router (replaying its journal) -> gRPC gateway."""
+    import ray
+
+    from actors.expert import ExpertConfig, spawn_expert
+    from actors.llm.loader import ensure_cached, resolve_source
+    from actors.router import Replica
+    from cluster.fleet import bring_up
+    from cluster.runtime import load_fleet
+    from cluster.state import open_store
+
+    source = resolve_source(cfg.model)
+    if source.kind == "bundled":
+        ensure_cached(source)  # dequantise once here, not in every actor at the same time
+    store = open_store(cfg.redis_url, namespace=cfg.namespace)
+    fleet = load_fleet(cfg.fleet) if cfg.fleet else None
+    running = bring_up(fleet, store, address=cfg.ray_address)
+    experts: dict[str, Any] = {}
+    try:
+        econf = ExpertConfig(model=cfg.model, max_concurrency=cfg.max_concurrency, max_context=cfg.max_context)
+        handles = {}
+        slots = {s.device_id: s for s in running.runtime.slots}
+        for device_id, dev in running.actors.items():
+            spec = running.specs[device_id]
+            handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated, start=False)
+        experts.update(handles)
+        ray.get([h.start.remote() for h in handles.values()])
+        replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
+        router = Router(store, replicas, cfg.router)
+        replayed = router.start()
+        gateway = Gateway(router, store, cfg.gateway, source.name).start()
+    except BaseException:
+        for h in experts.values():
+            ray.kill(h)
+        running.shutdown()
+        store.close()
+        raise
+    return Serving(gateway, router, running, store, experts, replayed)

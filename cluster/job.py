@@ -1,0 +1,151 @@
+"""Entry points for Ray job submission and the demo.
+
+* ``python -m cluster.job serve [--port N] [--model M] [--token T] [--redis URL]``: run the serving
+  path on the Ray cluster the job runs in (``ray job submit --working-dir . -- python -m
+  cluster.job serve``; Ray sets ``RAY_ADDRESS`` for the job, so it joins that cluster and serves
+  the devices its nodes advertise as ``device:<kind>`` resources). It runs until the job is stopped.
+* ``python -m cluster.job demo [--fleet FILE] [--requests N] [--model M] [--json]``: the ``make demo``
+  walk-through (embedded fleet of simulated kinds -> gateway -> mixed requests through the gRPC
+  client -> a table per device kind -> clean shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+DEMO_PROMPTS = (
+    ("What is the capital of France?", 16),
+    ("Name three primary colours.", 24),
+    ("Explain in two sentences why the sky is blue.", 48),
+    ("Write a haiku about a small boat in a large fleet.", 32),
+    ("Give one tip for writing clear error messages.", 40),
+    ("What is 12 times 12?", 12),
+)
+
+
+def demo_rows(results: list[Any], price_per_hour: dict[str, float | None]) -> list[dict[str, Any]]:
+    """Per device kind: request count, mean measured TTFT / TPOT (ms), total modeled device time
+    (ms) and energy (J), and modeled cost = price/h x modeled time / 3600 s (None without a price)."""
+    by_kind: dict[str, list[Any]] = {}
+    for r in results:
+        by_kind.setdefault(r.device_kind, []).append(r)
+    rows = []
+    for kind, rs in sorted(by_kind.items()):
+        has_model = any(r.modeled_e2e_ms is not None for r in rs)
+        modeled_ms = sum(r.modeled_e2e_ms or 0.0 for r in rs) if has_model else None
+        price = price_per_hour.get(kind)
+        rows.append({
+            "device_kind": kind,
+            "label": rs[0].device_label,
+            "requests": len(rs),
+            "tokens": sum(r.completion_tokens for r in rs),
+            "measured_ttft_ms": statistics.fmean(r.ttft_ms for r in rs),
+            "measured_tpot_ms": statistics.fmean(r.tpot_ms for r in rs),
+            "modeled_time_ms": modeled_ms,
+            "modeled_energy_j": sum(r.modeled_energy_j or 0.0 for r in rs) if has_model else None,
+            "modeled_cost_usd": None if price is None or modeled_ms is None else price * modeled_ms / 1e3 / 3600,
+        })
+    return rows
+
+
+def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model: str | None = None,
+             as_json: bool = False) -> dict[str, Any]:
+    from rich.table import Table
+
+    from cluster.client import Client
+    from cluster.clikit import MODELED_NOTE, emit_json, err, out
+    from cluster.clikit import fmt as _fmt
+    from cluster.devices import default_catalog
+    from cluster.exceptions import InputError
+    from cluster.gateway import GatewayConfig, ServeConfig, start_serving
+
+    if not 1 <= n_requests <= 1000:
+        raise InputError(f"requests: {n_requests}; allowed: 1..1000")
+    t0 = time.perf_counter()
+    with err.status("starting the embedded fleet, its experts and the gateway…", spinner="dots"):
+        serving = start_serving(ServeConfig(fleet=fleet, model=model, gateway=GatewayConfig(port=0)))
+    startup_s = time.perf_counter() - t0
+    try:
+        prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(n_requests)]
+        with Client(serving.gateway.address) as client, ThreadPoolExecutor(max_workers=4) as pool:
+            client.wait_ready(30)
+            with err.status(f"sending {n_requests} requests through gRPC…", spinner="dots"):
+                t1 = time.perf_counter()
+                results = list(pool.map(lambda p: client.generate(p[0], max_tokens=p[1]), prompts))
+                wall_s = time.perf_counter() - t1
+        catalog = default_catalog()
+        prices = {k: catalog.get(k).price_per_hour for k in {r.device_kind for r in results}}
+        rows = demo_rows(results, prices)
+        summary = {"startup_s": startup_s, "wall_s": wall_s, "requests": n_requests, "by_kind": rows,
+                   "samples": [{"prompt": p[0], "answer": r.text, "device": r.device_id} for p, r in zip(prompts, results)][:3],
+                   "note": MODELED_NOTE}
+        if as_json:
+            emit_json(summary)
+            return summary
+        for s in summary["samples"]:
+            out.print(f"[bold]{s['prompt']}[/bold] -> ({s['device']}) {s['answer']}", markup=True, highlight=False)
+        table = Table(title=f"{n_requests} requests in {wall_s:.1f} s (startup {startup_s:.1f} s)")
+        for col in ("device kind", "runs as", "requests", "tokens", "measured TTFT ms", "measured TPOT ms",
+                    "modeled time ms", "modeled energy J", "modeled cost $"):
+            table.add_column(col, justify="left" if col in ("device kind", "runs as") else "right")
+        for r in rows:
+            table.add_row(r["device_kind"], r["label"], str(r["requests"]), str(r["tokens"]), f"{r['measured_ttft_ms']:.1f}",
+                          f"{r['measured_tpot_ms']:.1f}", _fmt(r["modeled_time_ms"], ".2f"), _fmt(r["modeled_energy_j"], ".3f"),
+                          "—" if r["modeled_cost_usd"] is None else f"{r['modeled_cost_usd']:.2e}")
+        out.print(table)
+        out.print(f"[dim]{MODELED_NOTE}; measured = on this machine's CPU.[/dim]")
+        return summary
+    finally:
+        with err.status("shutting down…", spinner="dots"):
+            serving.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cluster.exceptions import FlotillaError, InputError
+
+    parser = argparse.ArgumentParser(prog="python -m cluster.job")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve on the Ray cluster this job runs in")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--model", default=None)
+    s.add_argument("--token", default=os.environ.get("FLOTILLA_TOKEN") or None)
+    s.add_argument("--redis", default=None)
+    s.add_argument("--namespace", default=None)
+    s.add_argument("--address", default=None)
+    s.add_argument("--fleet", default=None)
+    d = sub.add_parser("demo", help="the make demo walk-through")
+    d.add_argument("--fleet", default="examples/fleet.yaml")
+    d.add_argument("--requests", type=int, default=10)
+    d.add_argument("--model", default=None)
+    d.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "demo":
+            run_demo(fleet=args.fleet, n_requests=args.requests, model=args.model, as_json=args.json)
+            return 0
+        from cluster.cli_serve import run_until_stopped
+        from cluster.config import load_config
+        from cluster.gateway import GatewayConfig, ServeConfig
+
+        cfg = load_config(redis_url=args.redis, namespace=args.namespace, ray_address=args.address, fleet=args.fleet)
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or ("auto" if not cfg.fleet else None)
+        run_until_stopped(ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=address,
+                                      model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token)))
+        return 0
+    except InputError as exc:
+        print(f"flotilla: error: {exc}", file=sys.stderr)
+        return 2
+    except FlotillaError as exc:
+        print(f"flotilla: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

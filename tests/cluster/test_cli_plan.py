@@ -1,0 +1,168 @@
+"""`flotilla plan`: flags -> problem -> exact plan, Mélange config, exit codes, --json, --plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cluster import cli
+from cluster.cli_plan import build_problem, register
+from solvers.allocation import single_type_count, solve
+
+TOY = {
+    "gpu_info": {
+        "A10G": {"cost": 1.01, "tputs": [[2, 1], [5, 2]]},
+        "A100-80GB": {"cost": 3.67, "tputs": [[20, 20], [40, 20]]},
+    },
+    "workload_distribution": [[0.2, 0.1], [0.5, 0.2]],
+    "total_request_rate": 30.0,
+    "slice_factor": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def flotilla():
+    """cli.main with `plan` registered (the lead wires it into COMMAND_MODULES)."""
+    added = "plan" not in {c.name for c in cli.app.registered_commands}
+    if added:
+        register(cli.app)
+    yield cli.main
+    if added:
+        cli.app.registered_commands[:] = [c for c in cli.app.registered_commands if c.name != "plan"]
+
+
+def run(flotilla, capsys, *args):
+    rc = flotilla(["plan", *args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_toy_config_exact_optimum_and_name_mapping(flotilla, capsys, tmp_path):
+    f = tmp_path / "toy.json"
+    f.write_text(json.dumps(TOY))
+    rc, out, err = run(flotilla, capsys, "--config", str(f), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)  # stdout is exactly one JSON object
+    assert doc["allocation"] == {"a10g": 3, "a100-80g-sxm": 1}
+    assert doc["cost_per_hour"] == pytest.approx(6.70)
+    assert doc["baselines"] == {"a10g": pytest.approx(12.12), "a100-80g-sxm": pytest.approx(7.34)}
+    assert doc["names"] == {"A10G": "a10g", "A100-80GB": "a100-80g-sxm"}
+    assert doc["throughput_source"] == "config" and doc["solve_seconds"] >= 0
+    # unknown names are kept as given
+    toy = json.loads(json.dumps(TOY))
+    toy["gpu_info"]["MyBox"] = toy["gpu_info"].pop("A10G")
+    f.write_text(json.dumps(toy))
+    rc, out, _ = run(flotilla, capsys, "--config", str(f), "--json")
+    assert rc == 0 and json.loads(out)["allocation"] == {"a100-80g-sxm": 1, "MyBox": 3}
+
+
+def test_modeled_plan_json_equals_solving_the_same_problem(flotilla, capsys):
+    args = dict(model="llama-2-7b", workload="arena", rate=8.0, tpot_slo_ms=120.0, ttft_slo_ms=None,
+                devices="l4,a10g,a100-80g-sxm,h100-sxm", max_count=[], power_budget_w=None,
+                headroom=0.0, slice_factor=8, prices="catalog")
+    problem, _ = build_problem(**args)
+    want = solve(problem)
+    rc, out, err = run(flotilla, capsys, "--model", "llama-2-7b", "--workload", "arena", "--rate", "8",
+                       "--tpot-slo-ms", "120", "--devices", "l4,a10g,a100-80g-sxm,h100-sxm", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["allocation"] == want.counts
+    assert doc["cost_per_hour"] == pytest.approx(want.cost_per_hour)
+    assert "MODELED" in doc["note"] and doc["throughput_source"] == "modeled"
+    for name, price in doc["prices_per_hour"].items():  # baselines = ceil(load alone) x price
+        n = single_type_count(problem, name)
+        assert doc["baselines"][name] == (None if n is None else pytest.approx(n * price))
+    assert doc["cost_per_hour"] <= min(v for v in doc["baselines"].values() if v is not None) + 1e-9
+    # the cost is what the counts cost
+    assert doc["cost_per_hour"] == pytest.approx(
+        sum(doc["prices_per_hour"][k] * n for k, n in doc["allocation"].items()))
+
+
+def test_human_output_says_modeled(flotilla, capsys):
+    rc, out, _ = run(flotilla, capsys, "--workload", "arena", "--rate", "2", "--devices", "a100-80g-sxm,h100-sxm")
+    assert rc == 0
+    assert "cheapest device mix" in out and "MODELED" in out and "h100-sxm" in out
+
+
+def test_caps_power_and_ttft_change_the_answer(flotilla, capsys):
+    base = ["--workload", "mixed", "--rate", "16", "--tpot-slo-ms", "120", "--json"]
+    free = json.loads(run(flotilla, capsys, *base)[1])
+    kind, n = max(free["allocation"].items(), key=lambda kv: kv[1])
+    assert n >= 1
+    capped = json.loads(run(flotilla, capsys, *base, "--max-count", f"{kind}={n - 1}")[1])
+    assert capped["allocation"][kind] <= n - 1 and capped["max_count"] == {kind: n - 1}
+    assert capped["cost_per_hour"] >= free["cost_per_hour"]
+    assert capped["allocation"] != free["allocation"]
+    # TTFT as well as TPOT: never cheaper
+    ttft = json.loads(run(flotilla, capsys, *base, "--ttft-slo-ms", "2000")[1])
+    assert ttft["cost_per_hour"] >= free["cost_per_hour"] and ttft["ttft_slo_ms"] == 2000
+    # a power budget below the free plan's draw is honoured, or reported infeasible with the cause
+    watts = {"l4": 72, "a10g": 300, "a100-80g-sxm": 400, "h100-sxm": 700}
+    drawn = sum(watts[k] * n for k, n in free["allocation"].items())
+    rc, out, err = run(flotilla, capsys, *base, "--power-budget-w", str(drawn - 1))
+    if rc == 0:
+        doc = json.loads(out)
+        assert sum(watts[k] * n for k, n in doc["allocation"].items()) <= drawn - 1
+    else:
+        assert rc == 2 and "power budget" in err
+    rc, _, err = run(flotilla, capsys, *base, "--power-budget-w", "100")
+    assert rc == 2 and "infeasible: power budget too tight" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--rate", "-1"], "--rate: -1.0; allowed: >= 0"),
+    (["--devices", "l4,a1000"], "a1000"),
+    (["--model", "llama-9"], "model: unknown model 'llama-9'"),
+    (["--workload", "arenna"], "did you mean 'arena'"),
+    (["--max-count", "h100-sxm=two"], "--max-count: 'two' is not an integer"),
+    (["--max-count", "t4=1"], "'t4' is not in --devices"),
+    (["--devices", "rtx4070"], "'rtx4070' has no catalog price"),
+    (["--solver", "gurobi"], "solver = 'gurobi': unknown"),
+    (["--tpot-slo-ms", "0"], "--tpot-slo-ms: 0.0; allowed: > 0"),
+    (["--workload", "pubmed", "--devices", "l4"], "infeasible: bucket"),
+    (["--devices", "a100-80g-sxm", "--max-count", "a100-80g-sxm=0"], "infeasible: caps too low"),
+])
+def test_bad_input_exits_2_naming_the_field(flotilla, capsys, args, needle):
+    rc, out, err = run(flotilla, capsys, *args, "--json")
+    assert rc == 2
+    assert out == ""
+    assert needle in err and err.startswith("flotilla: error:")
+
+
+def test_bad_config_exits_2_with_json_path(flotilla, capsys, tmp_path):
+    toy = json.loads(json.dumps(TOY))
+    toy["gpu_info"]["A10G"]["tputs"][1] = [5, 2, 7]
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(toy))
+    rc, _, err = run(flotilla, capsys, "--config", str(f))
+    assert rc == 2 and "gpu_info.A10G.tputs[1]" in err
+    toy = json.loads(json.dumps(TOY))
+    toy["workload_distribution"] = [[0.2, 0.1], [0.5, 0.1]]
+    f.write_text(json.dumps(toy))
+    rc, _, err = run(flotilla, capsys, "--config", str(f))
+    assert rc == 2 and "sums to" in err
+
+
+def test_workload_file_and_plot(flotilla, capsys, tmp_path):
+    f = tmp_path / "w.csv"
+    f.write_text("input_len,output_len\n" + "300,200\n" * 7 + "3000,300\n" * 3)
+    png = tmp_path / "cost.png"
+    rc, out, err = run(flotilla, capsys, "--workload", str(f), "--rate", "4", "--slice-factor", "2",
+                       "--plot", str(png), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["workload"]["requests"] == 10
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot = doc["plot"]
+    assert 4.0 in plot["rates"] and len(plot["mix"]) == len(plot["rates"])
+    i = plot["rates"].index(4.0)
+    assert plot["mix"][i] == pytest.approx(doc["cost_per_hour"])
+    for name, costs in plot["single"].items():  # the mix is never dearer than a single type
+        for m, c in zip(plot["mix"], costs):
+            assert c is None or m is None or m <= c + 1e-9
+    # mix cost never decreases with the rate
+    mix = [m for m in plot["mix"] if m is not None]
+    assert all(a <= b + 1e-9 for a, b in zip(mix, mix[1:]))
+    assert not math.isnan(doc["cost_per_hour"])
