@@ -27,6 +27,7 @@ from attention.partition import (
     zigzag_plan,
 )
 from attention.strategies import STRATEGIES
+from attention.worker import from_wire, to_wire
 
 ACTOR_NUM_CPUS = 0.25
 
@@ -201,18 +202,22 @@ def run_distributed(
     qc, kc, vc = q.detach().cpu(), k.detach().cpu(), v.detach().cpu()
     with grp.lock:
         refs = []
-        q_ref = ray.put(qc) if strategy == "tree_decode" else None
+        q_ref = ray.put(to_wire(qc)) if strategy == "tree_decode" else None
         for r, actor in enumerate(grp.actors):
-            qs = q_ref if q_ref is not None else ray.put(plan.shard(qc, r))
+            qs = q_ref if q_ref is not None else ray.put(to_wire(plan.shard(qc, r)))
             refs.append(
                 actor.run.remote(
-                    strategy, plan, qs, ray.put(plan.shard(kc, r)), ray.put(plan.shard(vc, r)),
+                    strategy, plan, qs, ray.put(to_wire(plan.shard(kc, r))),
+                    ray.put(to_wire(plan.shard(vc, r))),
                     causal=causal, speeds=speeds, ulysses_degree=u, block=block,
                     num_threads=num_threads,
                     return_output=strategy != "tree_decode" or r == 0,
                 )
             )
         results = ray.get(refs)
+    for res in results:  # private writable copies: callers own what we return
+        if res["out"] is not None:
+            res["out"], res["lse"] = (from_wire(res[x], copy=True) for x in ("out", "lse"))
     if strategy == "tree_decode":
         out, lse = results[0]["out"], results[0]["lse"]
     else:

@@ -23,6 +23,25 @@ Grouped-query attention: with ``H`` query heads and ``Hkv`` key/value heads (``H
 Positions: ``q_offset`` and ``k_offset`` give the absolute position of the first query row and
 key row, so a shard of a longer sequence knows where it sits; causal masking compares absolute
 positions, hence any pair of shards can be evaluated and merged.
+
+Two kernels compute the same (out, lse). ``"fused"`` (CPU tensors, when torch provides
+``aten._scaled_dot_product_flash_attention_for_cpu``, which returns the log-sum-exp) calls torch's
+fused flash kernel; that kernel only knows "no mask" and top-left-aligned causal (row ``i`` sees
+key ``j <= i``), so offsets are reduced to those two cases. With ``delta = q_offset - k_offset``,
+row ``i`` sees key ``j`` iff ``j <= i + delta``; let ``r0 = max(0, -delta)`` be the first row that
+sees any key and ``P = q_offset + r0`` its position. Then::
+
+    rows [0, r0)                     see nothing          -> out = 0, lse = -inf
+    keys [0, np),   np = clamp(r0 + delta, 0, Lk)   positions < P: seen by every row >= r0
+                                                          -> one non-causal call
+    keys [np, ke),  ke = clamp(Lq + delta, np, Lk)   start at position P, like row r0
+                                                          -> one top-left causal call
+
+and the two partials of rows ``[r0, Lq)`` are merged with :func:`merge_partials`. Top-left
+alignment is exact for the tail because tail key ``j'`` and row ``r0 + i'`` sit at ``P + j'`` and
+``P + i'``; a tail shorter than the rows (keys run out, or were cut at the last row's position) is
+also exact, since the missing keys do not exist. ``"tiled"`` is the pure-torch blockwise loop
+below (any device, any torch); ``"auto"`` picks ``"fused"`` where it is available.
 """
 
 from __future__ import annotations
@@ -34,6 +53,14 @@ import torch
 from attention.exceptions import AttentionInputError
 
 DEFAULT_BLOCK = 512
+KERNELS = ("auto", "fused", "tiled")
+
+
+def fused_kernel_available(device: torch.device | str) -> bool:
+    """True when torch's fused CPU flash kernel (with log-sum-exp) can run on ``device``."""
+    return torch.device(device).type == "cpu" and hasattr(
+        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"
+    )
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -108,6 +135,7 @@ def blockwise_attention(
     block: int = DEFAULT_BLOCK,
     scale: float | None = None,
     out_dtype: torch.dtype | None = None,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention of q [B,H,Lq,D] over k, v [B,Hkv,Lk,D]; returns (out [B,H,Lq,D], lse [B,H,Lq]).
 
@@ -118,16 +146,104 @@ def blockwise_attention(
     causal attention is the visible pairs plus at most one ``block x block`` triangle per block.
     Key-side blocking is done one level up, by :func:`merge_partials` (ring steps, shard pairs).
     Rows that see no key get out = 0 and lse = -inf (never NaN). ``out_dtype`` defaults to q's.
+
+    ``kernel``: ``"tiled"`` is that loop; ``"fused"`` calls torch's fused CPU flash kernel
+    (module docstring: offsets become one non-causal and one top-left causal call, merged; its
+    own tiling replaces ``block``); ``"auto"`` uses ``"fused"`` when
+    :func:`fused_kernel_available` and ``"tiled"`` otherwise (CUDA, older torch, and tensors with
+    a zero-sized dimension, which that kernel cannot take).
     """
     check_qkv(q, k, v, same_length=False)
     if block < 1:
         raise AttentionInputError(f"block must be >= 1, got {block}")
+    if kernel not in KERNELS:
+        raise AttentionInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    fused_ok = fused_kernel_available(q.device)
+    if kernel == "fused" and not fused_ok:
+        raise AttentionInputError(
+            f"kernel 'fused' needs CPU tensors and torch's "
+            f"_scaled_dot_product_flash_attention_for_cpu; got device {q.device}, torch "
+            f"{torch.__version__}; use kernel='tiled' or 'auto'"
+        )
     acc = accumulator_dtype(q.dtype)
     out_dtype = out_dtype or q.dtype
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    nonempty = q.numel() > 0 and k.numel() > 0  # the fused kernel divides by the sizes (SIGFPE)
+    if nonempty and (kernel == "fused" or (kernel == "auto" and fused_ok)):
+        out, lse = _fused_attention(q, k, v, causal, q_offset, k_offset, scale, acc)
+        return out.to(out_dtype), lse
+    return _tiled_attention(q, k, v, causal, q_offset, k_offset, block, scale, acc, out_dtype)
+
+
+def _fused_call(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of torch's fused CPU flash kernel (inputs in the accumulator dtype, Lq, Lk >= 1).
+
+    Query head ``h`` reads key/value head ``h // (H // Hkv)`` inside the kernel (GQA natively);
+    causal is top-left aligned: row ``i`` sees key ``j <= i``.
+    """
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, causal, scale=scale
+    )
+
+
+def _fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    q_offset: int,
+    k_offset: int,
+    scale: float,
+    acc: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) in ``acc`` through the fused kernel, offsets decomposed as in the module doc.
+
+    Needs every dimension of q and k non-zero.
+    """
+    lq, lk = q.shape[2], k.shape[2]
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    if not causal:
+        return _fused_call(qa, ka, va, False, scale)
+    delta = q_offset - k_offset
+    r0 = max(0, -delta)  # first row that sees a key
+    if r0 >= lq or lk == 0:  # no row sees a key (also guards the kernel against empty sizes)
+        return empty_partial(q, acc)
+    n_pre = min(max(r0 + delta, 0), lk)  # keys before row r0's position: seen by all rows >= r0
+    k_end = min(max(lq + delta, n_pre), lk)  # one past the last key the last row sees
+    rows = qa[:, :, r0:]
+    part = None
+    if n_pre > 0:
+        part = _fused_call(rows, ka[:, :, :n_pre], va[:, :, :n_pre], False, scale)
+    if k_end > n_pre:
+        tail = _fused_call(
+            rows, ka[:, :, n_pre:k_end], va[:, :, n_pre:k_end], True, scale
+        )
+        part = tail if part is None else merge_partials(*part, *tail)
+    if r0 == 0:
+        return part
+    out, lse = empty_partial(q, acc)
+    out[:, :, r0:], lse[:, :, r0:] = part
+    return out, lse
+
+
+def _tiled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    q_offset: int,
+    k_offset: int,
+    block: int,
+    scale: float,
+    acc: torch.dtype,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pure-torch blockwise loop of :func:`blockwise_attention` (any device)."""
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     g = h // hkv
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
 
     qg = q.reshape(b, hkv, g, lq, d)  # query heads grouped under the key/value head they read
     kt = k.to(acc).transpose(-1, -2)  # [B, Hkv, D, Lk]

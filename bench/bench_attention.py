@@ -4,8 +4,9 @@
     (scores materialised), blockwise on one worker (both MEASURED: peak bytes of live tensors,
     tracked op by op), and each strategy on 2 and 4 workers (MODELED: per-worker tensors of the
     strategy plus the measured blockwise tile; labelled as modeled in the output);
-(b) time at L=8192, H=8, D=64, fp32, causal: torch SDPA and blockwise in one process, and the
-    strategies on 2 Ray actors over gloo (one thread each, so 2 cores in all, like SDPA);
+(b) time at L=8192, H=8, D=64, fp32, causal: torch SDPA and blockwise (fused and tiled kernels)
+    in one process with all cores, and the strategies on 2 Ray actors over gloo (cores / 2 threads
+    each, so all cores in all, like SDPA); methods interleaved round by round, medians reported;
 (c) bytes each rank sent, measured by the communicator, against the theory per strategy.
 
 Run: ``.venv/bin/python bench/bench_attention.py --quick`` (a few minutes on 2 cores). Prints a
@@ -124,9 +125,16 @@ def bench_capacity(args) -> list[dict]:
     rows = []
     hi = 1 << 17
     v_len = largest_fitting(vanilla, cap, h, d, hi)
-    b_len = largest_fitting(lambda q, k, v: blockwise_attention(q, k, v, causal=True), cap, h, d, hi)
+    b_len = largest_fitting(
+        lambda q, k, v: blockwise_attention(q, k, v, causal=True, kernel="tiled"), cap, h, d, hi
+    )
     rows.append({"method": "vanilla (scores materialised)", "workers": 1, "L": v_len, "kind": "measured"})
-    rows.append({"method": "blockwise", "workers": 1, "L": b_len, "kind": "measured"})
+    rows.append({"method": "blockwise tiled", "workers": 1, "L": b_len, "kind": "measured"})
+    # fused kernel: the tensors it returns (out, lse) plus q, k, v; its scratch (per-thread
+    # q-split x kv-split tiles) lives inside C++ where the probe cannot see it, hence "modeled"
+    f_len = cap // (4 * h * (4 * d + 1)) // 64 * 64
+    rows.append({"method": "blockwise fused", "workers": 1, "L": f_len,
+                 "kind": "modeled (q, k, v, out, lse; kernel scratch not counted)"})
     for strategy in ("ring", "zigzag", "gather_kv", "ulysses"):
         for p in (2, 4):
             lo, top = 0, 1 << 22
@@ -142,57 +150,87 @@ def bench_capacity(args) -> list[dict]:
     return rows
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def bench_time(args) -> list[dict]:
+    """Every method once per round, rounds repeated (interleaved, so a neighbour's burst of load
+    hits all methods alike); median and min per method, ratios from the medians."""
     import ray
 
     from attention.api import run_distributed
+    from attention.blockwise import fused_kernel_available
 
     length, h, d = args.length, args.heads, args.head_dim
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, length, d, generator=g) for _ in range(3))
-    torch.set_num_threads(os.cpu_count() or 1)
-    rows = []
-    sdpa = best_of(
-        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
-        args.repeats,
+    torch.set_num_threads(os.cpu_count() or 1)  # one process: all cores
+    methods = {
+        "torch SDPA (1 process)": lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True
+        ),
+    }
+    if fused_kernel_available("cpu"):
+        methods["blockwise fused (1 process)"] = lambda: blockwise_attention(
+            q, k, v, causal=True, kernel="fused"
+        )
+    methods["blockwise tiled (1 process)"] = lambda: blockwise_attention(
+        q, k, v, causal=True, kernel="tiled"
     )
-    rows.append({"method": "torch SDPA (1 process)", "seconds": sdpa, "ratio_vs_sdpa": 1.0})
-    blk = best_of(lambda: blockwise_attention(q, k, v, causal=True), args.repeats)
-    rows.append({"method": "blockwise (1 process)", "seconds": blk, "ratio_vs_sdpa": blk / sdpa})
     if not ray.is_initialized():
         root = str(Path(__file__).resolve().parents[1])  # workers import attention/ from here
         os.environ["PYTHONPATH"] = os.pathsep.join(
             x for x in (root, os.environ.get("PYTHONPATH")) if x
         )
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, logging_level="ERROR")
-    for strategy in args.strategies:
-        last = {}
+    last: dict[str, object] = {}
+    threads = max(1, (os.cpu_count() or 2) // 2)  # 2 actors share the cores
 
+    def dist(strategy):
         def go():
-            last["res"] = run_distributed(
-                q, k, v, causal=True, strategy=strategy, world_size=2, num_threads=1
+            last[strategy] = run_distributed(
+                q, k, v, causal=True, strategy=strategy, world_size=2, num_threads=threads
             )
+        return go
 
-        wall = best_of(go, args.repeats)
-        res = last["res"]
-        rows.append(
-            {
-                "method": f"{strategy} (2 actors, gloo)",
-                "seconds": wall,
-                "ratio_vs_sdpa": wall / sdpa,
-                "rank_seconds": [round(s, 3) for s in res.seconds],
-            }
-        )
+    for strategy in args.strategies:
+        methods[f"{strategy} (2 actors, gloo, {threads} thread each)"] = dist(strategy)
+    for fn in methods.values():
+        fn()  # warm-up (actor start, first-call allocations)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    rank_seconds: dict[str, list[list[float]]] = {m: [] for m in methods}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            times[name].append(timed(fn))
+            strategy = name.split(" ")[0]
+            if strategy in last and "actors" in name:
+                rank_seconds[name].append(list(last[strategy].seconds))
+        torch.set_num_threads(os.cpu_count() or 1)
+    sdpa = median(times["torch SDPA (1 process)"])
+    rows = []
+    for name, ts in times.items():
+        row = {
+            "method": name,
+            "median_s": median(ts),
+            "min_s": min(ts),
+            "ratio_vs_sdpa": median(ts) / sdpa,
+            "target_1.5x_met": None if name.startswith("torch") else median(ts) <= 1.5 * sdpa,
+            "runs": len(ts),
+        }
+        if rank_seconds[name]:
+            row["rank_median_s"] = [
+                round(median([r[i] for r in rank_seconds[name]]), 3) for i in range(2)
+            ]
+        rows.append(row)
     return rows
 
 
@@ -252,9 +290,10 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--cap-mib", type=int, default=256, help="per-worker memory cap for (a)")
     ap.add_argument("--bytes-length", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=0, help="timing rounds (default 5 quick, 9)")
     ap.add_argument("--out", default="bench/results/bench_attention.json")
     args = ap.parse_args()
-    args.repeats = 1 if args.quick else 3
+    args.repeats = args.repeats or (5 if args.quick else 9)
     args.strategies = ("zigzag", "ring") if args.quick else ("zigzag", "ring", "gather_kv", "ulysses")
 
     report = {
@@ -265,6 +304,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": {"B": 1, "H": args.heads, "D": args.head_dim, "dtype": "float32",
                      "causal": True, "quick": args.quick, "cap_mib": args.cap_mib},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,18 @@ def test_handle_refuses_a_second_wait():
     assert h.wait() is buf
     with pytest.raises(CommMisuseError, match="wait\\(\\) called a second time on the handle of rank 0"):
         h.wait()
+
+
+def test_wire_format_round_trips_and_returns_writable_copies():
+    from attention.worker import from_wire, to_wire
+
+    t = torch.randn(2, 3, 5, 4)[:, :, 1:4]  # a non-contiguous view, like a shard
+    w = to_wire(t)
+    assert isinstance(w, np.ndarray)
+    w.flags.writeable = False  # as the object store hands it back
+    back = from_wire(w, copy=True)
+    assert torch.equal(back, t)
+    back.add_(1.0)  # private copy: writable, and the source is untouched
+    assert torch.equal(torch.from_numpy(np.array(w)), t)
+    bf = torch.randn(2, 2).to(torch.bfloat16)  # numpy has no bfloat16: stays a tensor
+    assert to_wire(bf) is bf and from_wire(bf, copy=True) is bf

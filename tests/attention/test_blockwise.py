@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attention.blockwise import blockwise_attention, merge_partials, naive_attention
+from attention.blockwise import (
+    blockwise_attention,
+    fused_kernel_available,
+    merge_partials,
+    naive_attention,
+)
 from attention.exceptions import AttentionInputError
 
 
@@ -44,30 +49,37 @@ def _assert_close(out, lse, ref_out, ref_lse, tol):
     causal=st.booleans(),
     block=st.integers(1, 17),
     seed=st.integers(0, 10_000),
+    kernel=st.sampled_from(["tiled", "fused"]),
 )
-def test_blockwise_matches_reference_fp64(b, hkv, groups, lq, lk, d, q_offset, k_offset, causal, block, seed):
+def test_blockwise_matches_reference_fp64(
+    b, hkv, groups, lq, lk, d, q_offset, k_offset, causal, block, seed, kernel
+):
     q, k, v = _qkv(b, hkv * groups, hkv, lq, lk, d, torch.float64, seed)
     out, lse = blockwise_attention(
-        q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, block=block
+        q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, block=block, kernel=kernel
     )
     assert out.dtype == torch.float64 and lse.dtype == torch.float64
     ref = naive_attention(q, k, v, causal, q_offset, k_offset)
     _assert_close(out, lse, *ref, 1e-10)
 
 
+@pytest.mark.parametrize("kernel", ["tiled", "fused"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("lq,lk,q_offset,k_offset", [(31, 31, 0, 0), (300, 517, 217, 0), (64, 40, 0, 30)])
-def test_blockwise_fp32_within_1e5(causal, lq, lk, q_offset, k_offset):
+def test_blockwise_fp32_within_1e5(causal, lq, lk, q_offset, k_offset, kernel):
     q, k, v = _qkv(2, 4, 2, lq, lk, 16, torch.float32, 7)
-    out, lse = blockwise_attention(q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, block=64)
+    out, lse = blockwise_attention(
+        q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, block=64, kernel=kernel
+    )
     assert out.dtype == torch.float32 and lse.dtype == torch.float32
     _assert_close(out, lse, *naive_attention(q, k, v, causal, q_offset, k_offset), 1e-5)
 
 
-def test_rows_that_see_no_key_give_zero_and_minus_inf():
+@pytest.mark.parametrize("kernel", ["tiled", "fused"])
+def test_rows_that_see_no_key_give_zero_and_minus_inf(kernel):
     q, k, v = _qkv(1, 2, 1, 10, 5, 4, torch.float64, 1)
     # queries at positions 0..9, keys at 5..9: rows 0..4 see nothing
-    out, lse = blockwise_attention(q, k, v, causal=True, q_offset=0, k_offset=5, block=3)
+    out, lse = blockwise_attention(q, k, v, causal=True, q_offset=0, k_offset=5, block=3, kernel=kernel)
     assert torch.isneginf(lse[..., :5]).all()
     assert torch.equal(out[..., :5, :], torch.zeros_like(out[..., :5, :]))
     assert torch.isfinite(lse[..., 5:]).all()
@@ -105,13 +117,16 @@ class _LargestTensor(TorchDispatchMode):
         return res
 
 
+@pytest.mark.parametrize("kernel", ["tiled", "fused"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_memory_is_block_times_length_never_length_squared(causal):
+def test_memory_is_block_times_length_never_length_squared(causal, kernel):
+    # for "fused" only the tensors torch's kernel returns are visible here (its own scratch is
+    # per-thread q-split x kv-split tiles inside C++)
     b, h, length, d, block = 1, 2, 512, 4, 32
     q, k, v = _qkv(b, h, h, length, length, d, torch.float32, 0)
     probe = _LargestTensor()
     with probe:
-        blockwise_attention(q, k, v, causal=causal, block=block)
+        blockwise_attention(q, k, v, causal=causal, block=block, kernel=kernel)
     assert probe.largest <= b * h * block * length  # one score tile
     assert probe.largest < b * h * length * length // 4
 
@@ -168,3 +183,121 @@ def test_bad_shapes_are_named(shapes, match):
     q, k, v = (torch.zeros(s) for s in shapes)
     with pytest.raises(AttentionInputError, match=match):
         blockwise_attention(q, k, v, causal=True)
+
+
+# --- the fused CPU kernel: offsets decomposed into one non-causal and one top-left causal call ---
+
+needs_fused = pytest.mark.skipif(
+    not fused_kernel_available("cpu"), reason="torch lacks _scaled_dot_product_flash_attention_for_cpu"
+)
+
+
+def _both_kernels(q, k, v, causal, q_offset, k_offset, **kw):
+    f = blockwise_attention(q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, kernel="fused", **kw)
+    t = blockwise_attention(q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, kernel="tiled", block=5, **kw)
+    return f, t
+
+
+@needs_fused
+@pytest.mark.parametrize(
+    "where,lq,lk,q_offset,k_offset",
+    [
+        ("queries start before the keys, end inside", 12, 9, 0, 6),   # rows 0..5 see nothing
+        ("queries start before the keys, end after", 20, 6, 0, 4),
+        ("queries start at the keys", 11, 11, 3, 3),
+        ("queries start inside the keys, end inside", 5, 17, 8, 0),   # keys 0..7 prefix, tail cut
+        ("queries start inside the keys, end after", 13, 10, 4, 0),   # tail shorter than the rows
+        ("queries start after the keys", 7, 9, 30, 0),                # every key is prefix
+        ("queries start right after the last key", 6, 9, 9, 0),
+        ("queries end right before the keys", 6, 9, 0, 6),           # all rows see nothing
+        ("queries end far before the keys", 4, 9, 0, 50),
+    ],
+)
+@pytest.mark.parametrize("groups", [1, 3])
+def test_fused_offsets_match_reference_and_tiled(where, lq, lk, q_offset, k_offset, groups):
+    q, k, v = _qkv(2, 2 * groups, 2, lq, lk, 8, torch.float64, lq * 100 + lk)
+    ref = naive_attention(q, k, v, True, q_offset, k_offset)
+    (fo, fl), (to, tl) = _both_kernels(q, k, v, True, q_offset, k_offset)
+    _assert_close(fo, fl, *ref, 1e-10)
+    _assert_close(fo, fl, to.double(), tl.double(), 1e-12)
+    assert fo.dtype == torch.float64 and fl.dtype == torch.float64
+
+
+@needs_fused
+def test_fused_fully_masked_rows_are_zero_and_minus_inf():
+    q, k, v = _qkv(1, 4, 2, 9, 6, 8, torch.float32, 11)
+    out, lse = blockwise_attention(q, k, v, causal=True, q_offset=10, k_offset=14, kernel="fused")
+    # query positions 10..18, keys 14..19: rows 0..3 (positions 10..13) see nothing
+    assert torch.isneginf(lse[..., :4]).all() and torch.isfinite(lse[..., 4:]).all()
+    assert torch.equal(out[..., :4, :], torch.zeros_like(out[..., :4, :]))
+    _assert_close(out, lse, *naive_attention(q, k, v, True, 10, 14), 1e-5)
+    out, lse = blockwise_attention(q, k, v, causal=True, q_offset=0, k_offset=9, kernel="fused")
+    assert torch.isneginf(lse).all() and torch.equal(out, torch.zeros_like(out))
+
+
+@needs_fused
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_gqa_equals_repeated_kv_heads(causal):
+    q, k, v = _qkv(2, 8, 2, 23, 31, 16, torch.float64, 4)
+    out, lse = blockwise_attention(q, k, v, causal=causal, q_offset=15, k_offset=3, kernel="fused")
+    k4, v4 = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)
+    out4, lse4 = blockwise_attention(q, k4, v4, causal=causal, q_offset=15, k_offset=3, kernel="tiled")
+    assert (out - out4).abs().max().item() <= 1e-12
+    assert (lse - lse4).abs().max().item() <= 1e-12
+    _assert_close(out, lse, *naive_attention(q, k, v, causal, 15, 3), 1e-10)
+
+
+@needs_fused
+@pytest.mark.parametrize("lq,lk,q_offset,k_offset", [(300, 517, 217, 0), (257, 700, 0, 0), (700, 300, 0, 333)])
+def test_fused_fp32_longer_sequences_within_1e5(lq, lk, q_offset, k_offset):
+    q, k, v = _qkv(1, 4, 2, lq, lk, 64, torch.float32, 9)
+    ref = naive_attention(q, k, v, True, q_offset, k_offset)
+    (fo, fl), (to, tl) = _both_kernels(q, k, v, True, q_offset, k_offset)
+    assert fo.dtype == torch.float32 and fl.dtype == torch.float32
+    _assert_close(fo, fl, *ref, 1e-5)
+    _assert_close(to, tl, *ref, 1e-5)
+
+
+@needs_fused
+def test_fused_half_inputs_accumulate_in_fp32_and_match_tiled():
+    q, k, v = (t.to(torch.bfloat16) for t in _qkv(1, 2, 2, 40, 40, 16, torch.float32, 2))
+    (fo, fl), (to, tl) = _both_kernels(q, k, v, True, 5, 0, out_dtype=torch.float32)
+    assert fo.dtype == torch.float32 and fl.dtype == torch.float32
+    assert (fo - to).abs().max().item() <= 1e-5 and (fl - tl).abs().max().item() <= 1e-5
+
+
+@needs_fused
+def test_auto_kernel_on_cpu_calls_torch_fused_op():
+    seen = []
+
+    class _Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = _qkv(1, 2, 2, 16, 16, 8, torch.float32, 0)
+    with _Ops():
+        blockwise_attention(q, k, v, causal=True)
+    assert any("_scaled_dot_product_flash_attention_for_cpu" in n for n in seen)
+    seen.clear()
+    with _Ops():
+        blockwise_attention(q, k, v, causal=True, kernel="tiled")
+    assert not any("flash" in n for n in seen)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "tiled", "fused"])
+@pytest.mark.parametrize("lq,lk", [(0, 5), (5, 0)])
+def test_zero_length_sequences_do_not_reach_the_fused_kernel(kernel, lq, lk):
+    q, k, v = _qkv(1, 2, 2, lq, lk, 4, torch.float64, 0)
+    out, lse = blockwise_attention(q, k, v, causal=False, kernel=kernel)
+    assert out.shape == (1, 2, lq, 4) and lse.shape == (1, 2, lq)
+    assert torch.isneginf(lse).all() and torch.equal(out, torch.zeros_like(out))
+
+
+def test_unknown_kernel_and_fused_off_cpu_are_named():
+    q, k, v = _qkv(1, 2, 2, 4, 4, 4, torch.float32, 0)
+    with pytest.raises(AttentionInputError, match="kernel must be one of auto, fused, tiled; got 'flash'"):
+        blockwise_attention(q, k, v, causal=True, kernel="flash")
+    qm, km, vm = (t.to("meta") for t in (q, k, v))
+    with pytest.raises(AttentionInputError, match="kernel 'fused' needs CPU tensors"):
+        blockwise_attention(qm, km, vm, causal=True, kernel="fused")
