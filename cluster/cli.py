@@ -7,6 +7,7 @@ Modeled figures are always labelled as modeled.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Any, Optional
@@ -14,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out
+from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out, reserve_stdout_for_json
 from cluster.clikit import fmt as _fmt
 from cluster.exceptions import FlotillaError, InputError
 
@@ -206,8 +207,11 @@ def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes (2 bad input, 1 internal failure)."""
     usage_error, click_exception = _click_exceptions()
+    args = sys.argv[1:] if argv is None else list(argv)
+    reserve = reserve_stdout_for_json() if "--json" in args else contextlib.nullcontext()
     try:
-        rv = app(args=argv, standalone_mode=False)
+        with reserve:
+            rv = app(args=args, standalone_mode=False)
     except usage_error as exc:
         exc.show()  # type: ignore[attr-defined]
         return 2

@@ -7,9 +7,11 @@ Each area's commands live in their own module (``cluster/cli_*.py``) exposing ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -25,10 +27,31 @@ def json_option() -> Any:
     return typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 
 
+#: Where :func:`emit_json` writes while stdout is reserved for the JSON object (see below).
+_json_stream: TextIO | None = None
+
+
+@contextlib.contextmanager
+def reserve_stdout_for_json() -> Iterator[None]:
+    """Keep stdout for the one JSON object: anything else printed meanwhile goes to stderr.
+
+    Libraries print on stdout too (Ray relays its workers' warnings there); under ``--json`` those
+    lines would break "one JSON object on stdout and nothing else", so they are sent to stderr.
+    """
+    global _json_stream
+    real, previous = sys.stdout, _json_stream
+    _json_stream, sys.stdout = real, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout, _json_stream = real, previous
+
+
 def emit_json(obj: Any) -> None:
     """Print exactly one JSON object on stdout."""
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
+    stream = _json_stream or sys.stdout
+    stream.write(json.dumps(obj, default=str) + "\n")
+    stream.flush()
 
 
 def fmt(v: float | None, spec: str = ".1f") -> str:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -128,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "demo":
-            run_demo(fleet=args.fleet, n_requests=args.requests, model=args.model, as_json=args.json)
+            from cluster.clikit import reserve_stdout_for_json
+
+            with reserve_stdout_for_json() if args.json else contextlib.nullcontext():
+                run_demo(fleet=args.fleet, n_requests=args.requests, model=args.model, as_json=args.json)
             return 0
         from cluster.cli_serve import run_until_stopped
         from cluster.config import load_config

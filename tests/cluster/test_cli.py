@@ -103,3 +103,16 @@ def test_status_of_an_unreachable_gateway_exits_1_naming_the_status() -> None:
     assert res.returncode == 1
     assert res.stdout == ""
     assert "UNAVAILABLE" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_json_mode_sends_stray_prints_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from cluster.clikit import emit_json, reserve_stdout_for_json
+
+    with reserve_stdout_for_json():
+        print("(raylet) WARNING: something a library printed")
+        emit_json({"ok": True})
+    captured = capsys.readouterr()
+    assert captured.out == '{"ok": true}\n'
+    assert "WARNING" in captured.err
+    print("after")
+    assert capsys.readouterr().out == "after\n"

@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_serves_every_request_and_shuts_down(ray_session, capsys):
     import ray
 
+    from cluster.clikit import reserve_stdout_for_json
     from cluster.job import DEMO_PROMPTS, run_demo
 
-    summary = run_demo(fleet=str(REPO / "examples" / "fleet.yaml"), n_requests=6, model="echo", as_json=True)
+    with reserve_stdout_for_json():  # as `flotilla demo --json` runs it: Ray's own notices go to stderr
+        summary = run_demo(fleet=str(REPO / "examples" / "fleet.yaml"), n_requests=6, model="echo", as_json=True)
     rows = summary["by_kind"]
     assert sum(r["requests"] for r in rows) == 6
     assert {r["device_kind"] for r in rows} <= {"rtx4090", "a100-80g-sxm", "jetson-agx-orin-64"}
