@@ -11,6 +11,8 @@ What it runs (each step reports, none stops the others):
    depend on the values) run by transformers on the GPU: prefill of 1000 tokens and decode steps
    at context 1000 for batch 1, 16 and 64, MEASURED with CUDA events, next to cluster.perf's
    MODELED prefill_time / decode_step_time for the detected kind.
+   Then the same decode steps replayed as a CUDA graph over a static KV cache (how a vLLM-like
+   server runs decode), which is what cluster.perf's decode model describes.
 5. The generation loop (actors/llm/generate.py) on CUDA with a tiny random Llama and the SmolLM2
    tokenizer (when ``--tokenizer DIR`` is given): greedy, streamed, finishes.
 
@@ -161,6 +163,73 @@ def llama_vs_model(kind: str) -> dict:
     return {"model": "llama-2-7b shape, random bf16 weights, transformers eager", "n_params": n_params, "rows": rows}
 
 
+def _decode_layers(shape, batch: int, ctx: int, device: str, dtype):
+    """Weights and a filled KV cache of ``shape`` (random values) and a one-token decode step over
+    them in plain torch: per layer QKV, RoPE-free attention over the cache (SDPA), output
+    projection, gated MLP. The bytes read and FLOPs are those of a real decode step."""
+    import torch
+
+    h, d, hkv, ff = shape.hidden_size, shape.head_dim, shape.n_kv_heads, shape.intermediate_size
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def w(*size):
+        return (torch.randn(*size, generator=g, device=device, dtype=dtype) * 0.02)
+
+    layers = [dict(qkv=w(h, (shape.n_heads + 2 * hkv) * d), o=w(shape.n_heads * d, h), up=w(h, 2 * ff), down=w(ff, h),
+                   k=w(batch, hkv, ctx, d), v=w(batch, hkv, ctx, d)) for _ in range(shape.n_layers)]
+    x = w(batch, h)
+
+    def step():
+        y = x
+        for L in layers:
+            qkv = y @ L["qkv"]
+            q = qkv[:, : shape.n_heads * d].view(batch, shape.n_heads, 1, d)
+            att = torch.nn.functional.scaled_dot_product_attention(q, L["k"], L["v"], enable_gqa=hkv != shape.n_heads)
+            y = y + att.reshape(batch, -1) @ L["o"]
+            gate, up = (y @ L["up"]).chunk(2, dim=-1)
+            y = y + (torch.nn.functional.silu(gate) * up) @ L["down"]
+        return y
+
+    return step
+
+
+def decode_cuda_graph(kind: str) -> dict:
+    """Decode steps of the Llama-2-7B shape (plain torch, random bf16 weights, KV cache of 1000
+    tokens) replayed as a CUDA graph, the way a vLLM-like server runs decode: no per-kernel launch
+    cost from Python, so the step is bounded by the bytes it reads -- what cluster.perf models."""
+    import torch
+
+    from cluster import perf
+    from cluster.devices import default_catalog
+
+    spec = default_catalog().get(kind)
+    shape = perf.get_model("llama-2-7b")
+    ctx, rows = 1000, []
+    with torch.inference_mode():
+        for batch in (1, 16, 64):
+            stepfn = _decode_layers(shape, batch, ctx, "cuda", torch.bfloat16)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    stepfn()
+            torch.cuda.current_stream().wait_stream(side)
+            eager = statistics.median(_cuda_time(stepfn, repeats=5))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                stepfn()
+            t = statistics.median(_cuda_time(graph.replay, repeats=20))
+            modeled = perf.decode_step_time(shape, spec, batch, ctx)
+            bytes_read = shape.weight_bytes + batch * ctx * shape.kv_bytes_per_token
+            rows.append({"batch": batch, "context": ctx, "decode_step_graph_s": t, "decode_step_eager_s": eager,
+                         "decode_step_modeled_s": modeled, "decode_modeled_over_measured": modeled / t,
+                         "achieved_gbs": bytes_read / t / 1e9})
+            del graph, stepfn
+            torch.cuda.empty_cache()
+    return {"model": "llama-2-7b shape, plain torch layers, random bf16 weights, KV cache 1000 tokens, CUDA graph replay",
+            "rows": rows}
+
+
 def generation_loop(tokenizer_dir: str) -> dict:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -207,6 +276,7 @@ def main() -> int:
         step(summary, "device_actor", lambda: device_actor(kind))
         step(summary, "roofline", lambda: roofline(kind))
         step(summary, "llama_vs_model", lambda: llama_vs_model(kind))
+        step(summary, "decode_cuda_graph", lambda: decode_cuda_graph(kind))
     if args.tokenizer:
         step(summary, "generation_loop", lambda: generation_loop(args.tokenizer))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
