@@ -10,12 +10,16 @@ Life of a request (:meth:`Router.stream`):
 2. **Admit**: at most ``max_queue`` requests are admitted at once (running or waiting for a
    replica); past that :class:`QueueFullError` (gRPC RESOURCE_EXHAUSTED), so memory stays bounded.
 3. **Journal** the normalised request in the state store (``journal_append``) before dispatch.
-4. **Pick a replica**: size ``s = ceil(len(prompt) / 4) + max_tokens`` (tokens, estimated) picks
-   the first plan bucket with ``s <= max_tokens`` (a bucket without ``max_tokens`` takes all), the
-   bucket lists device kinds, and among the live replicas of those kinds with a free slot the
-   least loaded (``active / capacity``, ties round-robin) is taken. With no live replica of the
-   planned kinds any live replica serves (counted as ``router.plan_fallback``). When every replica
-   is busy the request waits (bounded by its deadline).
+4. **Pick a replica**: the request's estimated input ``p = ceil(len(prompt) / 4)`` and output
+   ``o = max_tokens`` tokens pick the first plan bucket whose bounds hold (``p + o <= max_tokens``,
+   ``p <= max_input_tokens``, ``o <= max_output_tokens``; an absent bound holds always). The
+   bucket lists device kinds. Without ``weights`` the least loaded (``active / capacity``, ties
+   round-robin) live replica of those kinds with a free slot is taken. With ``weights`` (a plan
+   derived from an allocation plan, :mod:`cluster.routing`) the kind comes first: smooth weighted
+   round robin over the bucket's kinds that have a free live replica (kind k gets the share
+   ``weights[k]`` of the bucket's requests while all have room), then the least-loaded replica of
+   that kind. With no live replica of the planned kinds any live replica serves (counted as
+   ``router.plan_fallback``). When every replica is busy the request waits (bounded by its deadline).
 5. **Stream** the replica's chunks. If the replica dies (a Ray actor death) the replica is dropped
    from the pool and the request is re-dispatched to another one, at most ``max_attempts`` times;
    since the request is greedy or seeded, the new replica produces the same text and the text the
@@ -30,8 +34,11 @@ background thread), acknowledges it, and keeps its result, so a client retrying 
 ``request_id`` gets the answer (:meth:`Router.stream` with a known id waits for it).
 
 **Plan**: the plan named ``routing`` in the state store, when present, is
-``{"buckets": [{"max_tokens": 256, "kinds": ["jetson-agx-orin-64"]}, {"kinds": ["rtx4090", ...]}]}``;
-until one is stored, one bucket with every kind (round-robin over all replicas).
+``{"buckets": [{"max_tokens": 256, "kinds": ["jetson-agx-orin-64"]}, {"kinds": ["rtx4090", ...]}]}``
+(optional per bucket: ``max_input_tokens``, ``max_output_tokens``, ``weights`` {kind: share > 0});
+until one is stored, one bucket with every kind (round-robin over all replicas). It is re-read from
+the store every ``plan_refresh_s``, so a plan applied through the gateway's ``Plan`` RPC (or by
+anyone writing the store) takes effect on the next refresh.
 """
 
 from __future__ import annotations
@@ -82,9 +89,13 @@ class RouterConfig:
     plan_refresh_s: float = 5.0
     #: Completed results kept for retries by ``request_id``.
     result_cache: int = 1024
+    #: Requests with ``max_tokens`` at most this are run with one unary actor call (one Ray round
+    #: trip; the text arrives as one chunk) instead of a streaming generator; 0: always stream.
+    unary_max_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("max_queue", 1, 1_000_000), ("max_attempts", 1, 100), ("result_cache", 0, 1_000_000)):
+        for name, lo, hi in (("max_queue", 1, 1_000_000), ("max_attempts", 1, 100), ("result_cache", 0, 1_000_000),
+                             ("unary_max_tokens", 0, 1_000_000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise InputError(f"{name}: {v!r}; allowed: an integer {lo}..{hi}")
@@ -132,19 +143,63 @@ def validate_plan(plan: Any) -> dict[str, Any]:
     for i, b in enumerate(plan["buckets"]):
         if not isinstance(b, dict) or not isinstance(b.get("kinds"), list) or not all(isinstance(k, str) for k in b["kinds"]):
             raise InputError(f"plan.buckets[{i}].kinds: expected a list of device kinds")
-        m = b.get("max_tokens")
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise InputError(f"plan.buckets[{i}].max_tokens: expected an integer >= 1 or absent, got {m!r}")
+        for key in ("max_tokens", "max_input_tokens", "max_output_tokens"):
+            m = b.get(key)
+            if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+                raise InputError(f"plan.buckets[{i}].{key}: expected an integer >= 1 or absent, got {m!r}")
+        w = b.get("weights")
+        if w is not None:
+            ok = isinstance(w, dict) and w and all(
+                k in b["kinds"] and not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < math.inf
+                for k, v in w.items())
+            if not ok:
+                raise InputError(f"plan.buckets[{i}].weights: expected {{kind of the bucket: share > 0}}, got {w!r}")
     return plan
 
 
+def bucket_index(plan: dict[str, Any], input_tokens: int, output_tokens: int) -> int:
+    """Index of the first bucket whose bounds hold for the request (the last one if none does)."""
+    for n, b in enumerate(plan["buckets"]):
+        m, mi, mo = b.get("max_tokens"), b.get("max_input_tokens"), b.get("max_output_tokens")
+        if ((m is None or input_tokens + output_tokens <= m) and (mi is None or input_tokens <= mi)
+                and (mo is None or output_tokens <= mo)):
+            return n
+    return len(plan["buckets"]) - 1
+
+
 def kinds_for(plan: dict[str, Any], size: int) -> list[str]:
-    """The kinds of the first bucket that takes a request of ``size`` tokens (the last if none)."""
+    """The kinds of the first bucket that takes a request of ``size`` tokens (the last if none);
+    for plans that bound only ``max_tokens``."""
     for b in plan["buckets"]:
         m = b.get("max_tokens")
         if m is None or size <= m:
             return list(b["kinds"])
     return list(plan["buckets"][-1]["kinds"])
+
+
+class WeightedTurns:
+    """Smooth weighted round robin (nginx's): each pick adds every candidate's weight to its credit,
+    takes the candidate with the most credit (ties: the first in order) and charges it the total.
+    Over any run of picks among the same candidates, kind k is picked ``weights[k] / total`` of
+    the time, within one pick."""
+
+    def __init__(self) -> None:
+        self._credit: dict[tuple[int, int, str], float] = {}
+
+    def reset(self) -> None:
+        self._credit.clear()
+
+    def pick(self, key: tuple[int, int], weights: dict[str, float], candidates: list[str]) -> str:
+        total = sum(weights[k] for k in candidates)
+        best = None
+        for k in candidates:
+            c = self._credit.get((*key, k), 0.0) + weights[k]
+            self._credit[(*key, k)] = c
+            if best is None or c > self._credit[(*key, best)]:
+                best = k
+        assert best is not None  # candidates is non-empty
+        self._credit[(*key, best)] -= total
+        return best
 
 
 def _is_actor_death(exc: BaseException) -> bool:
@@ -168,6 +223,7 @@ class Router:
         self._plan: dict[str, Any] = default_plan([r.kind for r in replicas])
         self._plan_version: int | None = None
         self._plan_read = 0.0
+        self._turns = WeightedTurns()
         self._replay_thread: threading.Thread | None = None
         self._closed = False
 
@@ -232,8 +288,12 @@ class Router:
         if got is None:
             return
         try:
-            self._plan = validate_plan(got[1])
-            self._plan_version = got[0]
+            plan = validate_plan(got[1])
+            with self._cond:
+                if got[0] != self._plan_version:
+                    self._turns.reset()
+                self._plan = plan
+                self._plan_version = got[0]
         except InputError:
             self.store.incr("router.bad_plan")
 
@@ -341,6 +401,11 @@ class Router:
             replica = self._acquire(req, deadline)
             gen = None
             try:
+                if req["max_tokens"] <= self.config.unary_max_tokens:
+                    final = self._call_unary(rid, replica, req, deadline, attempt)
+                    if final["text"][delivered:]:
+                        yield {"type": "chunk", "index": n_out, "text": final["text"][delivered:]}
+                    return final
                 gen = replica.handle.generate_stream.options(num_returns="streaming").remote(req)
                 text = ""
                 while True:
@@ -389,10 +454,31 @@ class Router:
                 self._release(replica)
         raise NoReplicaError(f"request {rid}: {self.config.max_attempts} replicas died while serving it; last: {last_death}")
 
+    def _call_unary(self, rid: str, replica: Replica, req: dict[str, Any], deadline: float, attempt: int) -> dict[str, Any]:
+        """One ``generate`` actor call (see ``RouterConfig.unary_max_tokens``); the final dict."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        if self._closed:
+            raise RouterClosedError(f"request {rid}: the router is shutting down; it stays journaled for replay")
+        ref = replica.handle.generate.remote(req)
+        try:
+            ev = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except GetTimeoutError:
+            ray.cancel(ref)
+            raise DeadlineExceededError(f"request {rid}: deadline passed before the reply") from None
+        final = dict(ev, attempts=attempt, request_id=rid)
+        final["type"] = "done"
+        self.store.incr("router.completed")
+        return final
+
     # ------------------------------------------------------------------ replica pool
     def _acquire(self, req: dict[str, Any], deadline: float) -> Replica:
         self._refresh_plan()
-        kinds = set(kinds_for(self._plan, estimate_tokens(req["prompt"], req["max_tokens"])))
+        plan, version = self._plan, self._plan_version
+        n = bucket_index(plan, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
+        bucket = plan["buckets"][n]
+        kinds, weights = set(bucket["kinds"]), bucket.get("weights")
         with self._cond:
             while True:
                 live = [r for r in self._replicas if r.alive]
@@ -403,6 +489,11 @@ class Router:
                     pool = live
                     self.store.incr("router.plan_fallback")
                 free = [r for r in pool if r.active < r.capacity]
+                if free and weights and pool is not live:
+                    ready = [k for k in bucket["kinds"] if k in weights and any(r.kind == k for r in free)]
+                    if ready:
+                        kind = self._turns.pick((version or 0, n), weights, ready)
+                        free = [r for r in free if r.kind == kind]
                 if free:
                     turn = next(self._rr)
                     best = min(free, key=lambda r: (r.active / r.capacity, (free.index(r) - turn) % len(free)))

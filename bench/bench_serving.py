@@ -8,7 +8,9 @@
    the time to the first token (measured separately for ``generate`` with ``max_new_tokens=1``).
 2. **overhead**: gateway + router + Ray per-request latency with the echo model, open loop at
    ``--rate`` requests/s for ``--seconds``: client-observed latency of a 4-word request minus
-   nothing (the echo model does no work); p50 / p99 / max in ms, and requests refused.
+   nothing (the echo model does no work); p50 / p99 / max in ms, and requests refused. Both
+   router dispatch paths (streaming generator vs one unary actor call,
+   ``RouterConfig.unary_max_tokens``) are run on the same experts, interleaved ``--reps`` times.
 
 ``python -m bench.bench_serving [--part decode|overhead|all] [--out FILE]``
 """
@@ -93,13 +95,53 @@ def bench_actor_decode(n_tokens: int) -> dict[str, Any]:
         ray.shutdown()
 
 
-def bench_overhead(rate: float, seconds: float) -> dict[str, Any]:
+def _open_loop(client: Any, rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop load of 4-word, 4-token echo requests at ``rate`` req/s; client-observed latency."""
+    from cluster.client import RpcError
+
+    lat: list[float] = []
+    refused = [0]
+    lock = threading.Lock()
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        try:
+            client.generate("one two three four", max_tokens=4)
+        except RpcError:
+            with lock:
+                refused[0] += 1
+            return
+        with lock:
+            lat.append((time.perf_counter() - t0) * 1e3)
+
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one)
+    achieved = n / (time.perf_counter() - start)
+    lat.sort()
+    pct = lambda p: lat[max(0, min(len(lat) - 1, int(round(p / 100 * len(lat))) - 1))]  # noqa: E731 - nearest rank
+    return {"rate_rps": rate, "achieved_rps": achieved, "requests": n, "refused": refused[0],
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": lat[-1], "load_avg_1m": os.getloadavg()[0]}
+
+
+#: Router dispatch paths compared by the overhead benchmark: ``RouterConfig.unary_max_tokens``.
+PATHS = {"stream": 0, "unary": 16}
+
+
+def bench_overhead(rate: float, seconds: float, reps: int = 2) -> dict[str, Any]:
+    """Both dispatch paths (:data:`PATHS`) on the same Ray instance and experts, interleaved
+    ``reps`` times (stream, unary, stream, unary, ...): the side-by-side comparison."""
     import ray
 
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
     from actors.router import Replica, Router, RouterConfig
-    from cluster.client import Client, RpcError
+    from cluster.client import Client
     from cluster.devices import default_catalog
     from cluster.gateway import Gateway, GatewayConfig
     from cluster.state import open_store
@@ -110,42 +152,25 @@ def bench_overhead(rate: float, seconds: float) -> dict[str, Any]:
         spec = default_catalog().get(kind)
         devs = [spawn(spec, f"{kind}-{i}") for i in range(2)]
         exps = [spawn_expert(d, kind, f"{kind}-{i}", ExpertConfig(model="echo", max_concurrency=8)) for i, d in enumerate(devs)]
-        store = open_store(None)
-        router = Router(store, [Replica(f"{kind}-{i}", kind, e, 8) for i, e in enumerate(exps)], RouterConfig(max_queue=256))
-        router.start()
-        gw = Gateway(router, store, GatewayConfig(port=0, max_workers=64), "echo").start()
-        lat: list[float] = []
-        refused = [0]
-        lock = threading.Lock()
-        with Client(gw.address) as c:
-            for _ in range(50):
-                c.generate("warm up the path", max_tokens=4)
-
-            def one() -> None:
-                t0 = time.perf_counter()
+        out: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
+        for _ in range(reps):
+            for name, unary in PATHS.items():
+                store = open_store(None)
+                router = Router(store, [Replica(f"{kind}-{i}", kind, e, 8) for i, e in enumerate(exps)],
+                                RouterConfig(max_queue=256, unary_max_tokens=unary))
+                router.start()
+                gw = Gateway(router, store, GatewayConfig(port=0, max_workers=64), "echo").start()
                 try:
-                    c.generate("one two three four", max_tokens=4)
-                except RpcError:
-                    with lock:
-                        refused[0] += 1
-                    return
-                with lock:
-                    lat.append((time.perf_counter() - t0) * 1e3)
-
-            n = int(rate * seconds)
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=64) as pool:
-                for i in range(n):
-                    delay = start + i / rate - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    pool.submit(one)
-            achieved = n / (time.perf_counter() - start)
-        gw.stop(0.5)
-        lat.sort()
-        pct = lambda p: lat[max(0, min(len(lat) - 1, int(round(p / 100 * len(lat))) - 1))]  # noqa: E731 - nearest rank
-        return {"rate_rps": rate, "achieved_rps": achieved, "requests": n, "refused": refused[0],
-                "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": lat[-1]}
+                    with Client(gw.address) as c:
+                        for _ in range(50):
+                            c.generate("warm up the path", max_tokens=4)
+                        out[name].append(_open_loop(c, rate, seconds))
+                finally:
+                    gw.stop(0.5)
+        summary = {name: {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p90_ms", "p99_ms")}
+                   for name, runs in out.items()}
+        return {"paths": {n: {"unary_max_tokens": u} for n, u in PATHS.items()}, "runs": out, "median_of_runs": summary,
+                "p50_ratio_unary_vs_stream": summary["unary"]["p50_ms"] / summary["stream"]["p50_ms"]}
     finally:
         ray.shutdown()
 
@@ -164,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         result["decode"] = bench_decode(args.tokens, args.reps)
         result["decode_actor"] = bench_actor_decode(args.tokens)
     if args.part in ("overhead", "all"):
-        result["overhead"] = bench_overhead(args.rate, args.seconds)
+        result["overhead"] = bench_overhead(args.rate, args.seconds, args.reps)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

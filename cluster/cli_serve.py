@@ -43,6 +43,7 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local HF model directory."),
     max_concurrency: int = typer.Option(2, "--max-concurrency", help="Requests served at once per expert."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests the router admits at once (RESOURCE_EXHAUSTED past it)."),
+    experts: Optional[str] = typer.Option(None, "--experts", help="Selection instance JSON (`flotilla experts build`) for SelectExperts."),
 ) -> None:
     """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
     from actors.router import RouterConfig
@@ -52,7 +53,7 @@ def serve(
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
                      model=model, gateway=GatewayConfig(host=host, port=port, token=token),
-                     router=RouterConfig(max_queue=max_queue), max_concurrency=max_concurrency)
+                     router=RouterConfig(max_queue=max_queue), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
 
 

@@ -153,8 +153,18 @@ class Client:
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 
-    def plan(self) -> Any:
-        return self._unary("Plan", pb.PlanRequest())
+    def plan(self, query: dict[str, Any] | None = None) -> Any:
+        """The current routing plan; with ``query`` (the fields of ``PlanQuery``: model, workload,
+        rate, tpot_slo_ms, ttft_slo_ms, devices, max_count, power_budget_w, apply) the allocation
+        solver's mix as well (``PlanResponse.allocation``)."""
+        if query is None:
+            return self._unary("Plan", pb.PlanRequest())
+        fields = {k: v for k, v in query.items() if v is not None}
+        try:
+            msg = pb.PlanQuery(**fields)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"query: {exc}") from None
+        return self._unary("Plan", pb.PlanRequest(query=msg))
 
     def status(self) -> Any:
         return self._unary("ClusterStatus", pb.ClusterStatusRequest())

@@ -5,16 +5,25 @@ A thin surface (the logic lives in :mod:`actors.router` and :mod:`actors.expert`
 * ``Generate`` streams the router's chunks as ``GenerateResponse.chunk`` and ends with one
   ``GenerateResponse.final`` (usage, measured TTFT / TPOT, the device, modeled figures when
   simulated). The RPC's deadline becomes the request's deadline.
-* ``Plan`` returns the routing plan and replicas; ``ClusterStatus`` devices, replicas, queue and
-  counters; ``SelectExperts`` validates its fields and answers UNIMPLEMENTED until the selection
-  solver is wired to the serving path.
+* ``Plan`` without a query returns the routing plan and replicas. With a ``PlanQuery`` it runs the
+  allocation solver through ``flotilla plan``'s code path (:mod:`cluster.plan_service`; MODELED
+  throughput tables) and returns the mix, its cost, the single-type baselines and the solve time;
+  with ``apply`` it also requests the devices from Ray's autoscaler, stores the plan and the
+  routing plan derived from it (:mod:`cluster.routing`), and the Router routes by it from its next
+  refresh (this gateway's Router at once).
+* ``SelectExperts`` (gateway started with an expert selector, ``flotilla serve --experts FILE``):
+  the selection solver's deployment for the budgets, then the gate's top-k inside it
+  (:mod:`cluster.expert_selection`); without one, FAILED_PRECONDITION.
+* ``ClusterStatus``: devices, replicas, queue and counters.
 * Standard health checking (``grpc.health.v1``, service ``""`` and ``flotilla.v1.Flotilla``) and
   server reflection. With a token configured every Flotilla RPC needs the metadata
   ``authorization: Bearer <token>`` (UNAUTHENTICATED otherwise; health and reflection stay open).
 
 Errors: :class:`~cluster.exceptions.InputError` -> INVALID_ARGUMENT (its message names the
 field), QueueFullError / CapacityError -> RESOURCE_EXHAUSTED, DeadlineExceededError ->
-DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE. Anything else is
+DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE, PlanInfeasibleError
+(no device mix meets the query's SLO; the message names the binding cause) -> FAILED_PRECONDITION,
+PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED. Anything else is
 INTERNAL with a generic message, logged; the server keeps serving.
 
 :func:`start_serving` composes the whole path (fleet -> DeviceActors -> ExpertActors -> Router ->
@@ -34,7 +43,8 @@ from typing import Any
 import grpc
 
 from actors.router import DeadlineExceededError, NoReplicaError, Router, RouterConfig
-from cluster.exceptions import CapacityError, InputError, StoreUnavailableError
+from cluster.exceptions import CapacityError, FlotillaError, InputError, StoreUnavailableError
+from cluster.plan_service import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery
 from cluster.proto import flotilla_pb2 as pb
 from cluster.proto import flotilla_pb2_grpc as pb_grpc
 
@@ -73,14 +83,20 @@ class GatewayConfig:
                 raise InputError(f"{name}: {v!r}; allowed: 1..10000")
 
 
+class ExpertsNotConfiguredError(FlotillaError):
+    """SelectExperts on a gateway started without ``--experts FILE`` (gRPC FAILED_PRECONDITION)."""
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status code of an error raised while serving."""
     if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, DeadlineExceededError):
+    if isinstance(exc, (DeadlineExceededError, PlanIncompleteError)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, (PlanInfeasibleError, ExpertsNotConfiguredError)):
+        return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, (NoReplicaError, StoreUnavailableError)):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
@@ -140,13 +156,32 @@ def _replica_msgs(replicas: list[dict[str, Any]]) -> list[Any]:
             for r in replicas]
 
 
+def allocation_message(doc: dict[str, Any]) -> Any:
+    """``PlanResponse.allocation`` from :meth:`cluster.plan_service.Planner.run`'s document."""
+    base = doc.get("baselines", {})
+    return pb.Allocation(
+        counts=doc["allocation"], cost_per_hour=doc["cost_per_hour"],
+        baselines={k: v for k, v in base.items() if v is not None},
+        infeasible_alone=sorted(k for k, v in base.items() if v is None), solve_seconds=doc["solve_seconds"],
+        solver=doc["solver"], throughput_source=doc.get("throughput_source", ""), note=doc.get("note", ""),
+        applied=doc["applied"], allocation_version=doc.get("allocation_version") or 0, bundles=doc.get("bundles", 0),
+    )
+
+
+def _bucket_msg(b: dict[str, Any]) -> Any:
+    return pb.PlanBucket(max_tokens=b.get("max_tokens") or 0, kinds=b["kinds"], max_input_tokens=b.get("max_input_tokens") or 0,
+                         max_output_tokens=b.get("max_output_tokens") or 0, weights=b.get("weights") or {})
+
+
 class FlotillaServicer(pb_grpc.FlotillaServicer):
     """Validates and forwards to the router; errors become status codes (see the module docstring)."""
 
-    def __init__(self, router: Router, store: Any, model_name: str) -> None:
+    def __init__(self, router: Router, store: Any, model_name: str, selector: Any = None) -> None:
         self.router = router
         self.store = store
         self.model_name = model_name
+        self.planner = Planner(store)
+        self.selector = selector
 
     def _fail(self, context: Any, exc: BaseException) -> None:
         code = status_for(exc)
@@ -171,10 +206,16 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
 
     def Plan(self, request: Any, context: Any) -> Any:
         try:
-            version, plan = self.router.plan()
-            buckets = [pb.PlanBucket(max_tokens=b.get("max_tokens") or 0, kinds=b["kinds"]) for b in plan["buckets"]]
-            return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")), buckets=buckets,
-                                   replicas=_replica_msgs(self.router.replicas()))
+            allocation = None
+            if request.HasField("query"):
+                query = PlanQuery.from_pb(request.query)
+                remaining = context.time_remaining()
+                doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None)
+                allocation = allocation_message(doc)
+            version, plan = self.router.plan()  # re-reads the store: an applied plan shows at once
+            return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")),
+                                   buckets=[_bucket_msg(b) for b in plan["buckets"]],
+                                   replicas=_replica_msgs(self.router.replicas()), allocation=allocation)
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)
 
@@ -186,10 +227,17 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
             _finite("latency_budget_ms", request.latency_budget_ms, 0.0, 1e9, lo_open=True)
             if not 0 <= request.max_experts <= 64:
                 raise InputError(f"max_experts: {request.max_experts} is out of range; allowed: 1..64 (0 = 1)")
+            if self.selector is None:
+                raise ExpertsNotConfiguredError(
+                    "SelectExperts: this gateway has no expert selection instance; start the gateway with "
+                    "--experts FILE (the JSON of `flotilla experts build`)")
+            sel = self.selector.select(request.query, request.energy_budget_j, request.latency_budget_ms,
+                                       request.max_experts or 1)
+            return pb.SelectExpertsResponse(experts=sel.experts, weights=sel.weights, energy_j=sel.energy_j,
+                                            latency_ms=sel.latency_ms, deployed=sel.deployed,
+                                            objective_value=sel.objective_value, note=sel.note)
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "SelectExperts: the selection solver is not wired to the serving path yet; use solvers.selection directly")
 
     def ClusterStatus(self, request: Any, context: Any) -> Any:
         try:
@@ -229,7 +277,7 @@ class _AuthInterceptor(grpc.ServerInterceptor):
 class Gateway:
     """A running gRPC server around a router."""
 
-    def __init__(self, router: Router, store: Any, config: GatewayConfig, model_name: str) -> None:
+    def __init__(self, router: Router, store: Any, config: GatewayConfig, model_name: str, selector: Any = None) -> None:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
@@ -238,7 +286,7 @@ class Gateway:
         interceptors = [_AuthInterceptor(config.token)] if config.token else []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="flotilla-rpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs)
-        pb_grpc.add_FlotillaServicer_to_server(FlotillaServicer(router, store, model_name), self.server)
+        pb_grpc.add_FlotillaServicer_to_server(FlotillaServicer(router, store, model_name, selector), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (pb.DESCRIPTOR.services_by_name["Flotilla"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -290,6 +338,8 @@ class ServeConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     max_concurrency: int = 2
     max_context: int = 2048
+    #: A selection instance (JSON of ``flotilla experts build``) for SelectExperts; None: not served.
+    experts: str | None = None
 
 
 @dataclass
@@ -328,6 +378,11 @@ def start_serving(cfg: ServeConfig) -> Serving:
     from cluster.runtime import load_fleet
     from cluster.state import open_store
 
+    selector = None
+    if cfg.experts is not None:
+        from cluster.expert_selection import ExpertSelector
+
+        selector = ExpertSelector.from_file(cfg.experts)  # fails fast on a bad file, before any actor starts
     source = resolve_source(cfg.model)
     if source.kind == "bundled":
         ensure_cached(source)  # dequantise once here, not in every actor at the same time
@@ -347,7 +402,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
         router = Router(store, replicas, cfg.router)
         replayed = router.start()
-        gateway = Gateway(router, store, cfg.gateway, source.name).start()
+        gateway = Gateway(router, store, cfg.gateway, source.name, selector).start()
     except BaseException:
         for h in experts.values():
             ray.kill(h)

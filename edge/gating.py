@@ -73,6 +73,15 @@ class Embedder:
             h.update(b"\x00" + t.encode("utf-8"))
         return h.hexdigest()[:32]
 
+    def encode(self, texts: list[str] | tuple[str, ...]) -> np.ndarray:
+        """``len(texts) x 384`` float32, unit-norm rows, computed now and never cached (for a server's
+        queries: one cache file per distinct query would grow without bound)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, EMBED_DIM), dtype=np.float32)
+        return np.asarray(self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                              show_progress_bar=False), dtype=np.float32)
+
     def embed(self, texts: list[str] | tuple[str, ...]) -> np.ndarray:
         """``len(texts) x 384`` float32, unit-norm rows; read from the cache when present."""
         texts = list(texts)
@@ -84,8 +93,7 @@ class Embedder:
             if arr.shape == (len(texts), EMBED_DIM):
                 return arr.astype(np.float32)
         self.misses += 1
-        arr = np.asarray(self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                             show_progress_bar=False), dtype=np.float32)
+        arr = self.encode(texts)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, arr)

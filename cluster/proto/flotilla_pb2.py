@@ -24,13 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66lotilla.proto\x12\x0b\x66lotilla.v1\"\xb3\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0b\n\x03raw\x18\t \x01(\x08\x42\x07\n\x05_seed\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"[\n\x07Modeled\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x02 \x01(\x01\x12\x0e\n\x06\x65\x32\x65_ms\x18\x03 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x04 \x01(\x01\x12\x0c\n\x04note\x18\x05 \x01(\t\"\xc0\x02\n\x05\x46inal\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.flotilla.v1.Usage\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x05 \x01(\x01\x12\x0e\n\x06\x65\x32\x65_ms\x18\x06 \x01(\x01\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65vice_kind\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65vice_label\x18\t \x01(\t\x12\x11\n\tsimulated\x18\n \x01(\x08\x12%\n\x07modeled\x18\x0b \x01(\x0b\x32\x14.flotilla.v1.Modeled\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\r\n\x05model\x18\x0e \x01(\t\x12\x10\n\x08replayed\x18\x0f \x01(\x08\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"e\n\x10GenerateResponse\x12#\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.flotilla.v1.ChunkH\x00\x12#\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x12.flotilla.v1.FinalH\x00\x42\x07\n\x05\x65vent\"\r\n\x0bPlanRequest\"/\n\nPlanBucket\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\r\n\x05kinds\x18\x02 \x03(\t\"[\n\x07Replica\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\r\n\x05\x61live\x18\x05 \x01(\x08\"\x81\x01\n\x0cPlanResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\x12(\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x17.flotilla.v1.PlanBucket\x12&\n\x08replicas\x18\x04 \x03(\x0b\x32\x14.flotilla.v1.Replica\"n\n\x14SelectExpertsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x17\n\x0f\x65nergy_budget_j\x18\x02 \x01(\x01\x12\x19\n\x11latency_budget_ms\x18\x03 \x01(\x01\x12\x13\n\x0bmax_experts\x18\x04 \x01(\x05\"_\n\x15SelectExpertsResponse\x12\x0f\n\x07\x65xperts\x18\x01 \x03(\t\x12\x0f\n\x07weights\x18\x02 \x03(\x01\x12\x10\n\x08\x65nergy_j\x18\x03 \x01(\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"\x16\n\x14\x43lusterStatusRequest\"8\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\"\xa4\x02\n\x15\x43lusterStatusResponse\x12$\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x13.flotilla.v1.Device\x12&\n\x08replicas\x18\x02 \x03(\x0b\x32\x14.flotilla.v1.Replica\x12\x10\n\x08\x61\x64mitted\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x14\n\x0cplan_version\x18\x05 \x01(\x03\x12\x42\n\x08\x63ounters\x18\x06 \x03(\x0b\x32\x30.flotilla.v1.ClusterStatusResponse.CountersEntry\x12\r\n\x05model\x18\x07 \x01(\t\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xc2\x02\n\x08\x46lotilla\x12I\n\x08Generate\x12\x1c.flotilla.v1.GenerateRequest\x1a\x1d.flotilla.v1.GenerateResponse0\x01\x12;\n\x04Plan\x12\x18.flotilla.v1.PlanRequest\x1a\x19.flotilla.v1.PlanResponse\x12V\n\rSelectExperts\x12!.flotilla.v1.SelectExpertsRequest\x1a\".flotilla.v1.SelectExpertsResponse\x12V\n\rClusterStatus\x12!.flotilla.v1.ClusterStatusRequest\x1a\".flotilla.v1.ClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66lotilla.proto\x12\x0b\x66lotilla.v1\"\xb3\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0b\n\x03raw\x18\t \x01(\x08\x42\x07\n\x05_seed\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"[\n\x07Modeled\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x02 \x01(\x01\x12\x0e\n\x06\x65\x32\x65_ms\x18\x03 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x04 \x01(\x01\x12\x0c\n\x04note\x18\x05 \x01(\t\"\xc0\x02\n\x05\x46inal\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.flotilla.v1.Usage\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x05 \x01(\x01\x12\x0e\n\x06\x65\x32\x65_ms\x18\x06 \x01(\x01\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65vice_kind\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65vice_label\x18\t \x01(\t\x12\x11\n\tsimulated\x18\n \x01(\x08\x12%\n\x07modeled\x18\x0b \x01(\x0b\x32\x14.flotilla.v1.Modeled\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\r\n\x05model\x18\x0e \x01(\t\x12\x10\n\x08replayed\x18\x0f \x01(\x08\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"e\n\x10GenerateResponse\x12#\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.flotilla.v1.ChunkH\x00\x12#\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x12.flotilla.v1.FinalH\x00\x42\x07\n\x05\x65vent\"\xd6\x02\n\tPlanQuery\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x11\n\x04rate\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0btpot_slo_ms\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bttft_slo_ms\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07\x64\x65vices\x18\x06 \x03(\t\x12\x37\n\tmax_count\x18\x07 \x03(\x0b\x32$.flotilla.v1.PlanQuery.MaxCountEntry\x12\x1b\n\x0epower_budget_w\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\r\n\x05\x61pply\x18\t \x01(\x08\x1a/\n\rMaxCountEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x07\n\x05_rateB\x0e\n\x0c_tpot_slo_msB\x0e\n\x0c_ttft_slo_msB\x11\n\x0f_power_budget_w\"4\n\x0bPlanRequest\x12%\n\x05query\x18\x01 \x01(\x0b\x32\x16.flotilla.v1.PlanQuery\"\xcb\x01\n\nPlanBucket\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x18\n\x10max_input_tokens\x18\x03 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\x12\x35\n\x07weights\x18\x05 \x03(\x0b\x32$.flotilla.v1.PlanBucket.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9c\x03\n\nAllocation\x12\x33\n\x06\x63ounts\x18\x01 \x03(\x0b\x32#.flotilla.v1.Allocation.CountsEntry\x12\x15\n\rcost_per_hour\x18\x02 \x01(\x01\x12\x39\n\tbaselines\x18\x03 \x03(\x0b\x32&.flotilla.v1.Allocation.BaselinesEntry\x12\x18\n\x10infeasible_alone\x18\x04 \x03(\t\x12\x15\n\rsolve_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06solver\x18\x06 \x01(\t\x12\x19\n\x11throughput_source\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\x12\x0f\n\x07\x61pplied\x18\t \x01(\x08\x12\x1a\n\x12\x61llocation_version\x18\n \x01(\x03\x12\x0f\n\x07\x62undles\x18\x0b \x01(\x05\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x30\n\x0e\x42\x61selinesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\x07Replica\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\r\n\x05\x61live\x18\x05 \x01(\x08\"\xae\x01\n\x0cPlanResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\x12(\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x17.flotilla.v1.PlanBucket\x12&\n\x08replicas\x18\x04 \x03(\x0b\x32\x14.flotilla.v1.Replica\x12+\n\nallocation\x18\x05 \x01(\x0b\x32\x17.flotilla.v1.Allocation\"n\n\x14SelectExpertsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x17\n\x0f\x65nergy_budget_j\x18\x02 \x01(\x01\x12\x19\n\x11latency_budget_ms\x18\x03 \x01(\x01\x12\x13\n\x0bmax_experts\x18\x04 \x01(\x05\"\x98\x01\n\x15SelectExpertsResponse\x12\x0f\n\x07\x65xperts\x18\x01 \x03(\t\x12\x0f\n\x07weights\x18\x02 \x03(\x01\x12\x10\n\x08\x65nergy_j\x18\x03 \x01(\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65ployed\x18\x05 \x03(\t\x12\x17\n\x0fobjective_value\x18\x06 \x01(\x01\x12\x0c\n\x04note\x18\x07 \x01(\t\"\x16\n\x14\x43lusterStatusRequest\"8\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\"\xa4\x02\n\x15\x43lusterStatusResponse\x12$\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x13.flotilla.v1.Device\x12&\n\x08replicas\x18\x02 \x03(\x0b\x32\x14.flotilla.v1.Replica\x12\x10\n\x08\x61\x64mitted\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x14\n\x0cplan_version\x18\x05 \x01(\x03\x12\x42\n\x08\x63ounters\x18\x06 \x03(\x0b\x32\x30.flotilla.v1.ClusterStatusResponse.CountersEntry\x12\r\n\x05model\x18\x07 \x01(\t\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xc2\x02\n\x08\x46lotilla\x12I\n\x08Generate\x12\x1c.flotilla.v1.GenerateRequest\x1a\x1d.flotilla.v1.GenerateResponse0\x01\x12;\n\x04Plan\x12\x18.flotilla.v1.PlanRequest\x1a\x19.flotilla.v1.PlanResponse\x12V\n\rSelectExperts\x12!.flotilla.v1.SelectExpertsRequest\x1a\".flotilla.v1.SelectExpertsResponse\x12V\n\rClusterStatus\x12!.flotilla.v1.ClusterStatusRequest\x1a\".flotilla.v1.ClusterStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flotilla_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PLANQUERY_MAXCOUNTENTRY']._loaded_options = None
+  _globals['_PLANQUERY_MAXCOUNTENTRY']._serialized_options = b'8\001'
+  _globals['_PLANBUCKET_WEIGHTSENTRY']._loaded_options = None
+  _globals['_PLANBUCKET_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_ALLOCATION_COUNTSENTRY']._loaded_options = None
+  _globals['_ALLOCATION_COUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_ALLOCATION_BASELINESENTRY']._loaded_options = None
+  _globals['_ALLOCATION_BASELINESENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTERSTATUSRESPONSE_COUNTERSENTRY']._loaded_options = None
   _globals['_CLUSTERSTATUSRESPONSE_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=32
@@ -45,26 +53,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNK']._serialized_end=724
   _globals['_GENERATERESPONSE']._serialized_start=726
   _globals['_GENERATERESPONSE']._serialized_end=827
-  _globals['_PLANREQUEST']._serialized_start=829
-  _globals['_PLANREQUEST']._serialized_end=842
-  _globals['_PLANBUCKET']._serialized_start=844
-  _globals['_PLANBUCKET']._serialized_end=891
-  _globals['_REPLICA']._serialized_start=893
-  _globals['_REPLICA']._serialized_end=984
-  _globals['_PLANRESPONSE']._serialized_start=987
-  _globals['_PLANRESPONSE']._serialized_end=1116
-  _globals['_SELECTEXPERTSREQUEST']._serialized_start=1118
-  _globals['_SELECTEXPERTSREQUEST']._serialized_end=1228
-  _globals['_SELECTEXPERTSRESPONSE']._serialized_start=1230
-  _globals['_SELECTEXPERTSRESPONSE']._serialized_end=1325
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1327
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1349
-  _globals['_DEVICE']._serialized_start=1351
-  _globals['_DEVICE']._serialized_end=1407
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1410
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=1702
-  _globals['_CLUSTERSTATUSRESPONSE_COUNTERSENTRY']._serialized_start=1655
-  _globals['_CLUSTERSTATUSRESPONSE_COUNTERSENTRY']._serialized_end=1702
-  _globals['_FLOTILLA']._serialized_start=1705
-  _globals['_FLOTILLA']._serialized_end=2027
+  _globals['_PLANQUERY']._serialized_start=830
+  _globals['_PLANQUERY']._serialized_end=1172
+  _globals['_PLANQUERY_MAXCOUNTENTRY']._serialized_start=1065
+  _globals['_PLANQUERY_MAXCOUNTENTRY']._serialized_end=1112
+  _globals['_PLANREQUEST']._serialized_start=1174
+  _globals['_PLANREQUEST']._serialized_end=1226
+  _globals['_PLANBUCKET']._serialized_start=1229
+  _globals['_PLANBUCKET']._serialized_end=1432
+  _globals['_PLANBUCKET_WEIGHTSENTRY']._serialized_start=1386
+  _globals['_PLANBUCKET_WEIGHTSENTRY']._serialized_end=1432
+  _globals['_ALLOCATION']._serialized_start=1435
+  _globals['_ALLOCATION']._serialized_end=1847
+  _globals['_ALLOCATION_COUNTSENTRY']._serialized_start=1752
+  _globals['_ALLOCATION_COUNTSENTRY']._serialized_end=1797
+  _globals['_ALLOCATION_BASELINESENTRY']._serialized_start=1799
+  _globals['_ALLOCATION_BASELINESENTRY']._serialized_end=1847
+  _globals['_REPLICA']._serialized_start=1849
+  _globals['_REPLICA']._serialized_end=1940
+  _globals['_PLANRESPONSE']._serialized_start=1943
+  _globals['_PLANRESPONSE']._serialized_end=2117
+  _globals['_SELECTEXPERTSREQUEST']._serialized_start=2119
+  _globals['_SELECTEXPERTSREQUEST']._serialized_end=2229
+  _globals['_SELECTEXPERTSRESPONSE']._serialized_start=2232
+  _globals['_SELECTEXPERTSRESPONSE']._serialized_end=2384
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=2386
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=2408
+  _globals['_DEVICE']._serialized_start=2410
+  _globals['_DEVICE']._serialized_end=2466
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2469
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2761
+  _globals['_CLUSTERSTATUSRESPONSE_COUNTERSENTRY']._serialized_start=2714
+  _globals['_CLUSTERSTATUSRESPONSE_COUNTERSENTRY']._serialized_end=2761
+  _globals['_FLOTILLA']._serialized_start=2764
+  _globals['_FLOTILLA']._serialized_end=3086
 # @@protoc_insertion_point(module_scope)

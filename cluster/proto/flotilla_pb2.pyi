@@ -100,17 +100,101 @@ class GenerateResponse(_message.Message):
     final: Final
     def __init__(self, chunk: _Optional[_Union[Chunk, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
 
+class PlanQuery(_message.Message):
+    __slots__ = ("model", "workload", "rate", "tpot_slo_ms", "ttft_slo_ms", "devices", "max_count", "power_budget_w", "apply")
+    class MaxCountEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    POWER_BUDGET_W_FIELD_NUMBER: _ClassVar[int]
+    APPLY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    workload: str
+    rate: float
+    tpot_slo_ms: float
+    ttft_slo_ms: float
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    max_count: _containers.ScalarMap[str, int]
+    power_budget_w: float
+    apply: bool
+    def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ...) -> None: ...
+
 class PlanRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("query",)
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    query: PlanQuery
+    def __init__(self, query: _Optional[_Union[PlanQuery, _Mapping]] = ...) -> None: ...
 
 class PlanBucket(_message.Message):
-    __slots__ = ("max_tokens", "kinds")
+    __slots__ = ("max_tokens", "kinds", "max_input_tokens", "max_output_tokens", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_tokens: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_input_tokens: int
+    max_output_tokens: int
+    weights: _containers.ScalarMap[str, float]
+    def __init__(self, max_tokens: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., max_input_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class Allocation(_message.Message):
+    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class BaselinesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    BASELINES_FIELD_NUMBER: _ClassVar[int]
+    INFEASIBLE_ALONE_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.ScalarMap[str, int]
+    cost_per_hour: float
+    baselines: _containers.ScalarMap[str, float]
+    infeasible_alone: _containers.RepeatedScalarFieldContainer[str]
+    solve_seconds: float
+    solver: str
+    throughput_source: str
+    note: str
+    applied: bool
+    allocation_version: int
+    bundles: int
+    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("device_id", "kind", "capacity", "active", "alive")
@@ -127,16 +211,18 @@ class Replica(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., kind: _Optional[str] = ..., capacity: _Optional[int] = ..., active: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
 
 class PlanResponse(_message.Message):
-    __slots__ = ("version", "source", "buckets", "replicas")
+    __slots__ = ("version", "source", "buckets", "replicas", "allocation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_FIELD_NUMBER: _ClassVar[int]
     version: int
     source: str
     buckets: _containers.RepeatedCompositeFieldContainer[PlanBucket]
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
-    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+    allocation: Allocation
+    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ...) -> None: ...
 
 class SelectExpertsRequest(_message.Message):
     __slots__ = ("query", "energy_budget_j", "latency_budget_ms", "max_experts")
@@ -151,16 +237,22 @@ class SelectExpertsRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., energy_budget_j: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., max_experts: _Optional[int] = ...) -> None: ...
 
 class SelectExpertsResponse(_message.Message):
-    __slots__ = ("experts", "weights", "energy_j", "latency_ms")
+    __slots__ = ("experts", "weights", "energy_j", "latency_ms", "deployed", "objective_value", "note")
     EXPERTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     experts: _containers.RepeatedScalarFieldContainer[str]
     weights: _containers.RepeatedScalarFieldContainer[float]
     energy_j: float
     latency_ms: float
-    def __init__(self, experts: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., energy_j: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    deployed: _containers.RepeatedScalarFieldContainer[str]
+    objective_value: float
+    note: str
+    def __init__(self, experts: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., energy_j: _Optional[float] = ..., latency_ms: _Optional[float] = ..., deployed: _Optional[_Iterable[str]] = ..., objective_value: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()

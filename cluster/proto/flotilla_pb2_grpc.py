@@ -67,14 +67,15 @@ class FlotillaServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Plan(self, request, context):
-        """The current routing plan (request size bucket -> device kinds) and the replicas behind it.
+        """The current routing plan (request size bucket -> device kinds) and the replicas behind it; with a
+        query, the cheapest device mix for a workload (the allocation solver), optionally applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SelectExperts(self, request, context):
-        """Which edge experts to keep under energy / latency budgets (the selection solver).
+        """Which edge experts answer a query under energy / latency budgets (the selection solver + gate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

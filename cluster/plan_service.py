@@ -1,0 +1,196 @@
+"""Planning on a running gateway: a ``PlanQuery`` -> the allocation solver -> (optionally) applied.
+
+The gateway's ``Plan`` RPC with a query runs the same code path as ``flotilla plan``:
+:func:`cluster.cli_plan.build_problem` (throughput tables MODELED from cluster/perf) and
+:func:`solvers.allocation.solve`. Applying a plan (:func:`apply_allocation`) does three things, in
+this order:
+
+1. :func:`cluster.autoscaler.apply_plan`: ask Ray's autoscaler for the plan's devices and store the
+   plan as a new version of the plan named ``default``;
+2. :func:`cluster.routing.routing_plan`: derive the Router's routing plan (request-size bucket ->
+   kinds, in proportion to the assignment) on the grid the plan was solved on;
+3. store it as a new version of the plan named ``routing`` (:data:`actors.router.PLAN_NAME`), which
+   every Router reads on its next refresh.
+
+Errors: bad fields -> :class:`~cluster.exceptions.InputError` naming the ``query.<field>``; no mix
+meets the SLO -> :class:`PlanInfeasibleError` carrying the solver's binding cause (gRPC
+FAILED_PRECONDITION); the solver stopping without an optimum -> :class:`PlanIncompleteError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.exceptions import FlotillaError, InputError, UnknownDeviceKindError
+
+#: Planning defaults (those of ``flotilla plan``).
+DEFAULT_MODEL = "llama-2-7b"
+DEFAULT_WORKLOAD = "arena"
+DEFAULT_RATE = 4.0
+DEFAULT_TPOT_SLO_MS = 120.0
+MAX_RATE = 1e6
+MAX_DEVICES = 32
+MAX_COUNT = 100_000
+#: Longest a gateway solve may run, seconds (the RPC deadline, when shorter, wins).
+SOLVE_TIME_LIMIT_S = 60.0
+
+
+class PlanInfeasibleError(FlotillaError):
+    """No device mix meets the query's SLO within its limits (gRPC FAILED_PRECONDITION)."""
+
+
+class PlanIncompleteError(FlotillaError):
+    """The solver stopped without proving an optimum (time limit) (gRPC DEADLINE_EXCEEDED)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanQuery:
+    """A validated planning query; field meanings as in ``flotilla plan`` (docs/planning.md)."""
+
+    model: str = DEFAULT_MODEL
+    workload: str = DEFAULT_WORKLOAD
+    rate: float = DEFAULT_RATE
+    tpot_slo_ms: float = DEFAULT_TPOT_SLO_MS
+    ttft_slo_ms: float | None = None
+    devices: tuple[str, ...] = ()
+    max_count: tuple[tuple[str, int], ...] = ()
+    power_budget_w: float | None = None
+    apply: bool = False
+
+    def __post_init__(self) -> None:
+        from solvers.workloads import WORKLOADS
+
+        if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 128:
+            raise InputError(f"query.model: {self.model!r:.80}; expected a model name (e.g. {DEFAULT_MODEL})")
+        if self.workload.strip().lower() not in WORKLOADS:
+            raise InputError(f"query.workload: {self.workload!r:.80}; allowed: {', '.join(sorted(WORKLOADS))} "
+                             "(files are accepted by `flotilla plan`, not over gRPC)")
+        _number("query.rate", self.rate, 0.0, MAX_RATE)
+        _number("query.tpot_slo_ms", self.tpot_slo_ms, 0.0, 1e9, lo_open=True)
+        if self.ttft_slo_ms is not None:
+            _number("query.ttft_slo_ms", self.ttft_slo_ms, 0.0, 1e9, lo_open=True)
+        if self.power_budget_w is not None:
+            _number("query.power_budget_w", self.power_budget_w, 0.0, 1e12)
+        if len(self.devices) > MAX_DEVICES:
+            raise InputError(f"query.devices: {len(self.devices)} kinds; allowed: at most {MAX_DEVICES}")
+        for d in self.devices:
+            if not isinstance(d, str) or not d.strip() or "," in d or "=" in d or len(d) > 64:
+                raise InputError(f"query.devices: {d!r:.80} is not a device kind (e.g. l4, a100-80g-sxm)")
+        for kind, n in self.max_count:
+            if not kind.strip() or "," in kind or "=" in kind or len(kind) > 64:
+                raise InputError(f"query.max_count: key {kind!r:.80} is not a device kind")
+            if not 0 <= n <= MAX_COUNT:
+                raise InputError(f"query.max_count[{kind!r}]: {n}; allowed: 0..{MAX_COUNT}")
+
+    @classmethod
+    def from_pb(cls, q: Any) -> PlanQuery:
+        """From a ``flotilla.v1.PlanQuery`` message (empty fields take the defaults)."""
+        return cls(
+            model=q.model or DEFAULT_MODEL, workload=q.workload or DEFAULT_WORKLOAD,
+            rate=q.rate if q.HasField("rate") else DEFAULT_RATE,
+            tpot_slo_ms=q.tpot_slo_ms if q.HasField("tpot_slo_ms") else DEFAULT_TPOT_SLO_MS,
+            ttft_slo_ms=q.ttft_slo_ms if q.HasField("ttft_slo_ms") else None,
+            devices=tuple(q.devices), max_count=tuple(sorted(q.max_count.items())),
+            power_budget_w=q.power_budget_w if q.HasField("power_budget_w") else None, apply=q.apply,
+        )
+
+
+def _number(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
+        raise InputError(f"{name}: {value!r}; allowed: {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+
+
+_FLAG = re.compile(r"^--([a-z-]+)(?=[: ])")
+
+
+def _field_error(exc: InputError) -> InputError:
+    """An error of build_problem (which names CLI flags) renamed to the query's fields."""
+    msg = str(exc)
+    m = _FLAG.match(msg)
+    if m:
+        return InputError(f"query.{m.group(1).replace('-', '_')}{msg[m.end():]}")
+    if isinstance(exc, UnknownDeviceKindError):
+        return InputError(f"query.devices: {msg}")
+    if msg.startswith("model:"):
+        return InputError(f"query.{msg}")
+    return InputError(f"query: {msg}")
+
+
+def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(AllocationPlan, description)`` for a query, through ``flotilla plan``'s code path."""
+    from cluster.cli_plan import DEFAULT_DEVICES, build_problem
+    from solvers.allocation import solve
+    from solvers.exceptions import InfeasibleError, SolveIncompleteError
+
+    try:
+        problem, desc = build_problem(
+            model=query.model, workload=query.workload, rate=query.rate, tpot_slo_ms=query.tpot_slo_ms,
+            ttft_slo_ms=query.ttft_slo_ms, devices=",".join(query.devices) or DEFAULT_DEVICES,
+            max_count=[f"{k}={n}" for k, n in query.max_count], power_budget_w=query.power_budget_w,
+            headroom=0.0, slice_factor=8, prices="catalog",
+        )
+    except InputError as exc:
+        raise _field_error(exc) from None
+    limit = SOLVE_TIME_LIMIT_S if time_limit_s is None else max(0.5, min(time_limit_s, SOLVE_TIME_LIMIT_S))
+    try:
+        plan = solve(problem, solver="cbc", time_limit_s=limit)
+    except InfeasibleError as exc:
+        raise PlanInfeasibleError(str(exc)) from None
+    except SolveIncompleteError as exc:
+        raise PlanIncompleteError(f"{exc} (time limit {limit:g} s)") from None
+    return plan, desc
+
+
+def apply_allocation(plan: Any, store: Any, grid: tuple[tuple[int, ...], tuple[int, ...]], *,
+                     source: str = "allocation") -> dict[str, Any]:
+    """Apply an allocation plan: autoscaler request + stored plan ``default``, and the derived
+    routing plan stored as ``routing``. Returns ``{"bundles", "version", "routing_version", "routing"}``."""
+    from actors.router import PLAN_NAME, validate_plan
+    from cluster.autoscaler import apply_plan
+    from cluster.routing import routing_plan
+
+    routing = validate_plan(routing_plan(plan, grid[0], grid[1], source=source))
+    applied = apply_plan(plan, store)
+    routing["source"] = f"{source} v{applied['version']}"
+    routing_version = store.put_plan(routing, name=PLAN_NAME)
+    return {**applied, "routing_version": routing_version, "routing": routing}
+
+
+@dataclass
+class Planner:
+    """What the gateway's ``Plan`` RPC calls; at most ``max_concurrent`` solves at once."""
+
+    store: Any
+    max_concurrent: int = 2
+    _slots: threading.Semaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._slots = threading.Semaphore(self.max_concurrent)
+
+    def run(self, query: PlanQuery, *, time_limit_s: float | None = None) -> dict[str, Any]:
+        """Solve (and apply when asked); the ``flotilla plan --json`` document plus ``applied``."""
+        from cluster.exceptions import CapacityError
+
+        if not self._slots.acquire(blocking=False):
+            raise CapacityError(f"{self.max_concurrent} plans are being solved already; retry shortly")
+        try:
+            plan, desc = solve_query(query, time_limit_s=time_limit_s)
+        finally:
+            self._slots.release()
+        doc = {**plan.to_json(), **desc, "applied": False}
+        if query.apply:
+            grid = (tuple(desc["grid"]["input_edges"]), tuple(desc["grid"]["output_edges"]))
+            if not any(n > 0 for n in plan.counts.values()):
+                raise InputError(f"query.apply: the plan provisions no device (rate {query.rate:g}), so there is "
+                                 "nothing to request or route; apply a plan with a positive rate")
+            result = apply_allocation(plan, self.store, grid)
+            doc.update(applied=True, allocation_version=result["version"], bundles=len(result["bundles"]),
+                       routing_version=result["routing_version"])
+        return doc
+
+
+__all__ = ["PlanIncompleteError", "PlanInfeasibleError", "PlanQuery", "Planner", "apply_allocation", "solve_query"]
