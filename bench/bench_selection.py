@@ -133,7 +133,7 @@ def main() -> int:
     print("  oracle sweep done", flush=True)
 
     # gate objective, on a stratified sample
-    _, gs = ds.split(args.gate_questions / ds.n_questions, seed=1)
+    gs = ds if args.gate_questions >= ds.n_questions else ds.split(args.gate_questions / ds.n_questions, seed=1)[1]
     t = time.time()
     emb = Embedder().embed(gs.texts)
     out["embed_s"] = time.time() - t
