@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out, reserve_stdout_for_json
+from cluster.clikit import MODELED_NOTE, emit_json, err, exit_code_for, json_option, out, reserve_stdout_for_json
 from cluster.clikit import fmt as _fmt
 from cluster.exceptions import FlotillaError, InputError
 
@@ -221,12 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         return 130
-    except InputError as exc:
-        print(f"flotilla: error: {exc}", file=sys.stderr)
-        return 2
     except FlotillaError as exc:
-        print(f"flotilla: failed: {exc}", file=sys.stderr)
-        return 1
+        return exit_code_for(exc)
     return rv if isinstance(rv, int) else 0
 
 

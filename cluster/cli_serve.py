@@ -48,7 +48,7 @@ def serve(
     """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
     from actors.router import RouterConfig
     from cluster.config import load_config
-    from cluster.gateway import GatewayConfig, ServeConfig, start_serving
+    from cluster.gateway import GatewayConfig, ServeConfig
 
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,

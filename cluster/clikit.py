@@ -56,3 +56,14 @@ def emit_json(obj: Any) -> None:
 
 def fmt(v: float | None, spec: str = ".1f") -> str:
     return "—" if v is None else format(v, spec)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Print a flotilla error's one line on stderr; its exit code: 2 bad input, 1 anything else."""
+    from cluster.exceptions import InputError
+
+    if isinstance(exc, InputError):
+        print(f"flotilla: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"flotilla: failed: {exc}", file=sys.stderr)
+    return 1

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -108,7 +107,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.exceptions import FlotillaError, InputError
+    from cluster.exceptions import FlotillaError
 
     parser = argparse.ArgumentParser(prog="python -m cluster.job")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -143,12 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         run_until_stopped(ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=address,
                                       model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token)))
         return 0
-    except InputError as exc:
-        print(f"flotilla: error: {exc}", file=sys.stderr)
-        return 2
     except FlotillaError as exc:
-        print(f"flotilla: failed: {exc}", file=sys.stderr)
-        return 1
+        from cluster.clikit import exit_code_for
+
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

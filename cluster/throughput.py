@@ -14,13 +14,13 @@ is rounded to the nearest token.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cluster.exceptions import InputError
+from cluster.workload_files import jsonl_objects
 from cluster.perf import (
     DEFAULT_EFFICIENCY,
     Efficiency,
@@ -167,15 +167,7 @@ def load_rate_sweep(path: str | Path) -> list[SweepPoint]:
     except OSError as e:
         raise InputError(f"rate sweep file {str(p)!r}: cannot read it ({e.strerror})") from None
     merged: dict[tuple[int, int, float], dict[str, Any]] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"{p}:{n}: expected a JSON object, got {type(rec).__name__}")
+    for n, rec in jsonl_objects(text, str(p)):
         for key in ("input_tokens", "output_tokens", "request_rate", "metric", "mean"):
             if key not in rec:
                 raise InputError(f"{p}:{n}: missing field {key!r}")

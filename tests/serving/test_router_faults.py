@@ -4,7 +4,6 @@ with journaled requests, deadlines, the bounded queue. Echo experts keep it fast
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest

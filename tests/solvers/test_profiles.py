@@ -4,7 +4,6 @@ the paper grid, the measured-sweep reduction against AIBrix's own published prof
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
