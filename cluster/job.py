@@ -90,16 +90,22 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
             return summary
         for s in summary["samples"]:
             out.print(f"[bold]{s['prompt']}[/bold] -> ({s['device']}) {s['answer']}", markup=True, highlight=False)
-        table = Table(title=f"{n_requests} requests in {wall_s:.1f} s (startup {startup_s:.1f} s)")
-        for col in ("device kind", "runs as", "requests", "tokens", "measured TTFT ms", "measured TPOT ms",
-                    "modeled time ms", "modeled energy J", "modeled cost $"):
-            table.add_column(col, justify="left" if col in ("device kind", "runs as") else "right")
+        simulated = all(r["label"].startswith("simulated") for r in rows)
+        where = " — every device simulated on this CPU" if simulated else ""
+        table = Table(title=f"{n_requests} requests in {wall_s:.1f} s (startup {startup_s:.1f} s){where}")
+        for col in ("kind", "req", "tok", "TTFT\nms", "TPOT\nms", "modeled\nms", "modeled\nJ", "modeled\nµ$"):
+            if col == "kind":
+                table.add_column(col, no_wrap=True, min_width=max(len(r["device_kind"]) for r in rows) if rows else 4)
+            else:
+                table.add_column(col, justify="right")
         for r in rows:
-            table.add_row(r["device_kind"], r["label"], str(r["requests"]), str(r["tokens"]), f"{r['measured_ttft_ms']:.1f}",
-                          f"{r['measured_tpot_ms']:.1f}", _fmt(r["modeled_time_ms"], ".2f"), _fmt(r["modeled_energy_j"], ".3f"),
-                          "—" if r["modeled_cost_usd"] is None else f"{r['modeled_cost_usd']:.2e}")
+            mark = not simulated and r["label"].startswith("simulated")  # mixed fleet: say which rows are simulated
+            kind = f"{r['device_kind']} (simulated)" if mark else r["device_kind"]
+            table.add_row(kind, str(r["requests"]), str(r["tokens"]), f"{r['measured_ttft_ms']:.0f}",
+                          f"{r['measured_tpot_ms']:.0f}", _fmt(r["modeled_time_ms"], ".1f"), _fmt(r["modeled_energy_j"], ".2f"),
+                          "—" if r["modeled_cost_usd"] is None else f"{r['modeled_cost_usd'] * 1e6:.1f}")
         out.print(table)
-        out.print(f"[dim]{MODELED_NOTE}; measured = on this machine's CPU.[/dim]")
+        out.print(f"TTFT / TPOT: measured on the hardware each expert runs on; {MODELED_NOTE}.")
         return summary
     finally:
         with err.status("shutting down…", spinner="dots"):
