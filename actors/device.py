@@ -240,8 +240,10 @@ class DeviceActor:
             }
 
 
-def spawn(spec: DeviceSpec, device_id: str, *, real_cuda: bool = False, name: str | None = None, namespace: str | None = None):
-    """Start a DeviceActor placed with its share of a ``device:<kind>`` unit (and of a GPU when real)."""
+def spawn(spec: DeviceSpec, device_id: str, *, real_cuda: bool = False, node_id: str | None = None,
+          name: str | None = None, namespace: str | None = None):
+    """Start a DeviceActor placed with its share of a ``device:<kind>`` unit (and of a GPU when real),
+    on node ``node_id`` when given (a joined cluster: the node that advertises the device)."""
     import ray
 
     from cluster.runtime import device_resource
@@ -253,6 +255,10 @@ def spawn(spec: DeviceSpec, device_id: str, *, real_cuda: bool = False, name: st
     }
     if real_cuda:
         options["num_gpus"] = DEVICE_ACTOR_SHARE
+    if node_id:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     if name:
         options["name"] = name
         if namespace:

@@ -112,7 +112,7 @@ def bring_up(
         for slot in runtime.slots:
             spec = catalog.get(slot.kind)
             running.specs[slot.device_id] = spec
-            running.actors[slot.device_id] = spawn(spec, slot.device_id, real_cuda=not slot.simulated)
+            running.actors[slot.device_id] = spawn(spec, slot.device_id, real_cuda=not slot.simulated, node_id=slot.node_id)
         for info in running.infos():
             running._register(info["device_id"], info)
     except BaseException:

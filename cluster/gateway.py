@@ -395,7 +395,8 @@ def start_serving(cfg: ServeConfig) -> Serving:
         slots = {s.device_id: s for s in running.runtime.slots}
         for device_id, dev in running.actors.items():
             spec = running.specs[device_id]
-            handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated, start=False)
+            handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated,
+                                              node_id=slots[device_id].node_id, start=False)
         experts.update(handles)
         ray.get([h.start.remote() for h in handles.values()])
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]

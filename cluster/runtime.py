@@ -76,12 +76,14 @@ class Fleet:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSlot:
-    """One device of the running fleet. ``cuda_index`` is set for a real CUDA device."""
+    """One device of the running fleet. ``cuda_index`` is set for a real CUDA device (its index
+    among the GPUs of its node); ``node_id`` is the Ray node that advertises it (joined clusters)."""
 
     device_id: str
     kind: str
     index: int
     cuda_index: int | None = None
+    node_id: str | None = None
 
     @property
     def simulated(self) -> bool:
@@ -251,15 +253,37 @@ def start(
     owns = not ray.is_initialized()
     if owns:
         ray.init(address=join, namespace=namespace, logging_level="ERROR", log_to_driver=False)
-    total = ray.cluster_resources()
-    slots = []
-    for res, count in sorted(total.items()):
-        if res.startswith(RESOURCE_PREFIX):
-            kind = res[len(RESOURCE_PREFIX):]
-            slots += [DeviceSlot(f"{kind}-{i}", kind, i) for i in range(int(count))]
-    # Whether a joined cluster's devices are real is known only on their nodes; the DeviceActor
-    # decides there (it runs on cuda when Ray gave it a GPU).
-    return Runtime(embedded=False, address=join, slots=slots, fleet_name="cluster", owns_ray=owns)
+    return Runtime(embedded=False, address=join, slots=slots_from_nodes(ray.nodes()), fleet_name="cluster", owns_ray=owns)
+
+
+def slots_from_nodes(nodes: list[dict[str, Any]]) -> list[DeviceSlot]:
+    """Device slots of a joined cluster, from ``ray.nodes()`` records.
+
+    Each alive node advertises ``device:<kind>`` units (``ray start --resources``). A node that
+    also has Ray ``GPU`` resources runs its devices for real, one GPU per unit in order, as far as
+    its GPUs go; the rest of its units, and every unit of a node without GPUs, are simulated.
+    (Ray finds no GPU on a Jetson, so a Jetson node's devices are simulated unless it is started
+    with ``--num-gpus``.) Slots are numbered per kind across the cluster, node by node.
+    """
+    per_kind: Counter[str] = Counter()
+    slots: list[DeviceSlot] = []
+    for node in sorted(nodes, key=lambda n: str(n.get("NodeID", ""))):
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        res = node.get("Resources", {}) or {}
+        gpus = int(res.get("GPU", 0))
+        next_gpu = 0
+        for name, count in sorted(res.items()):
+            if not name.startswith(RESOURCE_PREFIX):
+                continue
+            kind = name[len(RESOURCE_PREFIX):]
+            for _ in range(int(count)):
+                real = next_gpu < gpus
+                slots.append(DeviceSlot(f"{kind}-{per_kind[kind]}", kind, per_kind[kind],
+                                        next_gpu if real else None, node.get("NodeID")))
+                next_gpu += int(real)
+                per_kind[kind] += 1
+    return slots
 
 
 def _assign_cuda(slots: list[DeviceSlot], detected: list[DetectedDevice]) -> list[DeviceSlot]:

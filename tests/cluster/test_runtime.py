@@ -109,3 +109,26 @@ def test_ray_cluster_yaml_node_types_use_catalog_kinds() -> None:
         assert name in catalog
         device_types += 1
     assert device_types >= 3
+
+
+def test_joined_cluster_slots_follow_each_nodes_gpus() -> None:
+    """A node with GPUs runs its devices for real (one GPU per unit, in order); a node without
+    (a Jetson: Ray sees no GPU there) is simulated; dead nodes are skipped; ids count per kind."""
+    from cluster.runtime import slots_from_nodes
+
+    nodes = [
+        {"NodeID": "b-gpu", "Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0, "device:rtx4090": 2.0}},
+        {"NodeID": "a-orin", "Alive": True, "Resources": {"CPU": 8.0, "device:jetson-agx-orin-64": 1.0}},
+        {"NodeID": "c-mixed", "Alive": True, "Resources": {"GPU": 1.0, "device:rtx4090": 1.0, "device:l4": 1.0}},
+        {"NodeID": "d-dead", "Alive": False, "Resources": {"GPU": 1.0, "device:h100-sxm": 1.0}},
+    ]
+    slots = slots_from_nodes(nodes)
+    got = [(s.device_id, s.node_id, s.cuda_index, s.simulated) for s in slots]
+    assert got == [
+        ("jetson-agx-orin-64-0", "a-orin", None, True),
+        ("rtx4090-0", "b-gpu", 0, False),
+        ("rtx4090-1", "b-gpu", 1, False),
+        # c-mixed has one GPU for two units: the first (sorted by resource name) gets it
+        ("l4-0", "c-mixed", 0, False),
+        ("rtx4090-2", "c-mixed", None, True),
+    ]
