@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cluster.exceptions import did_you_mean
+from cluster.exceptions import CapacityError, did_you_mean
 from attention.blockwise import DEFAULT_BLOCK, check_qkv
 from attention.exceptions import AttentionInputError
 from attention.partition import (
@@ -156,6 +156,46 @@ def _group(world_size: int, backend: str) -> _Group:
         return grp
 
 
+def _discard_group(world_size: int, backend: str, grp: _Group) -> None:
+    """Kill one group's actors and forget it (the next call creates a fresh one)."""
+    import ray
+
+    with _groups_lock:
+        if _groups.get((world_size, backend)) is grp:
+            del _groups[(world_size, backend)]
+    for a in grp.actors:
+        try:
+            ray.kill(a)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+
+
+def _gather_capped(refs: list, cap: int, world_size: int, backend: str, grp: _Group) -> list:
+    """Results of a capped run, in rank order. The first rank that reports ``over_cap`` (or
+    fails) leaves its peers waiting on messages it will never send, so the group is killed and
+    forgotten and :class:`CapacityError` (or the rank's error) is raised."""
+    import ray
+
+    results: dict[int, dict] = {}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        r = refs.index(ready[0])
+        try:
+            res = ray.get(ready[0])
+        except Exception:
+            _discard_group(world_size, backend, grp)
+            raise
+        if res["over_cap"]:
+            _discard_group(world_size, backend, grp)
+            raise CapacityError(
+                f"rank {r} of {world_size} went over the memory cap of {cap} bytes "
+                f"({res['error']}); the group was discarded"
+            )
+        results[r] = res
+    return [results[r] for r in range(len(refs))]
+
+
 def shutdown_groups() -> None:
     """Kill every cached actor group (they are recreated on next use)."""
     import ray
@@ -182,14 +222,29 @@ def run_distributed(
     ulysses_degree: int | None = None,
     block: int = DEFAULT_BLOCK,
     num_threads: int | None = None,
+    memory_cap_bytes: int | None = None,
 ) -> DistributedResult:
-    """:func:`distributed_attention` with the lse, the plan and per-rank timings and bytes."""
+    """:func:`distributed_attention` with the lse, the plan and per-rank timings and bytes.
+
+    ``memory_cap_bytes`` (keyword-only, default ``None``: no cap) bounds each actor's host memory
+    during the step (:func:`attention.worker.memory_cap`: its shards, buffers, outputs and kernel
+    scratch count); a rank that needs more raises :class:`cluster.exceptions.CapacityError` and
+    the group is discarded (recreated on the next call).
+    """
     import ray
 
     speeds = validate(
         q, k, v, strategy=strategy, world_size=world_size, speeds=speeds,
         ulysses_degree=ulysses_degree,
     )
+    if memory_cap_bytes is not None and (
+        isinstance(memory_cap_bytes, bool)
+        or not isinstance(memory_cap_bytes, int)
+        or memory_cap_bytes <= 0
+    ):
+        raise AttentionInputError(
+            f"memory_cap_bytes must be a positive int or None, got {memory_cap_bytes!r}"
+        )
     h = q.shape[1]
     u = None
     if strategy == "hybrid":
@@ -212,9 +267,13 @@ def run_distributed(
                     causal=causal, speeds=speeds, ulysses_degree=u, block=block,
                     num_threads=num_threads,
                     return_output=strategy != "tree_decode" or r == 0,
+                    memory_cap_bytes=memory_cap_bytes,
                 )
             )
-        results = ray.get(refs)
+        if memory_cap_bytes is None:
+            results = ray.get(refs)
+        else:
+            results = _gather_capped(refs, memory_cap_bytes, world_size, backend, grp)
     for res in results:  # private writable copies: callers own what we return
         if res["out"] is not None:
             res["out"], res["lse"] = (from_wire(res[x], copy=True) for x in ("out", "lse"))

@@ -1,16 +1,19 @@
 """Benchmark of exact distributed attention (not part of the tests).
 
-(a) capacity: the largest L whose peak tensor memory fits a per-worker cap, for vanilla attention
-    (scores materialised), blockwise on one worker (both MEASURED: peak bytes of live tensors,
-    tracked op by op), and each strategy on 2 and 4 workers (MODELED: per-worker tensors of the
-    strategy plus the measured blockwise tile; labelled as modeled in the output);
+(a) capacity: the largest L that RUNS with every worker under a per-worker memory cap (``--cap-mib``,
+    enforced by the kernel: soft RLIMIT_DATA = VmData + cap in each worker process, see
+    attention.worker.memory_cap), for vanilla attention (scores materialised) and blockwise
+    (tiled and fused kernels) in this process, and each strategy on 2 and 4 Ray actors; all with
+    one torch thread per worker; doubling then bisection over L; all measured;
 (b) time at L=8192, H=8, D=64, fp32, causal: torch SDPA and blockwise (fused and tiled kernels)
     in one process with all cores, and the strategies on 2 Ray actors over gloo (cores / 2 threads
     each, so all cores in all, like SDPA); methods interleaved round by round, medians reported;
 (c) bytes each rank sent, measured by the communicator, against the theory per strategy.
 
-Run: ``.venv/bin/python bench/bench_attention.py --quick`` (a few minutes on 2 cores). Prints a
-table and writes JSON (machine, date, figures) to ``--out``.
+Run: ``.venv/bin/python bench/bench_attention.py --quick`` (about 8 minutes on 2 cores; (a) uses a
+64 MiB cap there, 256 MiB without ``--quick``: the distributed L grows linearly with the cap, so
+at 256 MiB every probe near the limit computes 16x more). Prints a table and writes JSON
+(machine, date, command, figures) to ``--out``; ``--parts a`` runs only (a).
 """
 
 from __future__ import annotations
@@ -24,43 +27,15 @@ import os
 import platform
 import sys
 import time
-import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from attention.blockwise import DEFAULT_BLOCK, blockwise_attention  # noqa: E402
-
-
-class PeakMemory(TorchDispatchMode):
-    """Peak bytes of live tensor storages created inside the mode (inputs not counted)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        res = func(*args, **(kwargs or {}))
-        for t in res if isinstance(res, (tuple, list)) else (res,):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if key in self._seen or st.nbytes() == 0:
-                    continue
-                self._seen.add(key)
-                self.live += st.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(st, self._free, key, st.nbytes())
-        return res
+from attention.blockwise import blockwise_attention  # noqa: E402
+from attention.worker import is_over_cap, memory_cap  # noqa: E402
+from cluster.exceptions import CapacityError  # noqa: E402
 
 
 def vanilla(q, k, v):
@@ -71,83 +46,118 @@ def vanilla(q, k, v):
     return torch.softmax(s, dim=-1) @ v
 
 
-def peak_bytes(fn, length: int, h: int, d: int) -> int:
+def fits_one_process(fn, length: int, cap: int, h: int, d: int) -> bool:
+    """Whether ``fn`` runs at ``length`` in this process under ``cap`` bytes (soft RLIMIT_DATA:
+    q, k, v are created inside the cap, so inputs, scores, outputs and kernel scratch all count)."""
+    try:
+        with memory_cap(cap):
+            q, k, v = (torch.randn(1, h, length, d) for _ in range(3))
+            fn(q, k, v)
+        return True
+    except (RuntimeError, MemoryError) as e:
+        if not is_over_cap(e):
+            raise
+        return False
+
+
+def fits_actors(strategy: str, p: int, length: int, cap: int, h: int, d: int, died: list) -> bool:
+    """Whether ``strategy`` on ``p`` Ray actors (1 thread each) runs at ``length`` with every
+    actor under ``cap`` bytes (shards copied in, buffers, outputs, kernel scratch all count)."""
+    import ray
+
+    from attention.api import run_distributed
+
     q, k, v = (torch.randn(1, h, length, d) for _ in range(3))
-    probe = PeakMemory()
-    with probe:
-        fn(q, k, v)
-    return probe.peak + 3 * q.numel() * 4
+    try:
+        run_distributed(
+            q, k, v, causal=True, strategy=strategy, world_size=p, num_threads=1,
+            memory_cap_bytes=cap,
+        )
+        return True
+    except CapacityError:
+        return False
+    except ray.exceptions.RayActorError as e:  # an actor died under the cap: counted as a miss
+        died.append(f"{strategy} P={p} L={length}: {str(e).splitlines()[0][:160]}")
+        from attention.api import shutdown_groups
+
+        shutdown_groups()
+        return False
 
 
-def largest_fitting(fn, cap: int, h: int, d: int, hi: int) -> int:
-    """Largest L (multiple of 64) with measured peak <= cap, by doubling then bisection."""
-    lo, length = 0, 64
-    while length <= hi and peak_bytes(fn, length, h, d) <= cap:
+def largest_fitting(fits, unit: int, hi: int, rel_tol: float) -> tuple[int, int | None, int]:
+    """Largest L (a multiple of ``unit``, <= ``hi``) for which ``fits(L)``, by doubling from
+    ``unit`` then bisection until the bracket is within ``max(unit, rel_tol * L)``. Returns
+    ``(largest L that ran, smallest L that did not or None, runs)``."""
+    lo, length, runs = 0, unit, 0
+    while length <= hi:
+        runs += 1
+        if not fits(length):
+            break
         lo, length = length, length * 2
-    top = min(length, hi + 64)
-    while top - lo > 64:
-        mid = (lo + top) // 2 // 64 * 64
-        if peak_bytes(fn, mid, h, d) <= cap:
+    if length > hi:
+        return lo, None, runs
+    top = length
+    while top - lo > max(unit, rel_tol * lo):
+        mid = (lo + top) // 2 // unit * unit
+        runs += 1
+        if fits(mid):
             lo = mid
         else:
             top = mid
-    return lo
+    return lo, top, runs
 
 
-def modeled_worker_bytes(strategy: str, length: int, p: int, h: int, d: int, block: int) -> int:
-    """Per-worker tensor bytes of a strategy (fp32): shards, buffers, and one score tile."""
-    e = 4
-    shard = length / p
-    if strategy in ("ring", "zigzag"):
-        own = 3 * shard * h * d  # q, k, v
-        kv_bufs = 2 * 2 * shard * h * d  # current + incoming K/V
-        acc = 2 * shard * h * d + shard * h  # out, merge temporaries
-        tile = h * block * shard
-    elif strategy == "gather_kv":
-        own = 3 * shard * h * d
-        kv_bufs = 2 * 2 * length * h * d  # padded gather + reassembled K/V
-        acc = shard * h * d
-        tile = h * block * length
-    elif strategy == "ulysses":
-        hh = h / p
-        own = 3 * shard * h * d
-        kv_bufs = 2 * 3 * length * hh * d  # received pieces + whole-sequence q, k, v of own heads
-        acc = length * hh * (d + 1) * 2
-        tile = hh * block * length
-    else:
-        raise ValueError(strategy)
-    return int(e * (own + kv_bufs + acc + tile))
+def bench_capacity(args) -> tuple[list[dict], list[str]]:
+    """(a): every configuration under the same per-worker cap, measured by running it."""
+    from attention.blockwise import fused_kernel_available
 
-
-def bench_capacity(args) -> list[dict]:
     cap = args.cap_mib * 2**20
-    h, d = args.heads, args.head_dim
-    rows = []
-    hi = 1 << 17
-    v_len = largest_fitting(vanilla, cap, h, d, hi)
-    b_len = largest_fitting(
-        lambda q, k, v: blockwise_attention(q, k, v, causal=True, kernel="tiled"), cap, h, d, hi
-    )
-    rows.append({"method": "vanilla (scores materialised)", "workers": 1, "L": v_len, "kind": "measured"})
-    rows.append({"method": "blockwise tiled", "workers": 1, "L": b_len, "kind": "measured"})
-    # fused kernel: the tensors it returns (out, lse) plus q, k, v; its scratch (per-thread
-    # q-split x kv-split tiles) lives inside C++ where the probe cannot see it, hence "modeled"
-    f_len = cap // (4 * h * (4 * d + 1)) // 64 * 64
-    rows.append({"method": "blockwise fused", "workers": 1, "L": f_len,
-                 "kind": "modeled (q, k, v, out, lse; kernel scratch not counted)"})
-    for strategy in ("ring", "zigzag", "gather_kv", "ulysses"):
-        for p in (2, 4):
-            lo, top = 0, 1 << 22
-            while top - lo > 64:
-                mid = (lo + top) // 2
-                if modeled_worker_bytes(strategy, mid, p, h, d, DEFAULT_BLOCK) <= cap:
-                    lo = mid
-                else:
-                    top = mid
-            rows.append({"method": strategy, "workers": p, "L": lo, "kind": "modeled"})
+    h, d, hi, tol = args.heads, args.head_dim, args.capacity_max_len, args.capacity_tol
+    torch.set_num_threads(1)  # one thread per worker everywhere (the fused kernel's scratch is per thread)
+    singles = {
+        "vanilla (scores materialised)": vanilla,
+        "blockwise tiled": lambda q, k, v: blockwise_attention(q, k, v, causal=True, kernel="tiled"),
+    }
+    if fused_kernel_available("cpu"):
+        singles["blockwise fused"] = lambda q, k, v: blockwise_attention(
+            q, k, v, causal=True, kernel="fused"
+        )
+    rows, died = [], []
+    for name, fn in singles.items():
+        t0 = time.perf_counter()
+        lo, top, runs = largest_fitting(
+            lambda n, fn=fn: fits_one_process(fn, n, cap, h, d), 64, hi, tol
+        )
+        rows.append({"method": name, "workers": 1, "L": lo, "L_failed": top, "runs": runs,
+                     "search_s": round(time.perf_counter() - t0, 1)})
+        print(f"  {name}: L={lo} (failed at {top}), {runs} runs", flush=True)
+    start_ray()
+    for p in (2, 4):
+        for strategy in args.capacity_strategies:
+            t0 = time.perf_counter()
+            lo, top, runs = largest_fitting(
+                lambda n, s=strategy, p=p: fits_actors(s, p, n, cap, h, d, died), 64 * p, hi, tol
+            )
+            rows.append({"method": strategy, "workers": p, "L": lo, "L_failed": top,
+                         "runs": runs, "search_s": round(time.perf_counter() - t0, 1)})
+            print(f"  {strategy} x{p}: L={lo} (failed at {top}), {runs} runs", flush=True)
+    v_len = rows[0]["L"]
     for r in rows:
         r["ratio_vs_vanilla"] = round(r["L"] / max(v_len, 1), 2)
-    return rows
+    return rows, died
+
+
+def start_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        root = str(Path(__file__).resolve().parents[1])  # workers import attention/ from here
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            x for x in (root, os.environ.get("PYTHONPATH")) if x
+        )
+        # log_to_driver off: actors killed after an over-cap step print Ray's shutdown stack traces
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
 
 
 def median(xs: list[float]) -> float:
@@ -165,8 +175,6 @@ def timed(fn) -> float:
 def bench_time(args) -> list[dict]:
     """Every method once per round, rounds repeated (interleaved, so a neighbour's burst of load
     hits all methods alike); median and min per method, ratios from the medians."""
-    import ray
-
     from attention.api import run_distributed
     from attention.blockwise import fused_kernel_available
 
@@ -186,12 +194,7 @@ def bench_time(args) -> list[dict]:
     methods["blockwise tiled (1 process)"] = lambda: blockwise_attention(
         q, k, v, causal=True, kernel="tiled"
     )
-    if not ray.is_initialized():
-        root = str(Path(__file__).resolve().parents[1])  # workers import attention/ from here
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            x for x in (root, os.environ.get("PYTHONPATH")) if x
-        )
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, logging_level="ERROR")
+    start_ray()
     last: dict[str, object] = {}
     threads = max(1, (os.cpu_count() or 2) // 2)  # 2 actors share the cores
 
@@ -288,13 +291,22 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--cap-mib", type=int, default=256, help="per-worker memory cap for (a)")
+    ap.add_argument("--cap-mib", type=int, default=0,
+                    help="per-worker memory cap for (a), MiB (default 64 quick, 256)")
+    ap.add_argument("--capacity-max-len", type=int, default=1 << 17, help="search limit for (a)")
+    ap.add_argument("--capacity-tol", type=float, default=0.0,
+                    help="stop bisection when the bracket is within this fraction of L "
+                         "(default 1/16 quick, 1/64)")
+    ap.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run")
     ap.add_argument("--bytes-length", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=0, help="timing rounds (default 5 quick, 9)")
     ap.add_argument("--out", default="bench/results/bench_attention.json")
     args = ap.parse_args()
     args.repeats = args.repeats or (5 if args.quick else 9)
     args.strategies = ("zigzag", "ring") if args.quick else ("zigzag", "ring", "gather_kv", "ulysses")
+    args.cap_mib = args.cap_mib or (64 if args.quick else 256)
+    args.capacity_strategies = ("ring", "zigzag", "ulysses", "gather_kv")
+    args.capacity_tol = args.capacity_tol or (1 / 16 if args.quick else 1 / 64)
 
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -307,17 +319,28 @@ def main() -> None:
             "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": {"B": 1, "H": args.heads, "D": args.head_dim, "dtype": "float32",
-                     "causal": True, "quick": args.quick, "cap_mib": args.cap_mib},
+                     "causal": True, "quick": args.quick, "cap_mib": args.cap_mib,
+                     "capacity_max_len": args.capacity_max_len, "capacity_tol": args.capacity_tol,
+                     "capacity_threads_per_worker": 1},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    report["capacity"] = bench_capacity(args)
-    print(f"(a) capacity under {args.cap_mib} MiB per worker, B=1 H={args.heads} D={args.head_dim} fp32 causal")
-    print(table(report["capacity"]))
-    report["time"] = bench_time(args)
-    print(f"\n(b) time at L={args.length} H={args.heads} D={args.head_dim} fp32 causal")
-    print(table(report["time"]))
-    report["bytes"] = bench_bytes(args)
-    print(f"\n(c) largest bytes sent by a rank vs theory for equal shards, L={args.bytes_length} H=Hkv=8 D=64 fp32")
-    print(table(report["bytes"]))
+    if "a" in args.parts:
+        t0 = time.perf_counter()
+        print(f"(a) capacity under {args.cap_mib} MiB per worker (RLIMIT_DATA), B=1 H={args.heads} "
+              f"D={args.head_dim} fp32 causal, 1 thread per worker", flush=True)
+        report["capacity"], report["capacity_actor_deaths"] = bench_capacity(args)
+        report["capacity_seconds"] = round(time.perf_counter() - t0, 1)
+        print(table(report["capacity"]))
+        print(f"capacity part: {report['capacity_seconds']} s; actor deaths under the cap: "
+              f"{len(report['capacity_actor_deaths'])}")
+    if "b" in args.parts:
+        report["time"] = bench_time(args)
+        print(f"\n(b) time at L={args.length} H={args.heads} D={args.head_dim} fp32 causal")
+        print(table(report["time"]))
+    if "c" in args.parts:
+        report["bytes"] = bench_bytes(args)
+        print(f"\n(c) largest bytes sent by a rank vs theory for equal shards, L={args.bytes_length} H=Hkv=8 D=64 fp32")
+        print(table(report["bytes"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

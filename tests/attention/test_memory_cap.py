@@ -1,0 +1,105 @@
+"""The per-call memory cap of the attention worker (soft RLIMIT_DATA), in this process, no Ray.
+
+An allocation that would take the process more than ``cap`` bytes above where the block started is
+refused and recognised as over-cap; one below succeeds; the previous soft limit is back afterwards
+whether the block succeeded, hit the cap or raised something else.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from attention import run_distributed
+from attention.exceptions import AttentionInputError
+from attention.worker import data_bytes, is_over_cap, memory_cap
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA: Linux")
+
+MiB = 2**20
+
+
+def _alloc(nbytes: int) -> int:
+    t = torch.empty(nbytes, dtype=torch.uint8)
+    t.fill_(1)  # touch it: a lazily mapped tensor would count anyway, but be explicit
+    return int(t[-1])
+
+
+def test_allocation_above_cap_is_refused_and_recognised_then_limit_restored():
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with pytest.raises(RuntimeError) as info:
+        with memory_cap(64 * MiB) as limit:
+            assert resource.getrlimit(resource.RLIMIT_DATA) == (limit, before[1])
+            _alloc(80 * MiB)
+    assert is_over_cap(info.value)
+    assert "can't allocate memory" in str(info.value)
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    _alloc(80 * MiB)  # no cap any more
+
+
+def test_allocation_below_cap_succeeds_and_limit_restored():
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with memory_cap(64 * MiB):
+        assert _alloc(48 * MiB) == 1
+        # pieces freed in between do not accumulate: 4 x 40 MiB one after another fit 64 MiB
+        for _ in range(4):
+            assert _alloc(40 * MiB) == 1
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
+def test_the_sum_of_live_tensors_is_what_counts():
+    with pytest.raises(RuntimeError) as info:
+        with memory_cap(64 * MiB):
+            kept = [torch.ones(20 * MiB // 4) for _ in range(4)]  # 80 MiB live
+            del kept
+    assert is_over_cap(info.value)
+    with memory_cap(64 * MiB):
+        kept = [torch.ones(20 * MiB // 4) for _ in range(3)]  # 60 MiB live
+        assert sum(t.numel() * 4 for t in kept) == 60 * MiB
+        del kept
+
+
+def test_numpy_allocation_over_cap_is_recognised():
+    with pytest.raises(MemoryError) as info:
+        with memory_cap(32 * MiB):
+            np.ones(48 * MiB, dtype=np.uint8)
+    assert is_over_cap(info.value)
+
+
+def test_limit_restored_when_block_raises_something_else():
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with pytest.raises(KeyError):
+        with memory_cap(16 * MiB):
+            raise KeyError("x")
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
+def test_vmdata_counts_torch_tensors():
+    start = data_bytes()
+    t = torch.empty(32 * MiB, dtype=torch.uint8)
+    assert data_bytes() - start >= 32 * MiB
+    del t
+
+
+def test_is_over_cap_rejects_other_errors():
+    assert not is_over_cap(RuntimeError("shape mismatch"))
+    assert not is_over_cap(ValueError("can't allocate memory"))
+    assert is_over_cap(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+
+
+@pytest.mark.parametrize("cap", [0, -5, 1.5, True, "64"])
+def test_bad_cap_is_rejected(cap):
+    with pytest.raises(AttentionInputError, match="memory cap"):
+        with memory_cap(cap):
+            pass
+
+
+@pytest.mark.parametrize("cap", [0, -1, 2.0])
+def test_run_distributed_rejects_bad_cap_before_starting_actors(cap):
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(AttentionInputError, match="memory_cap_bytes"):
+        run_distributed(q, q, q, strategy="ring", world_size=2, memory_cap_bytes=cap)
