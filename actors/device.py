@@ -240,21 +240,15 @@ class DeviceActor:
             }
 
 
-def spawn(spec: DeviceSpec, device_id: str, *, real_cuda: bool = False, node_id: str | None = None,
-          name: str | None = None, namespace: str | None = None):
-    """Start a DeviceActor placed with its share of a ``device:<kind>`` unit (and of a GPU when real),
-    on node ``node_id`` when given (a joined cluster: the node that advertises the device)."""
-    import ray
-
+def placement_options(kind: str, share: float, *, cpus: float, real_cuda: bool = False, node_id: str | None = None,
+                      name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    """Ray actor options that place an actor on ``share`` of a ``device:<kind>`` unit (and of a GPU
+    when the device is real), pinned to ``node_id`` when given, optionally named."""
     from cluster.runtime import device_resource
 
-    options: dict[str, Any] = {
-        "resources": {device_resource(spec.kind): DEVICE_ACTOR_SHARE},
-        "num_cpus": DEVICE_ACTOR_CPUS,
-        "max_concurrency": 4,
-    }
+    options: dict[str, Any] = {"resources": {device_resource(kind): share}, "num_cpus": cpus}
     if real_cuda:
-        options["num_gpus"] = DEVICE_ACTOR_SHARE
+        options["num_gpus"] = share
     if node_id:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -263,5 +257,15 @@ def spawn(spec: DeviceSpec, device_id: str, *, real_cuda: bool = False, node_id:
         options["name"] = name
         if namespace:
             options["namespace"] = namespace
-    return ray.remote(DeviceActor).options(**options).remote(spec, device_id, real_cuda=real_cuda)
+    return options
 
+
+def spawn(spec: DeviceSpec, device_id: str, *, real_cuda: bool = False, node_id: str | None = None,
+          name: str | None = None, namespace: str | None = None):
+    """Start a DeviceActor placed with its share of a ``device:<kind>`` unit (and of a GPU when real),
+    on node ``node_id`` when given (a joined cluster: the node that advertises the device)."""
+    import ray
+
+    options = placement_options(spec.kind, DEVICE_ACTOR_SHARE, cpus=DEVICE_ACTOR_CPUS, real_cuda=real_cuda,
+                                node_id=node_id, name=name, namespace=namespace)
+    return ray.remote(DeviceActor).options(max_concurrency=4, **options).remote(spec, device_id, real_cuda=real_cuda)

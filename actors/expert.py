@@ -261,27 +261,12 @@ def spawn_expert(device_actor: Any, kind: str, device_id: str, config: ExpertCon
     """
     import ray
 
-    from actors.device import DEVICE_ACTOR_SHARE
-    from cluster.runtime import device_resource
+    from actors.device import DEVICE_ACTOR_SHARE, placement_options
 
     config = config or ExpertConfig()
-    share = 1 - DEVICE_ACTOR_SHARE
-    options: dict[str, Any] = {
-        "resources": {device_resource(kind): share},
-        "num_cpus": EXPERT_CPUS,
-        "max_concurrency": config.max_concurrency + 2,  # + info/ping while serving
-        "max_restarts": 0,
-    }
-    if real_cuda:
-        options["num_gpus"] = share
-    if node_id:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    if name:
-        options["name"] = name
-        if namespace:
-            options["namespace"] = namespace
+    options = placement_options(kind, 1 - DEVICE_ACTOR_SHARE, cpus=EXPERT_CPUS, real_cuda=real_cuda, node_id=node_id,
+                                name=name, namespace=namespace)
+    options.update(max_concurrency=config.max_concurrency + 2, max_restarts=0)  # + info/ping while serving
     actor = ray.remote(ExpertActor).options(**options).remote(config, device_id, kind, device_actor, real_cuda=real_cuda)
     if start:
         try:
