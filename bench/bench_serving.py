@@ -8,9 +8,10 @@
    the time to the first token (measured separately for ``generate`` with ``max_new_tokens=1``).
 2. **overhead**: gateway + router + Ray per-request latency with the echo model, open loop at
    ``--rate`` requests/s for ``--seconds``: client-observed latency of a 4-word request minus
-   nothing (the echo model does no work); p50 / p99 / max in ms, and requests refused. Both
-   router dispatch paths (streaming generator vs one unary actor call,
-   ``RouterConfig.unary_max_tokens``) are run on the same experts, interleaved ``--reps`` times.
+   nothing (the echo model does no work); p50 / p99 / max in ms, and requests refused. The
+   variants of :data:`PATHS` (streaming generator vs one unary actor call,
+   ``RouterConfig.unary_max_tokens``; the load generator in the gateway's process or in its own)
+   are run on the same experts, interleaved ``--reps`` times.
 
 ``python -m bench.bench_serving [--part decode|overhead|all] [--out FILE]``
 """
@@ -129,13 +130,30 @@ def _open_loop(client: Any, rate: float, seconds: float) -> dict[str, Any]:
             "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": lat[-1], "load_avg_1m": os.getloadavg()[0]}
 
 
-#: Router dispatch paths compared by the overhead benchmark: ``RouterConfig.unary_max_tokens``.
-PATHS = {"stream": 0, "unary": 16}
+#: Variants compared by the overhead benchmark: the router's dispatch path
+#: (``RouterConfig.unary_max_tokens``; 0: streaming generator) and the gateway's RPC threads
+#: (``GatewayConfig.max_workers``).
+PATHS: dict[str, dict[str, int]] = {
+    "stream": {"unary_max_tokens": 0, "max_workers": 64},
+    "unary": {"unary_max_tokens": 16, "max_workers": 64},
+    "unary_client_process": {"unary_max_tokens": 16, "max_workers": 64, "client_process": 1},
+}
+
+
+def _open_loop_in_process(address: str, rate: float, seconds: float) -> dict[str, Any]:
+    """:func:`_open_loop` run by a separate Python process (its own GIL, as a real client has):
+    ``python -m bench.bench_serving --load-against ADDRESS``."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "bench.bench_serving", "--load-against", address, "--rate", str(rate), "--seconds", str(seconds)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds * 10 + 60)
+    return json.loads(done.stdout)
 
 
 def bench_overhead(rate: float, seconds: float, reps: int = 2) -> dict[str, Any]:
-    """Both dispatch paths (:data:`PATHS`) on the same Ray instance and experts, interleaved
-    ``reps`` times (stream, unary, stream, unary, ...): the side-by-side comparison."""
+    """Every variant of :data:`PATHS` on the same Ray instance and experts, interleaved ``reps``
+    times (stream, unary, ..., stream, unary, ...): the side-by-side comparison."""
     import ray
 
     from actors.device import spawn
@@ -154,22 +172,25 @@ def bench_overhead(rate: float, seconds: float, reps: int = 2) -> dict[str, Any]
         exps = [spawn_expert(d, kind, f"{kind}-{i}", ExpertConfig(model="echo", max_concurrency=8)) for i, d in enumerate(devs)]
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
         for _ in range(reps):
-            for name, unary in PATHS.items():
+            for name, variant in PATHS.items():
                 store = open_store(None)
                 router = Router(store, [Replica(f"{kind}-{i}", kind, e, 8) for i, e in enumerate(exps)],
-                                RouterConfig(max_queue=256, unary_max_tokens=unary))
+                                RouterConfig(max_queue=256, unary_max_tokens=variant["unary_max_tokens"]))
                 router.start()
-                gw = Gateway(router, store, GatewayConfig(port=0, max_workers=64), "echo").start()
+                gw = Gateway(router, store, GatewayConfig(port=0, max_workers=variant["max_workers"]), "echo").start()
                 try:
                     with Client(gw.address) as c:
                         for _ in range(50):
                             c.generate("warm up the path", max_tokens=4)
-                        out[name].append(_open_loop(c, rate, seconds))
+                        if variant.get("client_process"):
+                            out[name].append(_open_loop_in_process(gw.address, rate, seconds))
+                        else:
+                            out[name].append(_open_loop(c, rate, seconds))
                 finally:
                     gw.stop(0.5)
         summary = {name: {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p90_ms", "p99_ms")}
                    for name, runs in out.items()}
-        return {"paths": {n: {"unary_max_tokens": u} for n, u in PATHS.items()}, "runs": out, "median_of_runs": summary,
+        return {"paths": PATHS, "runs": out, "median_of_runs": summary,
                 "p50_ratio_unary_vs_stream": summary["unary"]["p50_ms"] / summary["stream"]["p50_ms"]}
     finally:
         ray.shutdown()
@@ -183,7 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--load-against", default=None, help=argparse.SUPPRESS)  # the client process of PATHS
     args = ap.parse_args(argv)
+    if args.load_against:
+        from cluster.client import Client
+
+        with Client(args.load_against) as c:
+            for _ in range(50):
+                c.generate("warm up the path", max_tokens=4)
+            print(json.dumps(_open_loop(c, args.rate, args.seconds)))
+        return 0
     result: dict[str, Any] = {"machine": _machine()}
     if args.part in ("decode", "all"):
         result["decode"] = bench_decode(args.tokens, args.reps)

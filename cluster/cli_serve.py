@@ -44,6 +44,8 @@ def serve(
     max_concurrency: int = typer.Option(2, "--max-concurrency", help="Requests served at once per expert."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests the router admits at once (RESOURCE_EXHAUSTED past it)."),
     experts: Optional[str] = typer.Option(None, "--experts", help="Selection instance JSON (`flotilla experts build`) for SelectExperts."),
+    unary_max_tokens: int = typer.Option(1, "--unary-max-tokens",
+                                         help="Requests with max_tokens up to this get one unary actor call (text in one chunk; lower latency) instead of a stream; 0: always stream."),
 ) -> None:
     """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
     from actors.router import RouterConfig
@@ -53,7 +55,7 @@ def serve(
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
                      model=model, gateway=GatewayConfig(host=host, port=port, token=token),
-                     router=RouterConfig(max_queue=max_queue), max_concurrency=max_concurrency, experts=experts)
+                     router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
 
 

@@ -304,13 +304,16 @@ def test_unary_dispatch_for_short_requests_gives_the_streamed_answer(served):
     from actors.router import Replica, Router, RouterConfig
 
     _, _, router, store = served
+    streaming = Router(store, [Replica(r.device_id, r.kind, r.handle, 2) for r in router._replicas],
+                       RouterConfig(unary_max_tokens=0))
+    streaming.start(replay=False)
     unary = Router(store, [Replica(r.device_id, r.kind, r.handle, 2) for r in router._replicas],
                    RouterConfig(unary_max_tokens=8))
     unary.start(replay=False)
     prompt = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
     for max_tokens in (3, 8, 9):
         events = list(unary.stream({"prompt": prompt, "max_tokens": max_tokens}))
-        streamed = router.generate({"prompt": prompt, "max_tokens": max_tokens})
+        streamed = streaming.generate({"prompt": prompt, "max_tokens": max_tokens})
         chunks = [e for e in events if e["type"] == "chunk"]
         assert "".join(c["text"] for c in chunks) == events[-1]["text"] == streamed["text"]
         assert events[-1]["finish_reason"] == streamed["finish_reason"] and events[-1]["attempts"] == 1
