@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.proto import flotilla_pb2 as pb
-from cluster.proto import flotilla_pb2_grpc as pb_grpc
 
 KIND = "rtx4090"
 TOKEN = "s3cret-token"
@@ -44,13 +43,6 @@ def served(ray_session, redis_url):
     store.close()
     for a in exps + devs:
         ray.kill(a)
-
-
-@pytest.fixture(scope="module")
-def stub(served):
-    channel = grpc.insecure_channel(served[0].address)
-    yield pb_grpc.FlotillaStub(channel)
-    channel.close()
 
 
 AUTH = [("authorization", f"Bearer {TOKEN}")]

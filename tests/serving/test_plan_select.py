@@ -77,13 +77,6 @@ def served(ray_session, redis_url, selector):
         ray.kill(a)
 
 
-@pytest.fixture(scope="module")
-def stub(served):
-    channel = grpc.insecure_channel(served[0].address)
-    yield pb_grpc.FlotillaStub(channel)
-    channel.close()
-
-
 def _problem(**kw):
     from cluster.cli_plan import build_problem
 
