@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/flotilla demo --fleet examples/fleet.yaml
 
 test: setup
+	$(BIN)/lint-imports --no-cache
 	@scripts/with-redis $(BIN)/python -m pytest -q
 
 # Each benchmark writes its figures under bench/results/; docs/benchmarks.md cites them.

@@ -1,7 +1,7 @@
 """DeviceActor: one Ray actor per device of the fleet.
 
 It owns a torch device (``cuda:0`` inside the actor when Ray gave it a real GPU, ``cpu`` otherwise),
-the device's :class:`~cluster.devices.DeviceSpec`, a memory ledger and telemetry. ``run(fn, ...)``
+the device's :class:`~cluster.catalog.DeviceSpec`, a memory ledger and telemetry. ``run(fn, ...)``
 executes a real torch callable there and reports
 
 * ``wall_s``: measured wall time of the call on the hardware it actually ran on;
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster import perf
-from cluster.devices import DeviceSpec
+from cluster.catalog import DeviceSpec
 from cluster.exceptions import CapacityError, InputError
 
 DEVICE_ACTOR_CPUS = 0.5  # scheduling share per DeviceActor; the device resource does the placing

@@ -78,11 +78,11 @@ class ExpertActor:
     """One model on one device. Wrapped with ``ray.remote`` by :func:`spawn_expert`."""
 
     def __init__(self, config: ExpertConfig, device_id: str, kind: str, device_actor: Any = None, *, real_cuda: bool = False) -> None:
-        from cluster.devices import default_catalog
+        from cluster.probe import probed_catalog
 
         self.config = config
         self.device_id = device_id
-        self.spec = default_catalog().get(kind)
+        self.spec = probed_catalog().get(kind)
         self.device_actor = device_actor
         self.real_cuda = real_cuda
         self.simulated = not real_cuda and self.spec.kind != "cpu"
@@ -120,12 +120,9 @@ class ExpertActor:
             nbytes = 0
         else:
             lm = load(self.config.model, self.torch_device)
-            cfg = lm.model.config
-            n_heads = int(cfg.num_attention_heads)
-            head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
-            n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-            elem = next(lm.model.parameters()).element_size()
-            kv_per_token = 2 * int(cfg.num_hidden_layers) * n_kv * head_dim * elem
+            # The KV cache is held in the dtype the weights were loaded in (fp32 on the CPU).
+            loaded_dtype = {4: "fp32", 2: "bf16", 1: "int8"}[next(lm.model.parameters()).element_size()]
+            kv_per_token = model_shape(lm, dtype=loaded_dtype).kv_bytes_per_token
             nbytes = lm.weight_bytes + kv_per_token * min(self.config.max_context, lm.max_positions) * self.config.max_concurrency
             self._lm = lm
             self._shape = model_shape(lm)

@@ -15,7 +15,7 @@ Life of a request (:meth:`Router.stream`):
    ``p <= max_input_tokens``, ``o <= max_output_tokens``; an absent bound holds always). The
    bucket lists device kinds. Without ``weights`` the least loaded (``active / capacity``, ties
    round-robin) live replica of those kinds with a free slot is taken. With ``weights`` (a plan
-   derived from an allocation plan, :mod:`cluster.routing`) the kind comes first: smooth weighted
+   derived from an allocation plan, :mod:`solvers.routing`) the kind comes first: smooth weighted
    round robin over the bucket's kinds that have a free live replica (kind k gets the share
    ``weights[k]`` of the bucket's requests while all have room), then the least-loaded replica of
    that kind. With no live replica of the planned kinds any live replica serves (counted as
@@ -54,6 +54,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.routing import (
+    NoReplicaError,
+    Replica,
+    WeightedTurns,
+    bucket_index,
+    choose_replica,
+    default_plan,
+    validate_plan,
+)
 from cluster.exceptions import CapacityError, FlotillaError, InputError
 
 PLAN_NAME = "routing"
@@ -69,10 +78,6 @@ class QueueFullError(CapacityError):
 
 class DeadlineExceededError(FlotillaError):
     """A request ran past its deadline (gRPC DEADLINE_EXCEEDED)."""
-
-
-class NoReplicaError(FlotillaError):
-    """No live replica can serve (all died, or none was started) (gRPC UNAVAILABLE)."""
 
 
 class RouterClosedError(NoReplicaError):
@@ -112,100 +117,12 @@ class RouterConfig:
 
 
 @dataclass
-class Replica:
-    """One ExpertActor the router may dispatch to."""
-
-    device_id: str
-    kind: str
-    handle: Any
-    capacity: int = 2
-    active: int = 0
-    alive: bool = True
-
-
-@dataclass
 class _Pending:
     """A request some thread is running; others asking for the same id wait on ``done``."""
 
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
     error: BaseException | None = None
-
-
-def estimate_tokens(prompt: str, max_tokens: int) -> int:
-    """The request-size estimate used for buckets: ``ceil(len(prompt) / 4) + max_tokens``."""
-    return math.ceil(len(prompt) / 4) + max_tokens
-
-
-def default_plan(kinds: list[str]) -> dict[str, Any]:
-    """The round-robin plan: one bucket holding every kind."""
-    return {"buckets": [{"kinds": sorted(set(kinds))}], "source": "round-robin"}
-
-
-def validate_plan(plan: Any) -> dict[str, Any]:
-    """Check a routing plan's shape (InputError naming the field)."""
-    if not isinstance(plan, dict) or not isinstance(plan.get("buckets"), list) or not plan["buckets"]:
-        raise InputError("plan.buckets: expected a non-empty list of {max_tokens?, kinds}")
-    for i, b in enumerate(plan["buckets"]):
-        if not isinstance(b, dict) or not isinstance(b.get("kinds"), list) or not all(isinstance(k, str) for k in b["kinds"]):
-            raise InputError(f"plan.buckets[{i}].kinds: expected a list of device kinds")
-        for key in ("max_tokens", "max_input_tokens", "max_output_tokens"):
-            m = b.get(key)
-            if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-                raise InputError(f"plan.buckets[{i}].{key}: expected an integer >= 1 or absent, got {m!r}")
-        w = b.get("weights")
-        if w is not None:
-            ok = isinstance(w, dict) and w and all(
-                k in b["kinds"] and not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < math.inf
-                for k, v in w.items())
-            if not ok:
-                raise InputError(f"plan.buckets[{i}].weights: expected {{kind of the bucket: share > 0}}, got {w!r}")
-    return plan
-
-
-def bucket_index(plan: dict[str, Any], input_tokens: int, output_tokens: int) -> int:
-    """Index of the first bucket whose bounds hold for the request (the last one if none does)."""
-    for n, b in enumerate(plan["buckets"]):
-        m, mi, mo = b.get("max_tokens"), b.get("max_input_tokens"), b.get("max_output_tokens")
-        if ((m is None or input_tokens + output_tokens <= m) and (mi is None or input_tokens <= mi)
-                and (mo is None or output_tokens <= mo)):
-            return n
-    return len(plan["buckets"]) - 1
-
-
-def kinds_for(plan: dict[str, Any], size: int) -> list[str]:
-    """The kinds of the first bucket that takes a request of ``size`` tokens (the last if none);
-    for plans that bound only ``max_tokens``."""
-    for b in plan["buckets"]:
-        m = b.get("max_tokens")
-        if m is None or size <= m:
-            return list(b["kinds"])
-    return list(plan["buckets"][-1]["kinds"])
-
-
-class WeightedTurns:
-    """Smooth weighted round robin (nginx's): each pick adds every candidate's weight to its credit,
-    takes the candidate with the most credit (ties: the first in order) and charges it the total.
-    Over any run of picks among the same candidates, kind k is picked ``weights[k] / total`` of
-    the time, within one pick."""
-
-    def __init__(self) -> None:
-        self._credit: dict[tuple[int, int, str], float] = {}
-
-    def reset(self) -> None:
-        self._credit.clear()
-
-    def pick(self, key: tuple[int, int], weights: dict[str, float], candidates: list[str]) -> str:
-        total = sum(weights[k] for k in candidates)
-        best = None
-        for k in candidates:
-            c = self._credit.get((*key, k), 0.0) + weights[k]
-            self._credit[(*key, k)] = c
-            if best is None or c > self._credit[(*key, best)]:
-                best = k
-        assert best is not None  # candidates is non-empty
-        self._credit[(*key, best)] -= total
-        return best
 
 
 def _is_actor_death(exc: BaseException) -> bool:
@@ -484,27 +401,14 @@ class Router:
         plan, version = self._plan, self._plan_version
         n = bucket_index(plan, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
         bucket = plan["buckets"][n]
-        kinds, weights = set(bucket["kinds"]), bucket.get("weights")
         with self._cond:
             while True:
-                live = [r for r in self._replicas if r.alive]
-                if not live:
-                    raise NoReplicaError("no live replica: every expert has died or none was started")
-                pool = [r for r in live if r.kind in kinds]
-                if not pool:
-                    pool = live
+                choice = choose_replica(self._replicas, bucket, (version or 0, n), self._turns, next(self._rr))
+                if choice.fallback:
                     self.store.incr("router.plan_fallback")
-                free = [r for r in pool if r.active < r.capacity]
-                if free and weights and pool is not live:
-                    ready = [k for k in bucket["kinds"] if k in weights and any(r.kind == k for r in free)]
-                    if ready:
-                        kind = self._turns.pick((version or 0, n), weights, ready)
-                        free = [r for r in free if r.kind == kind]
-                if free:
-                    turn = next(self._rr)
-                    best = min(free, key=lambda r: (r.active / r.capacity, (free.index(r) - turn) % len(free)))
-                    best.active += 1
-                    return best
+                if choice.replica is not None:
+                    choice.replica.active += 1
+                    return choice.replica
                 if self._closed:
                     raise RouterClosedError("the router is shutting down")
                 remaining = deadline - time.monotonic()

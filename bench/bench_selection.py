@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from edge.dataset import FIXTURE_DIR, load_mmlu_pro  # noqa: E402
 from edge.gating import Embedder, GateConfig, routed_score, train_gate  # noqa: E402
-from edge.models import EDGE_MODELS  # noqa: E402
+from cluster.models import EDGE_MODELS  # noqa: E402
 from edge.plots import plot_sweep  # noqa: E402
 from edge.profiles import Placement, build_profiles, default_placements  # noqa: E402
 from solvers.selection import (  # noqa: E402

@@ -80,7 +80,7 @@ def bench_actor_decode(n_tokens: int) -> dict[str, Any]:
 
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
-    from cluster.devices import default_catalog
+    from cluster.catalog import default_catalog
 
     kind = "rtx4090"
     ray.init(address="local", num_cpus=4, resources={f"device:{kind}": 1}, include_dashboard=False, logging_level="ERROR")
@@ -98,7 +98,7 @@ def bench_actor_decode(n_tokens: int) -> dict[str, Any]:
 
 def _open_loop(client: Any, rate: float, seconds: float) -> dict[str, Any]:
     """Open-loop load of 4-word, 4-token echo requests at ``rate`` req/s; client-observed latency."""
-    from cluster.client import RpcError
+    from cluster.shell.client import RpcError
 
     lat: list[float] = []
     refused = [0]
@@ -158,10 +158,11 @@ def bench_overhead(rate: float, seconds: float, reps: int = 2) -> dict[str, Any]
 
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
-    from actors.router import Replica, Router, RouterConfig
-    from cluster.client import Client
-    from cluster.devices import default_catalog
-    from cluster.gateway import Gateway, GatewayConfig
+    from actors.routing import Replica
+    from actors.router import Router, RouterConfig
+    from cluster.shell.client import Client
+    from cluster.catalog import default_catalog
+    from cluster.shell.gateway import Gateway, GatewayConfig
     from cluster.state import open_store
 
     kind = "rtx4090"
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-against", default=None, help=argparse.SUPPRESS)  # the client process of PATHS
     args = ap.parse_args(argv)
     if args.load_against:
-        from cluster.client import Client
+        from cluster.shell.client import Client
 
         with Client(args.load_against) as c:
             for _ in range(50):

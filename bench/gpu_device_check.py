@@ -72,7 +72,7 @@ def detect() -> dict:
 
 def device_actor(kind: str) -> dict:
     from actors.device import DeviceActor
-    from cluster.devices import default_catalog
+    from cluster.catalog import default_catalog
 
     actor = DeviceActor(default_catalog().get(kind), f"{kind}-0", real_cuda=True)
     rep = actor.probe(4096)
@@ -83,7 +83,7 @@ def roofline(kind: str) -> dict:
     import torch
 
     from cluster import perf
-    from cluster.devices import default_catalog
+    from cluster.catalog import default_catalog
 
     spec = default_catalog().get(kind)
     n = 8192
@@ -112,11 +112,11 @@ def llama_vs_model(kind: str) -> dict:
     import torch
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    from cluster import perf
-    from cluster.devices import default_catalog
+    from cluster import models, perf
+    from cluster.catalog import default_catalog
 
     spec = default_catalog().get(kind)
-    shape = perf.get_model("llama-2-7b")
+    shape = models.get_model("llama-2-7b")
     cfg = LlamaConfig(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads,
@@ -199,11 +199,11 @@ def decode_cuda_graph(kind: str) -> dict:
     cost from Python, so the step is bounded by the bytes it reads -- what cluster.perf models."""
     import torch
 
-    from cluster import perf
-    from cluster.devices import default_catalog
+    from cluster import models, perf
+    from cluster.catalog import default_catalog
 
     spec = default_catalog().get(kind)
-    shape = perf.get_model("llama-2-7b")
+    shape = models.get_model("llama-2-7b")
     ctx, rows = 1000, []
     with torch.inference_mode():
         for batch in (1, 16, 64):

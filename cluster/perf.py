@@ -64,50 +64,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cluster.exceptions import InputError, did_you_mean
+from cluster.exceptions import InputError
+from cluster.models import DTYPE_BYTES, ModelShape, check_dtype
+from solvers import validate
 
 if TYPE_CHECKING:  # the formulas take any DeviceSpec-like object; no catalog import at runtime
-    from cluster.devices import DeviceSpec
+    from cluster.catalog import DeviceSpec
 
 GIB = 2**30
-
-#: Bytes per element of each supported dtype. int8/int4 are weight-only quantisation formats.
-DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
-#: Dtypes that hold activations (and so the KV cache by default); int8/int4 weights run W8A16/W4A16.
-FLOAT_DTYPES = ("fp32", "bf16", "fp16", "fp8")
-#: Dtypes allowed for the KV cache (vLLM supports fp8 and int8 caches, not int4).
-KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
 
 #: Memory kept back for activations, CUDA graphs and the allocator, in GiB. An assumption of the
 #: order vLLM's profiling run reserves for a 7B model at its default batch token budget (~1 GiB).
 DEFAULT_ACTIVATION_RESERVE_GIB = 1.0
-
-
-# ------------------------------------------------------------------------------------ validation
-
-
-def _check_dtype(name: str, dtype: object, allowed: tuple[str, ...] = tuple(DTYPE_BYTES)) -> str:
-    if not isinstance(dtype, str) or dtype not in allowed:
-        hint = did_you_mean(dtype, allowed) if isinstance(dtype, str) else ""
-        raise InputError(f"{name}: unknown dtype {dtype!r}{hint}; allowed: {', '.join(allowed)}")
-    return dtype
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_real(name: str, value: object, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        lo_s = f"> {lo}" if lo_open else f">= {lo}"
-        hi_s = "" if hi == math.inf else f" and <= {hi}"
-        raise InputError(f"{name}: expected a finite number {lo_s}{hi_s}, got {value!r}")
-    return float(value)
 
 
 # ------------------------------------------------------------------------------------ efficiency
@@ -149,129 +117,14 @@ class Efficiency:
 
     def __post_init__(self) -> None:
         for field in ("compute", "memory", "attention"):
-            _check_real(f"Efficiency.{field}", getattr(self, field), 0.0, 1.0, lo_open=True)
+            validate.real(f"Efficiency.{field}", getattr(self, field), lo=0.0, hi=1.0, lo_open=True)
         for field in ("kernel_overhead_s", "step_overhead_s"):
-            _check_real(f"Efficiency.{field}", getattr(self, field), 0.0)
+            validate.real(f"Efficiency.{field}", getattr(self, field), lo=0.0)
         for field in ("compute_power_util", "memory_power_util"):
-            _check_real(f"Efficiency.{field}", getattr(self, field), 0.0, 1.0)
+            validate.real(f"Efficiency.{field}", getattr(self, field), lo=0.0, hi=1.0)
 
 
 DEFAULT_EFFICIENCY = Efficiency()
-
-
-# ---------------------------------------------------------------------------------------- models
-
-
-@dataclass(frozen=True, slots=True)
-class ModelShape:
-    """The shape of a decoder-only transformer, as its Hugging Face ``config.json`` gives it.
-
-    ``n_params`` is the total parameter count (embeddings included, counted once when tied).
-    ``dtype`` is the weight storage dtype; ``kv_dtype`` the KV-cache dtype, by default the
-    activation dtype: ``dtype`` itself for float formats, fp16 for the weight-only int8/int4 ones.
-    """
-
-    name: str
-    n_params: int
-    n_layers: int
-    hidden_size: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    dtype: str = "bf16"
-    tie_word_embeddings: bool = False
-    kv_dtype: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise InputError(f"ModelShape.name: expected a non-empty string, got {self.name!r}")
-        for field in ("n_params", "n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim",
-                      "intermediate_size", "vocab_size"):
-            _check_int(f"ModelShape.{field}", getattr(self, field), 1)
-        if self.n_heads % self.n_kv_heads:
-            raise InputError(
-                f"ModelShape.n_kv_heads: {self.n_kv_heads} does not divide n_heads={self.n_heads}; "
-                "grouped-query attention needs n_heads % n_kv_heads == 0"
-            )
-        _check_dtype("ModelShape.dtype", self.dtype)
-        if self.kv_dtype is not None:
-            _check_dtype("ModelShape.kv_dtype", self.kv_dtype, KV_DTYPES)
-        if not isinstance(self.tie_word_embeddings, bool):
-            raise InputError(f"ModelShape.tie_word_embeddings: expected a bool, got {self.tie_word_embeddings!r}")
-
-    @property
-    def bytes_per_param(self) -> float:
-        """Bytes per stored weight (int4: 0.5; group scales are ignored)."""
-        return DTYPE_BYTES[self.dtype]
-
-    @property
-    def compute_dtype(self) -> str:
-        """The dtype the matmuls run in: ``dtype`` for float formats, fp16 for int8/int4 weights."""
-        return self.dtype if self.dtype in FLOAT_DTYPES else "fp16"
-
-    @property
-    def cache_dtype(self) -> str:
-        """The KV-cache dtype: ``kv_dtype`` when given, else :attr:`compute_dtype`."""
-        return self.kv_dtype if self.kv_dtype is not None else self.compute_dtype
-
-    @property
-    def weight_bytes(self) -> int:
-        """``W = ceil(N * bytes_per_param)``."""
-        return math.ceil(self.n_params * self.bytes_per_param)
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """``2 * L * h_kv * d * s_kv``: one token's K and V in every layer."""
-        return math.ceil(2 * self.n_layers * self.n_kv_heads * self.head_dim * DTYPE_BYTES[self.cache_dtype])
-
-    @property
-    def matmul_params(self) -> int:
-        """Parameters a token multiplies through: ``N`` minus the input embedding when untied."""
-        return self.n_params - (0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size)
-
-    @property
-    def flops_per_token(self) -> int:
-        """``2 * N_mm``: one multiply-add per matmul parameter (≈ 2 N), attention excluded."""
-        return 2 * self.matmul_params
-
-    def attention_flops_per_token(self, context_len: int) -> int:
-        """``4 * L * h * d * c``: one query against ``c`` keys (QK^T and PV) in every layer."""
-        _check_int("context_len", context_len, 0)
-        return 4 * self.n_layers * self.n_heads * self.head_dim * context_len
-
-    def prefill_attention_flops(self, prompt_len: int) -> int:
-        """Causal self-attention FLOPs of one prompt: ``4 L h d * p (p + 1) / 2``."""
-        _check_int("prompt_len", prompt_len, 1)
-        return 4 * self.n_layers * self.n_heads * self.head_dim * (prompt_len * (prompt_len + 1) // 2)
-
-
-#: Published shapes (from each model's config.json on the Hugging Face Hub; n_params from the
-#: safetensors index / model card, checked against the shape in tests/test_perf.py).
-MODELS: dict[str, ModelShape] = {
-    # meta-llama/Llama-2-7b-hf config.json: 32 layers, 4096 hidden, 32 heads (MHA), 11008 FFN.
-    "llama-2-7b": ModelShape("llama-2-7b", 6_738_415_616, 32, 4096, 32, 32, 128, 11008, 32000),
-    # meta-llama/Llama-2-13b-hf config.json: 40 layers, 5120 hidden, 40 heads (MHA), 13824 FFN.
-    "llama-2-13b": ModelShape("llama-2-13b", 13_015_864_320, 40, 5120, 40, 40, 128, 13824, 32000),
-    # meta-llama/Meta-Llama-3-8B config.json: 32 layers, 4096 hidden, 32 heads, 8 KV heads (GQA).
-    "llama-3-8b": ModelShape("llama-3-8b", 8_030_261_248, 32, 4096, 32, 8, 128, 14336, 128256),
-    # Qwen/Qwen2-1.5B config.json: 28 layers, 1536 hidden, 12 heads, 2 KV heads, tied embeddings.
-    "qwen2-1.5b": ModelShape("qwen2-1.5b", 1_543_714_304, 28, 1536, 12, 2, 128, 8960, 151936,
-                             tie_word_embeddings=True),
-    # HuggingFaceTB/SmolLM2-135M config.json: 30 layers, 576 hidden, 9 heads, 3 KV heads, tied.
-    "smollm2-135m": ModelShape("smollm2-135m", 134_515_008, 30, 576, 9, 3, 64, 1536, 49152,
-                               tie_word_embeddings=True),
-}
-
-
-def get_model(name: str) -> ModelShape:
-    """The shape in :data:`MODELS` called ``name`` (case-insensitive)."""
-    key = name.strip().lower() if isinstance(name, str) else ""
-    if key not in MODELS:
-        hint = did_you_mean(key, MODELS) if key else ""
-        raise InputError(f"model: unknown model {name!r}{hint}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[key]
 
 
 # -------------------------------------------------------------------------------------- roofline
@@ -286,7 +139,7 @@ def peak_flops(device: DeviceSpec, dtype: str = "bf16") -> float:
     fp16 rate on Ampere, Ada and Hopper; an approximation elsewhere), the figure itself on a
     ``host`` CPU, whose catalog figure is measured fp32 GEMM throughput.
     """
-    _check_dtype("dtype", dtype)
+    check_dtype("dtype", dtype)
     fp16 = float(device.flops_fp16)
     if device.category == "host":
         return fp16
@@ -312,8 +165,8 @@ def _energy(t_comp: float, t_mem: float, duration: float, device: DeviceSpec, ef
 def op_time(flops: float, bytes_moved: float, device: DeviceSpec, dtype: str = "bf16",
             eff: Efficiency = DEFAULT_EFFICIENCY) -> float:
     """Roofline time of one operation: ``max(F / (P e_c), Q / (B e_m)) + o_k`` seconds."""
-    _check_real("flops", flops, 0.0)
-    _check_real("bytes_moved", bytes_moved, 0.0)
+    validate.real("flops", flops, lo=0.0)
+    validate.real("bytes_moved", bytes_moved, lo=0.0)
     t_c, t_m = _times(flops, bytes_moved, peak_flops(device, dtype), device, eff.compute, eff)
     return max(t_c, t_m) + eff.kernel_overhead_s
 
@@ -330,8 +183,8 @@ def gemm_time(m: int, n: int, k: int, device: DeviceSpec, dtype: str = "bf16",
               eff: Efficiency = DEFAULT_EFFICIENCY) -> float:
     """Time of ``(m x k) @ (k x n)``: roofline of ``F = 2 m n k``, ``Q = s (m k + k n + m n)``."""
     for name, value in (("m", m), ("n", n), ("k", k)):
-        _check_int(name, value, 1)
-    s = DTYPE_BYTES[_check_dtype("dtype", dtype)]
+        validate.integer(name, value, minimum=1)
+    s = DTYPE_BYTES[check_dtype("dtype", dtype)]
     return op_time(2.0 * m * n * k, s * (m * k + k * n + m * n), device, dtype, eff)
 
 
@@ -345,13 +198,13 @@ def attention_time(batch: int, n_heads: int, q_len: int, kv_len: int, head_dim: 
     """
     for name, value in (("batch", batch), ("n_heads", n_heads), ("q_len", q_len), ("kv_len", kv_len),
                         ("head_dim", head_dim)):
-        _check_int(name, value, 1)
-    h_kv = n_heads if n_kv_heads is None else _check_int("n_kv_heads", n_kv_heads, 1)
+        validate.integer(name, value, minimum=1)
+    h_kv = n_heads if n_kv_heads is None else validate.integer("n_kv_heads", n_kv_heads, minimum=1)
     if n_heads % h_kv:
         raise InputError(f"n_kv_heads: {h_kv} does not divide n_heads={n_heads}")
     if causal and q_len > kv_len:
         raise InputError(f"q_len: causal attention needs q_len <= kv_len, got q_len={q_len}, kv_len={kv_len}")
-    s = DTYPE_BYTES[_check_dtype("dtype", dtype)]
+    s = DTYPE_BYTES[check_dtype("dtype", dtype)]
     pairs = q_len * kv_len - (q_len * (q_len - 1) // 2 if causal else 0)
     flops = 4.0 * batch * n_heads * head_dim * pairs
     nbytes = s * (2 * batch * n_heads * q_len * head_dim + 2 * batch * h_kv * kv_len * head_dim)
@@ -364,8 +217,8 @@ def attention_time(batch: int, n_heads: int, q_len: int, kv_len: int, head_dim: 
 
 def _prefill_terms(model: ModelShape, device: DeviceSpec, batch: int, prompt_len: int,
                    eff: Efficiency) -> tuple[float, float]:
-    _check_int("batch", batch, 1)
-    _check_int("prompt_len", prompt_len, 1)
+    validate.integer("batch", batch, minimum=1)
+    validate.integer("prompt_len", prompt_len, minimum=1)
     peak = peak_flops(device, model.compute_dtype)
     t_comp = (batch * prompt_len * model.flops_per_token / (peak * eff.compute)
               + batch * model.prefill_attention_flops(prompt_len) / (peak * eff.attention))
@@ -375,8 +228,8 @@ def _prefill_terms(model: ModelShape, device: DeviceSpec, batch: int, prompt_len
 
 def prefill_flops(model: ModelShape, batch: int, prompt_len: int) -> int:
     """FLOPs of prefilling ``batch`` prompts: ``b p flops_per_token + b * 4 L h d p (p + 1) / 2``."""
-    _check_int("batch", batch, 1)
-    _check_int("prompt_len", prompt_len, 1)
+    validate.integer("batch", batch, minimum=1)
+    validate.integer("prompt_len", prompt_len, minimum=1)
     return batch * (prompt_len * model.flops_per_token + model.prefill_attention_flops(prompt_len))
 
 
@@ -390,7 +243,7 @@ def prefill_time(model: ModelShape, device: DeviceSpec, batch: int, prompt_len: 
 def _decode_affine(model: ModelShape, device: DeviceSpec, batch: int,
                    eff: Efficiency) -> tuple[tuple[float, float], tuple[float, float]]:
     """Decode's roofline terms as affine functions of the context ``c``: ((a_c, b_c), (a_m, b_m))."""
-    _check_int("batch", batch, 1)
+    validate.integer("batch", batch, minimum=1)
     peak = peak_flops(device, model.compute_dtype)
     bw = device.mem_bw_bytes_s * eff.memory
     comp = (batch * model.flops_per_token / (peak * eff.compute),
@@ -402,7 +255,7 @@ def _decode_affine(model: ModelShape, device: DeviceSpec, batch: int,
 def decode_step_time(model: ModelShape, device: DeviceSpec, batch: int, context_len: int,
                      eff: Efficiency = DEFAULT_EFFICIENCY) -> float:
     """Seconds of one decode step for ``batch`` sequences each reading ``context_len`` cached tokens."""
-    _check_int("context_len", context_len, 0)
+    validate.integer("context_len", context_len, minimum=0)
     (ac, bc), (am, bm) = _decode_affine(model, device, batch, eff)
     return max(ac + bc * context_len, am + bm * context_len) + eff.step_overhead_s
 
@@ -440,8 +293,8 @@ def _sum_max_affine(f: tuple[float, float], g: tuple[float, float], c0: int, n: 
 def kv_capacity_tokens(model: ModelShape, device: DeviceSpec, gpu_memory_utilization: float = 0.9,
                        activation_reserve_gib: float = DEFAULT_ACTIVATION_RESERVE_GIB) -> int:
     """KV-cache tokens that fit: ``floor((M util - W - reserve) / kv_bytes_per_token)``, never < 0."""
-    util = _check_real("gpu_memory_utilization", gpu_memory_utilization, 0.0, 1.0, lo_open=True)
-    reserve = _check_real("activation_reserve_gib", activation_reserve_gib, 0.0) * GIB
+    util = validate.real("gpu_memory_utilization", gpu_memory_utilization, lo=0.0, hi=1.0, lo_open=True)
+    reserve = validate.real("activation_reserve_gib", activation_reserve_gib, lo=0.0) * GIB
     free = device.memory_bytes * util - model.weight_bytes - reserve
     return max(0, math.floor(free / model.kv_bytes_per_token))
 
@@ -449,13 +302,13 @@ def kv_capacity_tokens(model: ModelShape, device: DeviceSpec, gpu_memory_utiliza
 def fits(model: ModelShape, device: DeviceSpec, gpu_memory_utilization: float = 0.9,
          activation_reserve_gib: float = DEFAULT_ACTIVATION_RESERVE_GIB, min_kv_tokens: int = 1) -> bool:
     """Whether the weights fit with room for at least ``min_kv_tokens`` tokens of KV cache."""
-    _check_int("min_kv_tokens", min_kv_tokens, 1)
+    validate.integer("min_kv_tokens", min_kv_tokens, minimum=1)
     return kv_capacity_tokens(model, device, gpu_memory_utilization, activation_reserve_gib) >= min_kv_tokens
 
 
 def power_w(device: DeviceSpec, utilization: float) -> float:
     """``P_idle + (P_max - P_idle) u`` watts, for ``u`` in [0, 1]."""
-    u = _check_real("utilization", utilization, 0.0, 1.0)
+    u = validate.real("utilization", utilization, lo=0.0, hi=1.0)
     return device.power_idle_w + (device.power_max_w - device.power_idle_w) * u
 
 
@@ -483,7 +336,7 @@ def request_latency(model: ModelShape, device: DeviceSpec, prompt_len: int, outp
     Both roofline terms are affine in ``c``, so the sums of step times and step energies over the
     decode phase are exact closed forms (:func:`_sum_max_affine`), not loops.
     """
-    _check_int("output_len", output_len, 1)
+    validate.integer("output_len", output_len, minimum=1)
     t_comp, t_mem = _prefill_terms(model, device, batch, prompt_len, eff)
     ttft = max(t_comp, t_mem) + eff.step_overhead_s
     energy = _energy(t_comp, t_mem, ttft, device, eff)

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from cluster.devices import Catalog, default_catalog, kind_from_device_name
+from cluster.catalog import Catalog, kind_from_device_name
+from cluster.probe import probed_catalog
 from cluster.exceptions import CatalogError, InputError, UnknownDeviceKindError
 
 RESOURCE_PREFIX = "device:"
@@ -92,7 +93,7 @@ class DeviceSlot:
 
 def parse_fleet(obj: Any, *, source: str = "<fleet>", catalog: Catalog | None = None) -> Fleet:
     """Validate a loaded fleet document. Errors name ``source`` and the field."""
-    catalog = catalog or default_catalog()
+    catalog = catalog or probed_catalog()
     if not isinstance(obj, dict):
         raise CatalogError(f"{source}: expected a mapping with 'devices', got {type(obj).__name__}")
     unknown = set(obj) - {"name", "devices"}

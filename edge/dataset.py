@@ -97,7 +97,7 @@ def _require(path: Path) -> Path:
 def load_mmlu_pro(data_dir: str | Path, models: tuple[str, ...] | list[str] | None = None,
                   limit: int | None = None) -> ExpertData:
     """Read the MMLU-Pro files of ``data_dir`` for ``models`` (default: every edge-size model)."""
-    from edge.models import EDGE_MODELS
+    from cluster.models import EDGE_MODELS
 
     d = Path(data_dir)
     if not d.is_dir():

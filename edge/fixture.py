@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from edge.dataset import CORRECT_FILE, FIXTURE_DIR, GEN_FILE, QUESTIONS_FILE
-from edge.models import EDGE_MODELS
+from cluster.models import EDGE_MODELS
 
 
 def build_fixture(src: Path, out: Path, per_category: int = 22, seed: int = 0) -> list[int]:

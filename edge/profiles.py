@@ -108,8 +108,8 @@ def query_cost(model, device, prompt_tokens: int, output_tokens: int, payload_by
 def build_profiles(data, placements: list[Placement] | tuple[Placement, ...], catalog=None,
                    config: ProfileConfig = ProfileConfig()) -> list[ExpertProfile]:
     """Profiles of ``placements`` from the questions of ``data`` (an :class:`edge.dataset.ExpertData`)."""
-    from cluster.devices import default_catalog
-    from edge.models import expert_model
+    from cluster.catalog import default_catalog
+    from cluster.models import expert_model
 
     catalog = catalog or default_catalog()
     cats = np.asarray(data.categories)
@@ -148,8 +148,8 @@ def build_profiles(data, placements: list[Placement] | tuple[Placement, ...], ca
 def default_placements(models: tuple[str, ...] | list[str], devices: tuple[str, ...] | list[str],
                        catalog=None) -> list[Placement]:
     """Model i on device ``devices[i % len(devices)]``, bf16 when it fits there, else int8, else int4."""
-    from cluster.devices import default_catalog
-    from edge.models import expert_model
+    from cluster.catalog import default_catalog
+    from cluster.models import expert_model
 
     if not devices:
         raise InputError("devices: expected at least one device kind")

@@ -17,18 +17,14 @@ Names are kept as given; a caller maps them to catalog kinds.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from solvers.allocation import AllocationProblem, DeviceType, Workload
+from solvers import validate
 from solvers.exceptions import AllocationInputError, MelangeFormatError, did_you_mean
 
 TOP_KEYS = ("gpu_info", "workload_distribution", "total_request_rate", "slice_factor")
 GPU_KEYS = ("cost", "tputs")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _keys(obj: dict, allowed: tuple[str, ...], path: str) -> None:
@@ -41,15 +37,6 @@ def _keys(obj: dict, allowed: tuple[str, ...], path: str) -> None:
     for key in allowed:
         if key not in obj:
             raise MelangeFormatError(f"{path}: missing key {key!r} (required: {list(allowed)})")
-
-
-def _number(value: Any, path: str, *, allow_null: bool = False) -> float | None:
-    if value is None and allow_null:
-        return None
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        extra = " or null" if allow_null else ""
-        raise MelangeFormatError(f"{path}: expected a finite number >= 0{extra}, got {value!r}")
-    return float(value)
 
 
 def _matrix(
@@ -73,7 +60,7 @@ def _matrix(
         if len(row) != width:
             raise MelangeFormatError(f"{path}[{i}]: expected {width} {what}, got {len(row)}")
         rows.append(
-            tuple(_number(v, f"{path}[{i}][{j}]", allow_null=allow_null) for j, v in enumerate(row))
+            tuple(validate.real(f"{path}[{i}][{j}]", v, lo=0.0, allow_none=allow_null, error=MelangeFormatError) for j, v in enumerate(row))
         )
     return tuple(rows)
 
@@ -95,7 +82,7 @@ def parse_melange_config(obj: dict) -> AllocationProblem:
         what="numbers",
     )
     shape = (len(hist), len(hist[0]))
-    rate = _number(obj["total_request_rate"], "total_request_rate")
+    rate = validate.real("total_request_rate", obj["total_request_rate"], lo=0.0, error=MelangeFormatError)
     factor = obj["slice_factor"]
     if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
         raise MelangeFormatError(f"slice_factor: expected an integer >= 1, got {factor!r}")
@@ -111,7 +98,7 @@ def parse_melange_config(obj: dict) -> AllocationProblem:
         if not isinstance(info, dict):
             raise MelangeFormatError(f"{path}: expected an object {{cost, tputs}}, got {info!r}")
         _keys(info, GPU_KEYS, path)
-        cost = _number(info["cost"], f"{path}.cost")
+        cost = validate.real(f"{path}.cost", info["cost"], lo=0.0, error=MelangeFormatError)
         tputs = _matrix(info["tputs"], f"{path}.tputs", shape, allow_null=True, what="numbers")
         try:
             types.append(DeviceType(name=name, price_per_hour=cost, max_rate=tputs))

@@ -16,7 +16,7 @@ Mixed = 80 % Arena + 20 % PubMed by request (the issue's definition): its output
 0.8 x 329.43 + 0.2 x 4174.13 = 1098.4, not the 1278.04 the paper's legend gives (a low-confidence
 extraction; 1278 would take a 24.7 % PubMed share). ``mixture(pubmed_share=...)`` builds others.
 
-Histograms. On a :class:`~solvers.profiles.BucketGrid` with upper edges e_0 < e_1 < ..., a length
+Histograms. On a :class:`~solvers.tables.BucketGrid` with upper edges e_0 < e_1 < ..., a length
 L falls in the first bucket with L <= e_k, lengths past the last edge in the last bucket. The exact
 (sampling-free) histogram of a component is the outer product of its input and output marginals,
 
@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from solvers.exceptions import AllocationInputError, did_you_mean
-from solvers.profiles import BucketGrid
+from solvers.tables import BucketGrid
 
 
 def _finite_positive(name: str, value: object) -> float:

@@ -172,26 +172,11 @@ def load(model: str | None, device: str = "cpu", *, root: Path | None = None) ->
 
 
 def model_shape(loaded: LoadedModel, dtype: str = "bf16") -> Any:
-    """The :class:`cluster.perf.ModelShape` of ``loaded`` (from its config), for modeled figures.
+    """The :class:`cluster.models.ModelShape` of ``loaded`` (from its config), for modeled figures.
 
     ``dtype`` is the dtype the modeled device would serve it in (bf16 by default), not the CPU's.
     """
-    from cluster.perf import ModelShape
+    from cluster.models import shape_from_config
 
-    cfg = loaded.model.config
-    n_heads = int(cfg.num_attention_heads)
-    hidden = int(cfg.hidden_size)
     n_params = sum(p.numel() for p in loaded.model.parameters())  # tied weights are counted once
-    return ModelShape(
-        name=loaded.name,
-        n_params=int(n_params),
-        n_layers=int(cfg.num_hidden_layers),
-        hidden_size=hidden,
-        n_heads=n_heads,
-        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
-        head_dim=int(getattr(cfg, "head_dim", None) or hidden // n_heads),
-        intermediate_size=int(getattr(cfg, "intermediate_size", 4 * hidden)),
-        vocab_size=int(cfg.vocab_size),
-        dtype=dtype,
-        tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
-    )
+    return shape_from_config(loaded.name, loaded.model.config, n_params, dtype)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster.autoscaler import apply_plan, plan_to_bundles
+from cluster.shell.autoscaler import apply_plan, plan_to_bundles
 from cluster.exceptions import InputError
 from cluster.state import open_store
 from solvers.allocation import AllocationProblem, DeviceType, Workload, solve

@@ -23,7 +23,7 @@ def flotilla(*args: str, env: dict[str, str] | None = None, timeout: float = 120
     full_env = {**os.environ, "FLOTILLA_CONFIG": "/nonexistent/flotilla.yaml", **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=timeout,
+        [sys.executable, "-m", "cluster.shell.cli.main", *args], cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=timeout,
     )
 
 
@@ -106,7 +106,7 @@ def test_status_of_an_unreachable_gateway_exits_1_naming_the_status() -> None:
 
 
 def test_json_mode_sends_stray_prints_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    from cluster.clikit import emit_json, reserve_stdout_for_json
+    from cluster.shell.console import emit_json, reserve_stdout_for_json
 
     with reserve_stdout_for_json():
         print("(raylet) WARNING: something a library printed")

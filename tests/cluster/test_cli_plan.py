@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from cluster import cli
-from cluster.cli_plan import build_problem, register
+from cluster.shell.cli import main as cli
+from cluster.shell.cli.plan import build_problem, register
 from solvers.allocation import single_type_count, solve
 
-TOY = {
-    "gpu_info": {
-        "A10G": {"cost": 1.01, "tputs": [[2, 1], [5, 2]]},
-        "A100-80GB": {"cost": 3.67, "tputs": [[20, 20], [40, 20]]},
-    },
-    "workload_distribution": [[0.2, 0.1], [0.5, 0.2]],
-    "total_request_rate": 30.0,
-    "slice_factor": 1,
-}
+TOY = json.loads((Path(__file__).parents[2] / "examples" / "melange_config.json").read_text())
 
 
 @pytest.fixture(scope="module")

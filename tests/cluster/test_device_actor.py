@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cluster import perf
-from cluster.devices import default_catalog
+from cluster.catalog import default_catalog
 from cluster.exceptions import CapacityError, InputError
-from cluster.fleet import bring_up
+from cluster.shell.fleet import bring_up
 from cluster.runtime import load_fleet
 from cluster.state import open_store
 

@@ -11,18 +11,15 @@ import re
 import pytest
 import yaml
 
-import cluster.devices as devices
-from cluster.devices import (
+from cluster.catalog import (
     BASES,
     DEFAULT_CATALOG_PATH,
     Catalog,
     DeviceSpec,
     Figure,
-    HostMeasurement,
     default_catalog,
     kind_from_device_name,
     load_catalog,
-    measure_host_cpu,
     normalize_name,
 )
 from cluster.exceptions import CatalogError, InputError, UnknownDeviceKindError
@@ -420,44 +417,3 @@ def test_default_catalog_is_cached_and_immutable(catalog: Catalog) -> None:
 # ------------------------------------------------------------------------------- the host
 
 
-def test_measure_host_cpu_returns_measured_figures() -> None:
-    spec = measure_host_cpu(seconds_budget=0.3)
-    assert spec.kind == "cpu" and spec.category == "host"
-    today = datetime.date.today().isoformat()
-    for name in ("memory_gib", "mem_bw_gbs", "tflops_fp16", "link_gbs"):
-        fig = spec.figure(name)
-        assert fig.basis == "measured" and fig.date == today
-        assert fig.source.startswith("measured on this host at start-up")
-        assert isinstance(fig.value, float) and fig.value > 0
-        assert getattr(spec, name) == fig.value
-    assert 0.5 < spec.memory_gib < 16384
-    assert 1e-4 < spec.tflops_fp16 < 1000 and 0.1 < spec.mem_bw_gbs < 10_000
-    assert spec.figure("power_max_w") == default_catalog().host.figures[1][1]
-    assert spec.price_per_hour is None and spec.tflops_fp8 is None
-    json.dumps(spec.to_dict())
-    with pytest.raises(InputError, match="seconds_budget"):
-        measure_host_cpu(seconds_budget=0)
-
-
-def test_catalog_measures_the_host_lazily_once(tmp_path, real_doc: dict, monkeypatch) -> None:
-    calls: list[float] = []
-
-    def fake_measure(seconds_budget: float) -> HostMeasurement:
-        calls.append(seconds_budget)
-        return HostMeasurement(0.05, 10.0, 8.0, 512, "test CPU", "2026-11-28")
-
-    devices._cached_host_measurement.cache_clear()
-    monkeypatch.setattr(devices, "_measure_host", fake_measure)
-    try:
-        cat = load_catalog(_write(tmp_path, real_doc))
-        assert "cpu" in cat and cat.kinds().count("cpu") == 1
-        assert len(cat.specs_of()) == len(REQUIRED_KINDS) - 1
-        assert calls == []  # loading, listing and typed lookups never measure
-        first = cat.get("cpu")
-        assert cat.get("host") == first and default_catalog().get("CPU") == first
-        assert len(calls) == 1
-        assert first.tflops_fp16 == 0.05 and first.mem_bw_gbs == 10.0 and first.memory_gib == 8.0
-        assert "test CPU" in first.name
-        assert len(cat.specs_of(include_host=True)) == len(REQUIRED_KINDS)
-    finally:
-        devices._cached_host_measurement.cache_clear()

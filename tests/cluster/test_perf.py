@@ -1,6 +1,6 @@
 """The performance model: physics of the roofline, not copied constants.
 
-Devices come from the catalog (cluster.devices) or are built with ``DeviceSpec(...)``; no Ray.
+Devices come from the catalog (cluster.catalog) or are built with ``DeviceSpec(...)``; no Ray.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import random
 import pytest
 
 from cluster import perf
-from cluster.devices import DeviceSpec, default_catalog
+from cluster.catalog import DeviceSpec, default_catalog
 from cluster.exceptions import InputError
-from cluster.perf import DEFAULT_EFFICIENCY, Efficiency, ModelShape, RequestCost
+from cluster import models
+from cluster.models import ModelShape
+from cluster.perf import DEFAULT_EFFICIENCY, Efficiency, RequestCost
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def scaled(spec: DeviceSpec, **over) -> DeviceSpec:
     return dataclasses.replace(spec, figures=(), **over)
 
 
-LLAMA2_7B = perf.get_model("llama-2-7b")
+LLAMA2_7B = models.get_model("llama-2-7b")
 
 
 # ------------------------------------------------------------------------------------ models
@@ -58,21 +60,21 @@ def params_from_config(m: ModelShape) -> int:
     return embed + m.n_layers * (attn + mlp + 2 * h) + h + lm_head
 
 
-@pytest.mark.parametrize("name", sorted(perf.MODELS))
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_model_parameter_count_agrees_with_its_shape(name: str) -> None:
-    m = perf.MODELS[name]
+    m = models.MODELS[name]
     assert m.name == name
     assert m.n_params == pytest.approx(params_from_config(m), rel=0.05)
 
 
 def test_llama_counts_are_exact_without_biases() -> None:
     for name in ("llama-2-7b", "llama-2-13b", "llama-3-8b"):
-        m = perf.MODELS[name]
+        m = models.MODELS[name]
         assert m.n_params == params_from_config(m)
 
 
 def test_gqa_llama3_has_a_quarter_of_llama2_kv_bytes() -> None:
-    l2, l3 = perf.get_model("llama-2-7b"), perf.get_model("llama-3-8b")
+    l2, l3 = models.get_model("llama-2-7b"), models.get_model("llama-3-8b")
     assert l2.kv_bytes_per_token == 4 * l3.kv_bytes_per_token
     # bf16 K and V, 32 layers, 32 heads of 128: 2 * 32 * 32 * 128 * 2 bytes = 512 KiB per token
     assert l2.kv_bytes_per_token == 2 * 32 * 4096 * 2
@@ -92,14 +94,14 @@ def test_weight_and_kv_bytes_follow_dtype() -> None:
 
 
 def test_flops_per_token_is_about_twice_the_parameters() -> None:
-    for m in perf.MODELS.values():
+    for m in models.MODELS.values():
         assert 2 * m.n_params * 0.7 < m.flops_per_token <= 2 * m.n_params
         untied_embedding = 0 if m.tie_word_embeddings else m.vocab_size * m.hidden_size
         assert m.flops_per_token == 2 * (m.n_params - untied_embedding)
 
 
 def test_prefill_attention_flops_count_causal_pairs() -> None:
-    m = perf.get_model("smollm2-135m")
+    m = models.get_model("smollm2-135m")
     for p in (1, 2, 7, 100):
         pairs = sum(i + 1 for i in range(p))  # query i sees keys 0..i
         assert m.prefill_attention_flops(p) == 4 * m.n_layers * m.n_heads * m.head_dim * pairs
@@ -107,11 +109,11 @@ def test_prefill_attention_flops_count_causal_pairs() -> None:
 
 
 def test_get_model_is_case_insensitive_and_names_known_models() -> None:
-    assert perf.get_model("  Llama-3-8B ") is perf.MODELS["llama-3-8b"]
+    assert models.get_model("  Llama-3-8B ") is models.MODELS["llama-3-8b"]
     with pytest.raises(InputError, match=r"llama-2-7bb.*did you mean 'llama-2-7b'.*known: .*qwen2-1.5b"):
-        perf.get_model("llama-2-7bb")
+        models.get_model("llama-2-7bb")
     with pytest.raises(InputError, match="unknown model"):
-        perf.get_model(None)  # type: ignore[arg-type]
+        models.get_model(None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,7 @@ def test_prefill_of_a_long_prompt_runs_near_the_compute_roofline(a100) -> None:
 
 def test_faster_devices_win(catalog) -> None:
     a100, l4, h100 = catalog.get("a100-80g-sxm"), catalog.get("l4"), catalog.get("h100-sxm")
-    for m in (LLAMA2_7B, perf.get_model("llama-3-8b")):
+    for m in (LLAMA2_7B, models.get_model("llama-3-8b")):
         for slow, fast in ((l4, a100), (a100, h100)):
             assert perf.prefill_time(m, fast, 1, 1024) < perf.prefill_time(m, slow, 1, 1024)
             assert perf.decode_step_time(m, fast, 8, 1024) < perf.decode_step_time(m, slow, 8, 1024)
@@ -227,7 +229,7 @@ def test_fp8_uses_fp8_tensor_cores_only_where_they_exist(catalog) -> None:
 
 @pytest.mark.parametrize(("model", "kind"), [("llama-2-13b", "rtx4070"), ("llama-2-7b", "jetson-orin-nano-8")])
 def test_models_that_do_not_fit(catalog, model: str, kind: str) -> None:
-    m, dev = perf.get_model(model), catalog.get(kind)
+    m, dev = models.get_model(model), catalog.get(kind)
     assert m.weight_bytes > dev.memory_bytes  # the weights alone are larger than the device
     assert perf.kv_capacity_tokens(m, dev) == 0
     assert perf.fits(m, dev) is False
@@ -235,7 +237,7 @@ def test_models_that_do_not_fit(catalog, model: str, kind: str) -> None:
 
 def test_quantised_weights_make_a_model_fit(catalog) -> None:
     rtx4070 = catalog.get("rtx4070")
-    int4 = dataclasses.replace(perf.get_model("llama-2-13b"), dtype="int4")
+    int4 = dataclasses.replace(models.get_model("llama-2-13b"), dtype="int4")
     assert perf.fits(int4, rtx4070) is True
     assert perf.kv_capacity_tokens(int4, rtx4070) > 1000
 
@@ -243,7 +245,7 @@ def test_quantised_weights_make_a_model_fit(catalog) -> None:
 def test_capacity_is_the_largest_token_count_that_fits(catalog) -> None:
     for kind in ("rtx4090", "a100-80g-sxm", "l4", "jetson-agx-orin-32"):
         dev = catalog.get(kind)
-        for m in perf.MODELS.values():
+        for m in models.MODELS.values():
             n = perf.kv_capacity_tokens(m, dev, 0.85, 1.5)
             budget = dev.memory_bytes * 0.85 - 1.5 * 2**30
             if n > 0:
@@ -261,7 +263,7 @@ def test_capacity_grows_with_memory_and_shrinks_with_kv_heads(catalog) -> None:
     extra = perf.kv_capacity_tokens(LLAMA2_7B, scaled(a100_80, memory_gib=120)) - caps[3]
     assert abs(extra - 40 * 2**30 * 0.9 / LLAMA2_7B.kv_bytes_per_token) <= 1
 
-    l2, l3 = perf.get_model("llama-2-7b"), perf.get_model("llama-3-8b")
+    l2, l3 = models.get_model("llama-2-7b"), models.get_model("llama-3-8b")
     assert perf.kv_capacity_tokens(l3, a100_80) > 3 * perf.kv_capacity_tokens(l2, a100_80)
     by_heads = [perf.kv_capacity_tokens(dataclasses.replace(l2, n_kv_heads=k), a100_80) for k in (1, 2, 4, 8, 16, 32)]
     assert by_heads == sorted(by_heads, reverse=True) and len(set(by_heads)) == len(by_heads)
@@ -310,7 +312,7 @@ def test_gemm_time_per_flop_falls_until_the_ridge_point() -> None:
 def test_gemm_equals_op_time_of_its_flops_and_bytes() -> None:
     dev = make_device()
     for m, n, k, dt in ((3, 5, 7, "bf16"), (1024, 512, 256, "fp32"), (64, 4096, 4096, "int4")):
-        s = perf.DTYPE_BYTES[dt]
+        s = models.DTYPE_BYTES[dt]
         expect = perf.op_time(2 * m * n * k, s * (m * k + k * n + m * n), dev, dt)
         assert perf.gemm_time(m, n, k, dev, dt) == expect
     # fp32 runs at half the tensor rate on an accelerator, at the measured figure on a host CPU
@@ -369,7 +371,7 @@ def test_request_latency_sums_prefill_and_every_decode_step(catalog) -> None:
     rng = random.Random(7)
     kinds = ("a100-80g-sxm", "l4", "rtx4090", "jetson-agx-orin-64", "h100-sxm")
     for _ in range(40):
-        m = perf.MODELS[rng.choice(sorted(perf.MODELS))]
+        m = models.MODELS[rng.choice(sorted(models.MODELS))]
         dev = catalog.get(rng.choice(kinds))
         # batches up to 512 put decode on both sides of the compute/memory crossing
         batch, p, o = rng.choice((1, 3, 64, 256, 512)), rng.randint(1, 3000), rng.randint(1, 400)
@@ -460,7 +462,7 @@ def test_bad_input_names_the_argument(call, pattern: str) -> None:
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        ({"compute": 0.0}, r"Efficiency\.compute: expected a finite number > 0.0 and <= 1.0, got 0.0"),
+        ({"compute": 0.0}, r"Efficiency\.compute: expected a finite number > 0 and <= 1, got 0.0"),
         ({"memory": 1.2}, r"Efficiency\.memory"),
         ({"attention": -0.5}, r"Efficiency\.attention"),
         ({"step_overhead_s": -1e-3}, r"Efficiency\.step_overhead_s"),

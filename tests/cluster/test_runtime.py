@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.devices import default_catalog
+from cluster.catalog import default_catalog
 from cluster.exceptions import CatalogError
 from cluster.runtime import Fleet, FleetEntry, detect_cuda_devices, host_resources, load_fleet, parse_fleet
 

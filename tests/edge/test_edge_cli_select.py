@@ -1,7 +1,7 @@
 """`flotilla select` / `flotilla experts build`: JSON output, exit codes, errors naming the field.
 
-Runs through a local Typer app that the module registers into (exit codes mapped as cluster.cli's
-main does), and through `python -m cluster.cli` once cluster/cli.py wires cluster.cli_select."""
+Runs through a local Typer app that the module registers into (exit codes mapped as cluster.shell.cli.main's
+main does), and through `python -m cluster.shell.cli.main` once cluster/shell/cli/main.py wires cluster.shell.cli.select."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cluster.cli_select import register
+from cluster.shell.cli.select import register
 from cluster.exceptions import InputError
 from edge.dataset import FIXTURE_DIR
 
@@ -33,7 +33,7 @@ def _app() -> typer.Typer:
 
 
 def run(*args: str) -> tuple[int, str, str]:
-    """Invoke like cluster.cli.main: InputError -> exit 2 with a one-line reason."""
+    """Invoke like cluster.shell.cli.main.main: InputError -> exit 2 with a one-line reason."""
     res = CliRunner().invoke(_app(), list(args))
     if isinstance(res.exception, InputError):
         return 2, res.stdout, f"flotilla: error: {res.exception}"
@@ -153,21 +153,21 @@ def test_experts_build_rejects_unknown_model_and_device(tmp_path: Path) -> None:
 
 def _wired() -> bool:
     try:
-        import cluster.cli as cli
+        import cluster.shell.cli.main as cli
 
-        return "cluster.cli_select" in getattr(cli, "COMMAND_MODULES", ())
+        return "cluster.shell.cli.select" in getattr(cli, "COMMAND_MODULES", ())
     except Exception:
         return False
 
 
-@pytest.mark.skipif(not _wired(), reason="cluster.cli_select is not yet in cluster.cli.COMMAND_MODULES")
+@pytest.mark.skipif(not _wired(), reason="cluster.shell.cli.select is not yet in cluster.shell.cli.main.COMMAND_MODULES")
 def test_python_m_cluster_cli_select(tmp_path: Path) -> None:
     path = write(tmp_path, INSTANCE)
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "select", "--instance", path, "--json"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "cluster.shell.cli.main", "select", "--instance", path, "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert sorted(json.loads(res.stdout)["selected"]) == ["llama@4090", "phi3@orin"]
     bad = write(tmp_path, {**INSTANCE, "objective": "best"})
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "select", "--instance", bad], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "cluster.shell.cli.main", "select", "--instance", bad], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "objective" in res.stderr and "Traceback" not in res.stderr

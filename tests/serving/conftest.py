@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cluster.proto import flotilla_pb2_grpc as pb_grpc
+from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_serves_every_request_and_shuts_down(ray_session, capsys):
     import ray
 
-    from cluster.clikit import reserve_stdout_for_json
-    from cluster.job import DEMO_PROMPTS, run_demo
+    from cluster.shell.console import reserve_stdout_for_json
+    from cluster.shell.job import DEMO_PROMPTS, run_demo
 
     with reserve_stdout_for_json():  # as `flotilla demo --json` runs it: Ray's own notices go to stderr
         summary = run_demo(fleet=str(REPO / "examples" / "fleet.yaml"), n_requests=6, model="echo", as_json=True)
@@ -35,8 +35,8 @@ def test_demo_serves_every_request_and_shuts_down(ray_session, capsys):
 
 
 def test_demo_rows_math():
-    from cluster.client import GenerateResult
-    from cluster.job import demo_rows
+    from cluster.shell.client import GenerateResult
+    from cluster.shell.job import demo_rows
 
     def res(kind, ttft, tpot, e2e, joules):
         return GenerateResult("x", "stop", 1, 4, ttft, tpot, 1.0, f"{kind}-0", kind, f"simulated {kind} on cpu", True, 1, "r",

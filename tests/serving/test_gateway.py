@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.proto import flotilla_pb2 as pb
+from cluster.shell.proto import flotilla_pb2 as pb
 
 KIND = "rtx4090"
 TOKEN = "s3cret-token"
@@ -24,9 +24,10 @@ def served(ray_session, redis_url):
 
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
-    from actors.router import Replica, Router
-    from cluster.devices import default_catalog
-    from cluster.gateway import Gateway, GatewayConfig
+    from actors.routing import Replica
+    from actors.router import Router
+    from cluster.catalog import default_catalog
+    from cluster.shell.gateway import Gateway, GatewayConfig
     from cluster.state import open_store
 
     spec = default_catalog().get(KIND)
@@ -53,7 +54,7 @@ def _generate(stub, msg, metadata=AUTH):
 
 
 def test_stubs_match_the_proto():
-    from cluster.proto.build import stale
+    from cluster.shell.proto.build import stale
 
     assert stale() == []
 
@@ -72,7 +73,7 @@ def test_generate_streams_chunks_then_final(stub):
 def test_health_and_reflection_need_no_token(served):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from cluster.client import Client
+    from cluster.shell.client import Client
 
     with Client(served[0].address, token="") as c:
         assert c.health() == "SERVING"
@@ -164,7 +165,7 @@ def test_stored_routing_plan_is_served(stub, served):
 def _cli():
     import typer
 
-    from cluster.cli_serve import register
+    from cluster.shell.cli.serve import register
 
     app = typer.Typer()
     register(app)

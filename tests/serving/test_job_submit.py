@@ -1,5 +1,5 @@
 """Ray job submission: a head started here (``ray start --head --block`` on free ports, with a
-device resource), ``python -m cluster.job serve`` submitted through JobSubmissionClient with the
+device resource), ``python -m cluster.shell.job serve`` submitted through JobSubmissionClient with the
 repository as working dir, a request through the gateway, then the job and the head stopped.
 
 The head is stopped by signalling its own process group, never with ``ray stop`` (which would stop
@@ -86,11 +86,11 @@ def head():
 def test_submitted_job_serves_through_the_gateway(head):
     from ray.job_submission import JobStatus
 
-    from cluster.client import Client
+    from cluster.shell.client import Client
 
     (port,) = _free_ports(1)
     job = head.submit_job(
-        entrypoint=f"python -m cluster.job serve --model echo --port {port}",
+        entrypoint=f"python -m cluster.shell.job serve --model echo --port {port}",
         runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "**/__pycache__", ".hypothesis", ".pytest_cache"]},
     )
     try:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.proto import flotilla_pb2 as pb
-from cluster.proto import flotilla_pb2_grpc as pb_grpc
+from cluster.shell.proto import flotilla_pb2 as pb
+from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
 
 SMALL, LARGE = "jetson-agx-orin-64", "rtx4090"
 EXPERT_MODELS = ("Phi-3-mini-4k-instruct", "mathstral-7B", "gemma-7b", "Meta-Llama-3_1-8B-Instruct", "Yi-6B")
@@ -40,7 +40,7 @@ def instance(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def selector(instance):
-    from cluster.expert_selection import ExpertSelector, encoder_embed, fixture_gate
+    from cluster.shell.selector import ExpertSelector, encoder_embed, fixture_gate
     from edge.gating import GateConfig
 
     return ExpertSelector(instance, fixture_gate(instance.experts, GateConfig(epochs=60, hidden=32)), encoder_embed())
@@ -54,9 +54,10 @@ def served(ray_session, redis_url, selector):
 
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
-    from actors.router import Replica, Router, RouterConfig
-    from cluster.devices import default_catalog
-    from cluster.gateway import Gateway, GatewayConfig
+    from actors.routing import Replica
+    from actors.router import Router, RouterConfig
+    from cluster.catalog import default_catalog
+    from cluster.shell.gateway import Gateway, GatewayConfig
     from cluster.state import open_store
 
     cat = default_catalog()
@@ -78,7 +79,7 @@ def served(ray_session, redis_url, selector):
 
 
 def _problem(**kw):
-    from cluster.cli_plan import build_problem
+    from cluster.shell.cli.plan import build_problem
 
     args = dict(model="llama-2-7b", workload="arena", rate=4.0, tpot_slo_ms=120.0, ttft_slo_ms=None, devices="l4,a100-80g-sxm",
                 max_count=[], power_budget_w=None, headroom=0.0, slice_factor=8, prices="catalog")
@@ -150,8 +151,8 @@ def test_fuzzed_plan_queries_are_never_internal(stub, rate, tpot, ttft, devices,
 
 def test_applied_plan_is_stored_and_its_routing_served(stub, served):
     from actors.router import PLAN_NAME
-    from cluster.routing import routing_plan
-    from cluster.throughput import paper_grid
+    from solvers.routing import routing_plan
+    from cluster.tables import paper_grid
     from solvers.allocation import solve
 
     _, _, router, store = served
@@ -173,8 +174,8 @@ def test_applied_plan_is_stored_and_its_routing_served(stub, served):
 
 
 def test_router_dispatches_by_the_applied_allocation_plan(served):
-    from cluster.plan_service import apply_allocation
-    from cluster.throughput import paper_grid
+    from cluster.shell.planner import apply_allocation
+    from cluster.tables import paper_grid
     from solvers.allocation import AllocationPlan
 
     _, _, router, store = served
@@ -271,7 +272,7 @@ def test_fuzzed_select_experts_is_ok_or_invalid_argument(stub, query, energy, la
 
 
 def test_client_plan_query_and_select(served):
-    from cluster.client import Client
+    from cluster.shell.client import Client
 
     with Client(served[0].address) as c:
         resp = c.plan({"rate": 2.0, "devices": ["a100-80g-sxm"], "ttft_slo_ms": None})
@@ -282,7 +283,7 @@ def test_client_plan_query_and_select(served):
 
 def test_serve_with_an_unreadable_experts_file_fails_before_starting(tmp_path):
     from cluster.exceptions import InputError
-    from cluster.gateway import ServeConfig, start_serving
+    from cluster.shell.serving import ServeConfig, start_serving
 
     with pytest.raises(InputError, match="instance: cannot read"):
         start_serving(ServeConfig(model="echo", experts=str(tmp_path / "missing.json")))
@@ -294,7 +295,8 @@ def test_serve_with_an_unreadable_experts_file_fails_before_starting(tmp_path):
 
 
 def test_unary_dispatch_for_short_requests_gives_the_streamed_answer(served):
-    from actors.router import Replica, Router, RouterConfig
+    from actors.routing import Replica
+    from actors.router import Router, RouterConfig
 
     _, _, router, store = served
     streaming = Router(store, [Replica(r.device_id, r.kind, r.handle, 2) for r in router._replicas],

@@ -19,9 +19,10 @@ def real(ray_session):
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
     from actors.llm.loader import ensure_cached, resolve_source
-    from actors.router import Replica, Router
-    from cluster.devices import default_catalog
-    from cluster.gateway import Gateway, GatewayConfig
+    from actors.routing import Replica
+    from actors.router import Router
+    from cluster.catalog import default_catalog
+    from cluster.shell.gateway import Gateway, GatewayConfig
     from cluster.state import open_store
 
     ensure_cached(resolve_source(None))  # dequantise once (shared default cache)
@@ -39,9 +40,9 @@ def real(ray_session):
 
 
 def test_paris_end_to_end_through_grpc(real):
-    from cluster import perf
-    from cluster.client import Client, GenerateResult
-    from cluster.devices import default_catalog
+    from cluster import models, perf
+    from cluster.shell.client import Client, GenerateResult
+    from cluster.catalog import default_catalog
 
     with Client(real["gateway"].address) as c:
         items = list(c.stream(QUESTION, max_tokens=12))
@@ -52,7 +53,7 @@ def test_paris_end_to_end_through_grpc(real):
     assert result.finish_reason == "stop" and result.device_kind == KIND and result.simulated
     assert result.ttft_ms > 0 and result.tpot_ms > 0 and result.e2e_ms >= result.ttft_ms
     # the modeled figures are exactly cluster/perf's for this model shape on an A100
-    cost = perf.request_latency(perf.get_model("smollm2-135m"), default_catalog().get(KIND),
+    cost = perf.request_latency(models.get_model("smollm2-135m"), default_catalog().get(KIND),
                                 result.prompt_tokens, result.completion_tokens)
     assert result.modeled_ttft_ms == pytest.approx(cost.ttft_s * 1e3, rel=1e-12)
     assert result.modeled_energy_j == pytest.approx(cost.energy_j, rel=1e-12)
@@ -92,7 +93,7 @@ def test_model_that_does_not_fit_is_refused(ray_session):
 
     from actors.device import spawn
     from actors.expert import spawn_expert
-    from cluster.devices import default_catalog
+    from cluster.catalog import default_catalog
     from cluster.exceptions import CapacityError
 
     kind = "jetson-agx-orin-64"

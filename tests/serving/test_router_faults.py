@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from actors.router import DeadlineExceededError, QueueFullError, Replica, Router, RouterConfig
+from actors.routing import Replica
+from actors.router import DeadlineExceededError, QueueFullError, Router, RouterConfig
 
 KIND = "jetson-agx-orin-64"
 WORDS = " ".join(f"w{i}" for i in range(30))
@@ -21,7 +22,7 @@ def pool(ray_session):
 
     from actors.device import spawn
     from actors.expert import ExpertConfig, spawn_expert
-    from cluster.devices import default_catalog
+    from cluster.catalog import default_catalog
 
     spec = default_catalog().get(KIND)
     devs = [spawn(spec, f"{KIND}-{i}") for i in range(2)]
@@ -74,8 +75,8 @@ def test_queue_is_bounded(store, pool):
 
 
 def test_gateway_restart_replays_journaled_requests(store, pool):
-    from cluster.client import Client, RpcError
-    from cluster.gateway import Gateway, GatewayConfig
+    from cluster.shell.client import Client, RpcError
+    from cluster.shell.gateway import Gateway, GatewayConfig
 
     g1 = Gateway(_router(store, pool), store, GatewayConfig(port=0), "echo").start()
     got: list[str] = []

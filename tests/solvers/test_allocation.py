@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solvers import allocation
 from solvers.allocation import (
     LOAD_TOLERANCE,
     AllocationProblem,
@@ -24,6 +25,8 @@ from solvers.allocation import (
     single_type_count,
     solve,
 )
+from solvers.allocation import model as alloc_model
+from solvers.allocation import optimize as alloc_solve
 from solvers.exceptions import (
     AllocationInputError,
     InfeasibleError,
@@ -32,17 +35,8 @@ from solvers.exceptions import (
 )
 from solvers.melange_format import parse_melange_config
 
-# Provenance: tyler-griggs/melange-release, melange/config/example.json @ d46ab43 (copied unchanged).
-# Its optimum, checked by hand: 3 x A10G + 1 x A100-80GB = 3 x 1.01 + 3.67 = $6.70/h.
-MELANGE_TOY = {
-    "gpu_info": {
-        "A10G": {"cost": 1.01, "tputs": [[2, 1], [5, 2]]},
-        "A100-80GB": {"cost": 3.67, "tputs": [[20, 20], [40, 20]]},
-    },
-    "workload_distribution": [[0.2, 0.1], [0.5, 0.2]],
-    "total_request_rate": 30.0,
-    "slice_factor": 1,
-}
+# Mélange's own example input (provenance in examples/README.md); optimum 3 x A10G + 1 x A100-80GB = $6.70/h.
+MELANGE_TOY = json.loads((Path(__file__).parents[2] / "examples" / "melange_config.json").read_text())
 
 
 def one_bucket(*types: DeviceType, rate: float, slice_factor: int = 1, **kw) -> AllocationProblem:
@@ -50,7 +44,7 @@ def one_bucket(*types: DeviceType, rate: float, slice_factor: int = 1, **kw) -> 
 
 
 # ------------------------------------------------------------------------------ Mélange toy
-@pytest.mark.parametrize("formulation", allocation.FORMULATIONS)
+@pytest.mark.parametrize("formulation", alloc_model.FORMULATIONS)
 def test_melange_toy_config_optimum(formulation):
     plan = solve(parse_melange_config(MELANGE_TOY), formulation=formulation)
     assert plan.counts == {"A10G": 3, "A100-80GB": 1}
@@ -181,7 +175,7 @@ def small_problems(draw):
 @given(small_problems())
 def test_ilp_equals_brute_force(problem):
     expected = brute_force(problem)
-    for formulation in allocation.FORMULATIONS:
+    for formulation in alloc_model.FORMULATIONS:
         if expected is None:
             with pytest.raises(InfeasibleError, match=r"infeasible: .*instance: \d+ slices x \d"):
                 solve(problem, formulation=formulation)
@@ -247,9 +241,9 @@ def test_single_type_baselines_are_ceil_of_summed_load_and_match_the_ilp(problem
         if expected is None:
             assert single_type_count(alone, dev.name) is None
             with pytest.raises(InfeasibleError):
-                allocation._solve_ilp(allocation._Instance.of(alone), "cbc", None)
+                alloc_solve.solve_ilp(alloc_model.Instance.of(alone), "cbc", None)
         else:
-            ilp = allocation._solve_ilp(allocation._Instance.of(alone), "cbc", None)
+            ilp = alloc_solve.solve_ilp(alloc_model.Instance.of(alone), "cbc", None)
             assert ilp.cost_per_hour == pytest.approx(expected, abs=1e-9)
             fast = solve(alone)
             assert fast.solver == "closed-form"

@@ -8,10 +8,10 @@ import math
 import pytest
 
 from cluster.exceptions import InputError
-from cluster.throughput import paper_grid
+from cluster.tables import paper_grid
 from cluster.workload_files import load_requests
 from solvers.exceptions import AllocationInputError
-from solvers.profiles import BucketGrid
+from solvers.tables import BucketGrid
 from solvers.workloads import (
     LogNormalLengths,
     bin_requests,
@@ -83,7 +83,7 @@ def test_bin_requests_edges_and_clamping():
     assert (b.count, b.clamped) == (4, 1)
     with pytest.raises(AllocationInputError, match="no records"):
         bin_requests([], g)
-    with pytest.raises(AllocationInputError, match="record 1: input_len = 0"):
+    with pytest.raises(AllocationInputError, match="record 1: input_len: expected an integer >= 1, got 0"):
         bin_requests([(1, 1), (0, 1)], g)
 
 

@@ -1,7 +1,7 @@
 """The Router's routing plan derived from an allocation plan (pure; no Ray, Redis or files).
 
 The allocation solver (:mod:`solvers.allocation`) assigns each request-size bucket ``b = (i, j)``
-(input-length bucket i x output-length bucket j of a :class:`~solvers.profiles.BucketGrid`) to
+(input-length bucket i x output-length bucket j of a :class:`~solvers.tables.BucketGrid`) to
 device types in fractions ``x[b][t]`` (multiples of 1/F, summing to 1 over t). The Router
 (:mod:`actors.router`) reads a routing plan ``{"buckets": [...], "source": ...}`` whose buckets it
 scans in order, taking the first one that holds the request:
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cluster.exceptions import InputError
+from solvers.exceptions import InputError
 
 #: Digits kept in a weight (fractions are multiples of 1/F; this only trims float noise).
 WEIGHT_DIGITS = 9

@@ -1,13 +1,13 @@
 """Planning on a running gateway: a ``PlanQuery`` -> the allocation solver -> (optionally) applied.
 
 The gateway's ``Plan`` RPC with a query runs the same code path as ``flotilla plan``:
-:func:`cluster.cli_plan.build_problem` (throughput tables MODELED from cluster/perf) and
+:func:`build_problem` (throughput tables MODELED from cluster/perf) and
 :func:`solvers.allocation.solve`. Applying a plan (:func:`apply_allocation`) does three things, in
 this order:
 
-1. :func:`cluster.autoscaler.apply_plan`: ask Ray's autoscaler for the plan's devices and store the
+1. :func:`cluster.shell.autoscaler.apply_plan`: ask Ray's autoscaler for the plan's devices and store the
    plan as a new version of the plan named ``default``;
-2. :func:`cluster.routing.routing_plan`: derive the Router's routing plan (request-size bucket ->
+2. :func:`solvers.routing.routing_plan`: derive the Router's routing plan (request-size bucket ->
    kinds, in proportion to the assignment) on the grid the plan was solved on;
 3. store it as a new version of the plan named ``routing`` (:data:`actors.router.PLAN_NAME`), which
    every Router reads on its next refresh.
@@ -25,7 +25,176 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import dataclasses
+import json
+from pathlib import Path
+
 from cluster.exceptions import FlotillaError, InputError, UnknownDeviceKindError
+
+DEFAULT_DEVICES = "l4,a10g,a100-80g-sxm,h100-sxm"
+PRICE_SOURCES = ("catalog", "melange")
+MODELED_TABLES_NOTE = (
+    "throughput tables are MODELED (continuous-batching model on cluster/perf's roofline, "
+    "not measurements); the ILP and its costs are exact for those tables"
+)
+CONFIG_TABLES_NOTE = "throughput tables are the config file's (tputs), used as given"
+
+
+def solver_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a solvers/ call, turning its errors into the CLI's (exit 2 for the user's mistakes)."""
+    from solvers.exceptions import SolveIncompleteError
+
+    try:
+        return fn(*args, **kwargs)
+    except SolveIncompleteError as e:
+        raise FlotillaError(str(e)) from None
+    except ValueError as e:  # AllocationInputError, InfeasibleError, SolverUnavailableError
+        if isinstance(e, InputError):
+            raise
+        raise InputError(str(e)) from None
+
+
+def _parse_caps(items: list[str], kinds: list[str], catalog: Any) -> dict[str, int]:
+    caps: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--max-count: expected KIND=N, got {item!r}")
+        kind = catalog.resolve(name.strip())
+        if kind not in kinds:
+            raise InputError(f"--max-count: {kind!r} is not in --devices {kinds}")
+        try:
+            n = int(value)
+        except ValueError:
+            raise InputError(f"--max-count: {value!r} is not an integer (in {item!r})") from None
+        if n < 0:
+            raise InputError(f"--max-count: {kind}={n}; allowed: an integer >= 0")
+        caps[kind] = n
+    return caps
+
+
+def _histogram(workload: str, grid: Any) -> tuple[tuple[tuple[float, ...], ...], dict[str, Any]]:
+    """(histogram, description) of a built-in workload name or a JSONL/CSV file of records."""
+    from solvers.workloads import WORKLOADS, bin_requests, expected_histogram, get_workload
+
+    if workload.strip().lower() in WORKLOADS:
+        spec = get_workload(workload)
+        return expected_histogram(spec, grid), {
+            "name": spec.name, "source": "synthetic (log-normal lengths, published means)",
+            "mean_input": spec.mean_input, "mean_output": spec.mean_output,
+        }
+    if not Path(workload).suffix:
+        solver_call(get_workload, workload)  # unknown name: says which are allowed
+    from cluster.workload_files import load_requests
+
+    records = load_requests(workload)
+    binned = solver_call(bin_requests, records, grid)
+    return binned.histogram, {
+        "name": workload, "source": "file", "requests": binned.count, "clamped": binned.clamped,
+        "mean_input": sum(p for p, _ in records) / len(records),
+        "mean_output": sum(o for _, o in records) / len(records),
+    }
+
+
+def build_problem(
+    *, model: str, workload: str, rate: float, tpot_slo_ms: float, ttft_slo_ms: float | None,
+    devices: str, max_count: list[str], power_budget_w: float | None, headroom: float,
+    slice_factor: int, prices: str,
+) -> tuple[Any, dict[str, Any]]:
+    """The allocation problem the flags describe, and a JSON-ready description of its inputs."""
+    from cluster.catalog import default_catalog
+    from cluster.models import get_model
+    from cluster.tables import modeled_rate_table, paper_grid
+    from solvers.allocation import AllocationProblem, DeviceType, Workload
+
+    if prices not in PRICE_SOURCES:
+        raise InputError(f"--prices: {prices!r}; allowed: {list(PRICE_SOURCES)}")
+    for flag, value, ok in (("--rate", rate, rate >= 0), ("--tpot-slo-ms", tpot_slo_ms, tpot_slo_ms > 0),
+                            ("--headroom", headroom, headroom >= 0), ("--slice-factor", slice_factor, slice_factor >= 1)):
+        if not (math.isfinite(value) and ok):
+            allowed = {"--rate": ">= 0", "--tpot-slo-ms": "> 0", "--headroom": ">= 0",
+                       "--slice-factor": "an integer >= 1"}[flag]
+            raise InputError(f"{flag}: {value!r}; allowed: {allowed}")
+    if ttft_slo_ms is not None and not (math.isfinite(ttft_slo_ms) and ttft_slo_ms > 0):
+        raise InputError(f"--ttft-slo-ms: {ttft_slo_ms!r}; allowed: a number > 0")
+    if power_budget_w is not None and not (math.isfinite(power_budget_w) and power_budget_w >= 0):
+        raise InputError(f"--power-budget-w: {power_budget_w!r}; allowed: a number >= 0")
+    catalog = default_catalog()
+    kinds: list[str] = []
+    for name in (d.strip() for d in devices.split(",")):
+        if not name:
+            continue
+        kind = catalog.resolve(name)
+        if kind not in kinds:
+            kinds.append(kind)
+    if not kinds:
+        raise InputError(f"--devices: {devices!r} names no device; e.g. {DEFAULT_DEVICES}")
+    caps = _parse_caps(max_count, kinds, catalog)
+    shape = get_model(model)
+    grid = paper_grid()
+    hist, wl_desc = _histogram(workload, grid)
+    types = []
+    tables = {}
+    for kind in kinds:
+        spec = catalog.get(kind)
+        price = spec.price_per_hour if prices == "catalog" else spec.price_per_hour_melange
+        if price is None:
+            raise InputError(
+                f"--devices: {kind!r} has no {prices} price (price_per_hour"
+                f"{'' if prices == 'catalog' else '_melange'} is unset in the catalog); "
+                f"drop it or use --prices {'melange' if prices == 'catalog' else 'catalog'}"
+            )
+        tpot = modeled_rate_table(shape, spec, grid, tpot_slo_ms / 1e3)
+        ttft = (modeled_rate_table(shape, spec, grid, 1e6, ttft_slo_ms / 1e3)
+                if ttft_slo_ms is not None else None)
+        tables[kind] = [list(r) for r in tpot.rates]
+        types.append(solver_call(
+            DeviceType, name=kind, price_per_hour=price, max_rate=tpot.rates, power_w=spec.power_max_w,
+            max_count=caps.get(kind), ttft_max_rate=None if ttft is None else ttft.rates,
+        ))
+    problem = solver_call(
+        AllocationProblem, device_types=tuple(types),
+        workload=solver_call(Workload, histogram=hist, total_rate=rate), slice_factor=slice_factor,
+        headroom=headroom, power_budget_w=power_budget_w,
+    )
+    desc = {
+        "model": shape.name, "workload": wl_desc, "rate": rate, "tpot_slo_ms": tpot_slo_ms,
+        "ttft_slo_ms": ttft_slo_ms, "devices": kinds, "max_count": caps, "power_budget_w": power_budget_w,
+        "headroom": headroom, "slice_factor": slice_factor, "prices": prices,
+        "prices_per_hour": {t.name: t.price_per_hour for t in types},
+        "grid": {"input_edges": list(grid.in_edges), "output_edges": list(grid.out_edges)},
+        "throughput_source": "modeled", "note": MODELED_TABLES_NOTE,
+    }
+    return problem, desc
+
+
+def problem_from_config(path: str) -> tuple[Any, dict[str, Any]]:
+    """A Mélange config file as a problem; its GPU names mapped to catalog kinds where they resolve."""
+    from cluster.catalog import default_catalog
+    from solvers.melange_format import parse_melange_config
+
+    try:
+        obj = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"--config {path!r}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"--config {path!r}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    problem = solver_call(parse_melange_config, obj)
+    catalog = default_catalog()
+    names: dict[str, str] = {}
+    for t in problem.device_types:
+        try:
+            kind = catalog.resolve(t.name)
+        except UnknownDeviceKindError:
+            kind = t.name
+        names[t.name] = kind if kind not in names.values() else t.name
+    types = tuple(dataclasses.replace(t, name=names[t.name]) for t in problem.device_types)
+    problem = dataclasses.replace(problem, device_types=types)
+    return problem, {
+        "config": path, "names": names, "rate": problem.workload.total_rate,
+        "slice_factor": problem.slice_factor, "throughput_source": "config", "note": CONFIG_TABLES_NOTE,
+    }
+
 
 #: Planning defaults (those of ``flotilla plan``).
 DEFAULT_MODEL = "llama-2-7b"
@@ -122,7 +291,6 @@ def _field_error(exc: InputError) -> InputError:
 
 def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple[Any, dict[str, Any]]:
     """``(AllocationPlan, description)`` for a query, through ``flotilla plan``'s code path."""
-    from cluster.cli_plan import DEFAULT_DEVICES, build_problem
     from solvers.allocation import solve
     from solvers.exceptions import InfeasibleError, SolveIncompleteError
 
@@ -149,9 +317,10 @@ def apply_allocation(plan: Any, store: Any, grid: tuple[tuple[int, ...], tuple[i
                      source: str = "allocation") -> dict[str, Any]:
     """Apply an allocation plan: autoscaler request + stored plan ``default``, and the derived
     routing plan stored as ``routing``. Returns ``{"bundles", "version", "routing_version", "routing"}``."""
-    from actors.router import PLAN_NAME, validate_plan
-    from cluster.autoscaler import apply_plan
-    from cluster.routing import routing_plan
+    from actors.routing import validate_plan
+    from actors.router import PLAN_NAME
+    from cluster.shell.autoscaler import apply_plan
+    from solvers.routing import routing_plan
 
     routing = validate_plan(routing_plan(plan, grid[0], grid[1], source=source))
     applied = apply_plan(plan, store)

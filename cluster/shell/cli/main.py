@@ -15,8 +15,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cluster.clikit import MODELED_NOTE, emit_json, err, exit_code_for, json_option, out, reserve_stdout_for_json
-from cluster.clikit import fmt as _fmt
+from cluster.shell.console import MODELED_NOTE, emit_json, err, exit_code_for, json_option, out, reserve_stdout_for_json
+from cluster.shell.console import fmt as _fmt
 from cluster.exceptions import FlotillaError, InputError
 
 app = typer.Typer(
@@ -39,9 +39,9 @@ def devices(
     as_json: bool = JsonOpt,
 ) -> None:
     """List the device catalog: figures, prices and the source of each figure."""
-    from cluster.devices import default_catalog
+    from cluster.probe import probed_catalog
 
-    catalog = default_catalog()
+    catalog = probed_catalog()
     kinds = [catalog.resolve(kind)] if kind else list(catalog.kinds())
     specs = [catalog.get(k) for k in kinds]
     if as_json:
@@ -88,7 +88,7 @@ def up(
 ) -> None:
     """Start the fleet: one DeviceActor per device, registered in the state store, probed with a real GEMM."""
     from cluster.config import load_config
-    from cluster.fleet import bring_up
+    from cluster.shell.fleet import bring_up
     from cluster.runtime import load_fleet
     from cluster.state import open_store
 
@@ -143,7 +143,7 @@ def status(
 
     cfg = load_config(redis_url=redis, namespace=namespace)
     if server and not redis:
-        from cluster.cli_serve import gateway_status
+        from cluster.shell.cli.serve import gateway_status
 
         gateway_status(server, token, as_json)
         return
@@ -181,7 +181,7 @@ def status(
 # --------------------------------------------------------------------------------------- main
 
 #: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
-COMMAND_MODULES: tuple[str, ...] = ("cluster.cli_select", "cluster.cli_plan", "cluster.cli_serve")
+COMMAND_MODULES: tuple[str, ...] = ("cluster.shell.cli.select", "cluster.shell.cli.plan", "cluster.shell.cli.serve")
 
 
 def _register_commands() -> None:

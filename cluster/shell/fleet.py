@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.devices import Catalog, DeviceSpec, default_catalog
+from cluster.catalog import Catalog, DeviceSpec
+from cluster.probe import probed_catalog
 from cluster.runtime import Fleet, Runtime, start
 from cluster.state import StateStore
 
@@ -105,7 +106,7 @@ def bring_up(
     """Start or join Ray, spawn one DeviceActor per device slot and register each in ``store``."""
     from actors.device import spawn
 
-    catalog = catalog or default_catalog()
+    catalog = catalog or probed_catalog()
     runtime = start(fleet, address=address, num_cpus=num_cpus)
     running = RunningFleet(runtime=runtime, store=store)
     try:

@@ -1,7 +1,7 @@
 """Throughput-under-SLO tables: the ``max_rate`` input of :mod:`solvers.allocation`.
 
 Pure: plain numbers and callables in, plain results out. The callables that say how long a decode
-step or a prefill takes come from the caller (``cluster/throughput.py`` builds them from
+step or a prefill takes come from the caller (``cluster/tables.py`` builds them from
 ``cluster/perf``); the measured-sweep reduction takes already-parsed records.
 
 Bucket grid
@@ -61,33 +61,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from solvers import validate
 from solvers.exceptions import AllocationInputError, did_you_mean
 
 #: Default upper bound on the decode batch (vLLM's ``max_num_seqs`` default).
 DEFAULT_MAX_BATCH = 256
 #: Bisection stops when the batch interval is this small relative to B.
 _BISECT_REL = 1e-6
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        extra = "None or " if allow_none else ""
-        raise AllocationInputError(f"{name} = {value!r}; allowed: {extra}a finite number > 0")
-    return float(value)
-
-
-def _count(name: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise AllocationInputError(f"{name} = {value!r}; allowed: an integer >= {minimum}")
-    return value
 
 
 # ----------------------------------------------------------------------------------- bucket grid
@@ -112,7 +93,7 @@ class BucketGrid:
             if not edges:
                 raise AllocationInputError(f"BucketGrid.{name} is empty; give at least one edge")
             for k, e in enumerate(edges):
-                _count(f"BucketGrid.{name}[{k}]", e, 1)
+                validate.integer(f"BucketGrid.{name}[{k}]", e, minimum=1, error=AllocationInputError)
                 if k and e <= edges[k - 1]:
                     raise AllocationInputError(
                         f"BucketGrid.{name}[{k}] = {e} is not above {name}[{k - 1}] = "
@@ -131,8 +112,8 @@ class BucketGrid:
 
     def bucket_of(self, input_len: int, output_len: int) -> tuple[int, int]:
         """(i, j) of a request; lengths past the last edge go to the last bucket."""
-        _count("input_len", input_len, 1)
-        _count("output_len", output_len, 1)
+        validate.integer("input_len", input_len, minimum=1, error=AllocationInputError)
+        validate.integer("output_len", output_len, minimum=1, error=AllocationInputError)
         return (_index(self.in_edges, input_len), _index(self.out_edges, output_len))
 
     def representative(self, bucket: tuple[int, int]) -> tuple[int, int]:
@@ -176,8 +157,8 @@ class ServerModel:
         for name in ("decode_step_s", "prefill_s"):
             if not callable(getattr(self, name)):
                 raise AllocationInputError(f"ServerModel.{name}: expected a callable")
-        _count("ServerModel.kv_capacity_tokens", self.kv_capacity_tokens, 0)
-        _count("ServerModel.max_batch", self.max_batch, 1)
+        validate.integer("ServerModel.kv_capacity_tokens", self.kv_capacity_tokens, minimum=0, error=AllocationInputError)
+        validate.integer("ServerModel.max_batch", self.max_batch, minimum=1, error=AllocationInputError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +203,10 @@ def max_rate(
     ttft_slo_s: float | None = None,
 ) -> OperatingPoint:
     """The highest request rate one device sustains under the SLOs (module docstring's model)."""
-    p = _count("input_len", input_len, 1)
-    o = _count("output_len", output_len, 1)
-    tpot_slo = _positive("tpot_slo_s", tpot_slo_s)
-    ttft_slo = _positive("ttft_slo_s", ttft_slo_s, allow_none=True)
+    p = validate.integer("input_len", input_len, minimum=1, error=AllocationInputError)
+    o = validate.integer("output_len", output_len, minimum=1, error=AllocationInputError)
+    tpot_slo = validate.real("tpot_slo_s", tpot_slo_s, lo=0.0, lo_open=True, error=AllocationInputError)
+    ttft_slo = validate.real("ttft_slo_s", ttft_slo_s, lo=0.0, lo_open=True, allow_none=True, error=AllocationInputError)
     t_p = server.prefill_s(p)
     if server.kv_capacity_tokens < p + o:
         return OperatingPoint(0.0, 0.0, 0.0, 0.0, "does-not-fit")
@@ -403,7 +384,7 @@ def reduce_sweep(
                 f"slos_s: unknown metric {metric!r}; allowed: {list(SWEEP_METRICS)}"
                 + did_you_mean(str(metric), SWEEP_METRICS)
             )
-        _positive(f"slos_s[{metric!r}]", slo)
+        validate.real(f"slos_s[{metric!r}]", slo, lo=0.0, lo_open=True, error=AllocationInputError)
     chosen: dict[tuple[int, int], tuple[float, float]] = {}  # (p, o) -> (offered, throughput)
     for pt in points:
         key = (pt.input_len, pt.output_len)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from cluster.devices import default_catalog
+from cluster.catalog import default_catalog
 from cluster.exceptions import InputError
-from cluster.perf import get_model
-from cluster.throughput import (
+from cluster.models import get_model
+from cluster.tables import (
     AIBRIX_SAMPLE_FILE,
     load_bucket_grid,
     load_rate_sweep,
@@ -19,7 +19,7 @@ from cluster.throughput import (
     server_model,
 )
 from solvers.exceptions import AllocationInputError
-from solvers.profiles import (
+from solvers.tables import (
     BucketGrid,
     ServerModel,
     SweepPoint,
@@ -159,9 +159,9 @@ def test_modeled_table_is_monotone_in_lengths_and_slo():
 
 
 def test_slo_must_be_positive():
-    with pytest.raises(InputError, match="tpot_slo_s = -1"):
+    with pytest.raises(InputError, match="tpot_slo_s: expected a finite number > 0, got -1"):
         modeled_rate_table(LLAMA, CAT.get("l4"), paper_grid(), -1)
-    with pytest.raises(AllocationInputError, match="ttft_slo_s = 0"):
+    with pytest.raises(AllocationInputError, match="ttft_slo_s: expected a finite number > 0 or None, got 0"):
         max_rate(linear_server(), 10, 10, 0.1, ttft_slo_s=0)
 
 

@@ -10,16 +10,14 @@ exits 2 with the gRPC status and message on stderr; a server that cannot be reac
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out
-from cluster.clikit import fmt as _fmt
+from cluster.shell.console import MODELED_NOTE, emit_json, err, json_option, out
+from cluster.shell.console import fmt as _fmt
 
 #: Status codes that mean "your request was refused" (exit 2) rather than "the server failed" (exit 1).
 REJECTED = {"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED",
@@ -50,35 +48,14 @@ def serve(
     """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
     from actors.router import RouterConfig
     from cluster.config import load_config
-    from cluster.gateway import GatewayConfig, ServeConfig
+    from cluster.shell.gateway import GatewayConfig
+    from cluster.shell.serving import ServeConfig, run_until_stopped
 
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
                      model=model, gateway=GatewayConfig(host=host, port=port, token=token),
                      router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
-
-
-def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
-    """Start serving, report the address on stderr, block until SIGINT/SIGTERM, shut down."""
-    from cluster.gateway import start_serving
-
-    with err.status("starting Ray, the device actors and the experts…", spinner="dots"):
-        serving = start_serving(sc)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    kinds = sorted({r["kind"] for r in serving.router.replicas()})
-    err.print(f"flotilla gateway on {serving.gateway.address}: {len(serving.experts)} experts ({', '.join(kinds)}), "
-              f"replaying {serving.replayed} journaled requests; Ctrl-C to stop")
-    if ready is not None:
-        ready.set()
-    try:
-        stop.wait()
-    finally:
-        err.print("stopping…")
-        serving.shutdown()
 
 
 def generate(
@@ -95,7 +72,7 @@ def generate(
     as_json: bool = json_option(),
 ) -> None:
     """Send one prompt to the gateway and print the answer with its measured (and modeled) timings."""
-    from cluster.client import Client, GenerateResult, RpcError
+    from cluster.shell.client import Client, GenerateResult, RpcError
     from cluster.exceptions import InputError
 
     if max_tokens < 1:  # 0 would mean "server default" on the wire
@@ -134,7 +111,7 @@ def gateway_status(server: str | None, token: str | None, as_json: bool) -> None
     """Print a gateway's ClusterStatus (for ``flotilla status --server``); exits like generate."""
     from google.protobuf.json_format import MessageToDict
 
-    from cluster.client import Client, RpcError
+    from cluster.shell.client import Client, RpcError
 
     try:
         with Client(server, token=token) as client:
@@ -161,7 +138,7 @@ def demo(
     as_json: bool = json_option(),
 ) -> None:
     """Embedded fleet -> gateway -> a batch of mixed requests through the gRPC client -> a table per device kind."""
-    from cluster.job import run_demo
+    from cluster.shell.job import run_demo
 
     run_demo(fleet=fleet, n_requests=requests, model=model, as_json=as_json)
 

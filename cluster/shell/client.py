@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 
 from cluster.exceptions import FlotillaError, InputError
-from cluster.proto import flotilla_pb2 as pb
-from cluster.proto import flotilla_pb2_grpc as pb_grpc
+from cluster.shell.proto import flotilla_pb2 as pb
+from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 

@@ -1,7 +1,7 @@
 """Throughput-under-SLO tables for the allocation solver: modeled from cluster/perf, or measured.
 
-The imperative shell around :mod:`solvers.profiles`: it looks up model shapes and device specs,
-turns ``cluster/perf`` into the callables of :class:`~solvers.profiles.ServerModel`, and reads the
+The imperative shell around :mod:`solvers.tables`: it looks up model shapes and device specs,
+turns ``cluster/perf`` into the callables of :class:`~solvers.tables.ServerModel`, and reads the
 files (the paper's bucket grid, AIBrix rate sweeps). Every table built from the performance model
 is *modeled* (``RateTable.source == "modeled"``), never a measurement.
 
@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.exceptions import InputError
 from cluster.workload_files import jsonl_objects
+from cluster.models import ModelShape
 from cluster.perf import (
     DEFAULT_EFFICIENCY,
     Efficiency,
-    ModelShape,
     decode_step_time,
     kv_capacity_tokens,
     prefill_time,
 )
-from solvers.profiles import (
+from solvers.tables import (
     DEFAULT_MAX_BATCH,
     SWEEP_METRICS,
     SWEEP_PERCENTILES,
@@ -41,7 +41,7 @@ from solvers.profiles import (
 )
 
 if TYPE_CHECKING:
-    from cluster.devices import DeviceSpec
+    from cluster.catalog import DeviceSpec
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PAPER_GRID_FILE = DATA_DIR / "paper_bucket_boundaries.csv"

@@ -1,8 +1,8 @@
 """Generate the Python stubs of ``flotilla.proto`` with grpcio-tools.
 
-``python -m cluster.proto.build`` writes ``flotilla_pb2.py``, ``flotilla_pb2.pyi`` and
+``python -m cluster.shell.proto.build`` writes ``flotilla_pb2.py``, ``flotilla_pb2.pyi`` and
 ``flotilla_pb2_grpc.py`` next to the .proto (they are committed, so nothing is generated at import
-time); ``python -m cluster.proto.build --check`` exits 1 when the committed stubs differ from what
+time); ``python -m cluster.shell.proto.build --check`` exits 1 when the committed stubs differ from what
 the .proto generates now (the test suite runs the same check). The grpc module's absolute import
 ``import flotilla_pb2`` is rewritten to the package-relative ``from . import flotilla_pb2``.
 """
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--check"]:
         bad = stale()
         if bad:
-            print(f"stale gRPC stubs: {', '.join(bad)}; run python -m cluster.proto.build", file=sys.stderr)
+            print(f"stale gRPC stubs: {', '.join(bad)}; run python -m cluster.shell.proto.build", file=sys.stderr)
             return 1
         return 0
     if args:
-        print("usage: python -m cluster.proto.build [--check]", file=sys.stderr)
+        print("usage: python -m cluster.shell.proto.build [--check]", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in generate(Path(tmp)).items():

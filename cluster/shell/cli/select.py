@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cluster.clikit import MODELED_NOTE, emit_json, err, json_option, out
+from cluster.shell.console import MODELED_NOTE, emit_json, err, json_option, out
 from cluster.exceptions import InputError
 
 experts_app = typer.Typer(name="experts", help="Edge LLM experts: build selection instances from real per-query data.",

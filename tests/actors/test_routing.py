@@ -1,4 +1,4 @@
-"""cluster.routing (allocation plan -> the Router's routing plan) and the Router's plan matching and
+"""solvers.routing (allocation plan -> the Router's routing plan) and the Router's plan matching and
 weighted kind choice: pure, no Ray."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ import random
 
 import pytest
 
-from actors.router import WeightedTurns, bucket_index, validate_plan
+from actors.routing import Replica, WeightedTurns, bucket_index, choose_replica, validate_plan
+from actors.routing import NoReplicaError
 from cluster.exceptions import InputError
-from cluster.routing import routing_plan
-from cluster.throughput import paper_grid
+from solvers.routing import routing_plan
+from cluster.tables import paper_grid
 from solvers.allocation import AllocationPlan
 
 GRID = paper_grid()
@@ -87,3 +88,43 @@ def test_weighted_turns_give_each_kind_its_share_within_one_pick(weights):
         got[turns.pick((1, 0), weights, kinds)] += 1
         for k in kinds:
             assert abs(got[k] - n * weights[k] / total) <= 1.0 + 1e-9, (n, got)
+
+
+def _replicas(spec: list[tuple[str, int, int]]) -> list[Replica]:
+    return [Replica(f"{k}-{i}", k, handle=None, capacity=c, active=a) for i, (k, c, a) in enumerate(spec)]
+
+
+def test_choose_replica_takes_the_least_loaded_free_replica_of_the_buckets_kinds():
+    reps = _replicas([("a", 2, 1), ("b", 2, 0), ("a", 4, 1), ("a", 2, 2)])
+    choice = choose_replica(reps, {"kinds": ["a"]}, (0, 0), WeightedTurns(), 0)
+    assert choice.replica is reps[2] and not choice.fallback  # 1/4 < 1/2; the full one is skipped
+    # every replica of the kind full: no choice (the caller waits), never a replica of another kind
+    full = _replicas([("a", 1, 1), ("b", 2, 0)])
+    assert choose_replica(full, {"kinds": ["a"]}, (0, 0), WeightedTurns(), 0).replica is None
+
+
+def test_choose_replica_falls_back_to_any_live_replica_and_refuses_when_none_lives():
+    reps = _replicas([("a", 2, 0), ("b", 2, 0)])
+    reps[0].alive = False
+    choice = choose_replica(reps, {"kinds": ["a"]}, (0, 0), WeightedTurns(), 0)
+    assert choice.replica is reps[1] and choice.fallback
+    reps[1].alive = False
+    with pytest.raises(NoReplicaError, match="no live replica"):
+        choose_replica(reps, {"kinds": ["a"]}, (0, 0), WeightedTurns(), 0)
+
+
+def test_choose_replica_ties_rotate_with_the_turn():
+    reps = _replicas([("a", 2, 0), ("a", 2, 0), ("a", 2, 0)])
+    picks = [choose_replica(reps, {"kinds": ["a"]}, (0, 0), WeightedTurns(), t).replica for t in range(6)]
+    assert picks == reps + reps
+
+
+def test_choose_replica_with_weights_gives_each_kind_its_share():
+    reps = _replicas([("a", 100, 0), ("b", 100, 0)])
+    turns = WeightedTurns()
+    bucket = {"kinds": ["a", "b"], "weights": {"a": 3.0, "b": 1.0}}
+    kinds = [choose_replica(reps, bucket, (1, 0), turns, t).replica.kind for t in range(40)]
+    assert kinds.count("a") == 30 and kinds.count("b") == 10
+    # a kind with no free replica drops out of the turn: the other takes everything
+    reps[0].active = 100
+    assert {choose_replica(reps, bucket, (1, 0), turns, t).replica.kind for t in range(5)} == {"b"}

@@ -2,8 +2,7 @@
 
 The figures live in ``cluster/devices.yaml`` (one source of truth, versioned, every figure a
 ``{value, source, date, basis}`` mapping); this module loads and validates that file and answers
-"what is this device?" questions. Nothing here probes hardware except :func:`measure_host_cpu`,
-which the ``cpu`` kind needs because the local host is measured rather than typed in.
+"what is this device?" questions. Nothing here probes hardware.
 
 Units (the data file's header says the same):
 
@@ -18,9 +17,10 @@ aliases ("A100-80GB", "RTX 4090"); :meth:`Catalog.resolve` maps them after norma
 (lowercase, trimmed, runs of spaces, underscores and dashes become one ``-``).
 :func:`kind_from_device_name` maps the names CUDA/NVML report ("NVIDIA A100-SXM4-80GB") to kinds.
 
-The ``cpu`` kind is the local host. :func:`load_catalog` never measures; the first
-``Catalog.get("cpu")`` in a process runs :func:`measure_host_cpu` (well under a second after
-torch is imported) and every later call reuses that measurement.
+The ``cpu`` kind is the local host, whose figures are measured rather than typed in. Probing lives
+in :mod:`cluster.probe` and is injected: a catalog answers ``get("cpu")`` only when it was given a
+``host_probe`` (:func:`cluster.probe.probed_catalog` gives one that measures once per process);
+:func:`load_catalog` and :func:`default_catalog` never measure anything.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import functools
 import math
 import os
 import re
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from solvers.validate import is_real
 from cluster.exceptions import CatalogError, InputError, UnknownDeviceKindError, did_you_mean
 
 #: The packaged catalog file.
@@ -88,10 +88,6 @@ def normalize_name(name: str) -> str:
     return _SEPARATORS.sub("-", name.strip().lower()).strip("-")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # ------------------------------------------------------------------------------------ values
 
 
@@ -110,7 +106,7 @@ class Figure:
     basis: str
 
     def __post_init__(self) -> None:
-        if not (self.value is None or isinstance(self.value, str) or _is_number(self.value)):
+        if not (self.value is None or isinstance(self.value, str) or is_real(self.value)):
             raise InputError(f"Figure.value: expected a finite number, a text or None, got {self.value!r}")
         if not isinstance(self.source, str) or not self.source.strip():
             raise InputError(f"Figure.source: expected a non-empty text naming the source, got {self.source!r}")
@@ -234,7 +230,7 @@ class DeviceSpec:
 def _check_number(where: str, name: str, value: object, *, nullable: bool, rule: str) -> None:
     if value is None and nullable:
         return
-    ok = _is_number(value) and (value > 0 if rule == "positive" else value >= 0)  # type: ignore[operator]
+    ok = is_real(value) and (value > 0 if rule == "positive" else value >= 0)  # type: ignore[operator]
     if not ok:
         expected = f"a {rule} number" + (" or None" if nullable else "")
         raise InputError(f"{where}.{name}: expected {expected}, got {value!r}")
@@ -301,15 +297,17 @@ class HostTemplate:
 class Catalog:
     """An immutable set of device kinds with their aliases.
 
-    ``specs`` are the typed kinds; ``host`` is the measured host kind (``cpu``), if any. Iterating
-    yields kinds (sorted); ``name in catalog`` accepts kinds and aliases. ``get("cpu")`` measures
-    the host on first use in a process (see :func:`measure_host_cpu`) and then reuses it.
+    ``specs`` are the typed kinds; ``host`` is the template of the measured host kind (``cpu``),
+    if any. Iterating yields kinds (sorted); ``name in catalog`` accepts kinds and aliases.
+    ``get("cpu")`` calls ``host_probe(host)`` (injected, e.g. by :func:`cluster.probe.probed_catalog`);
+    without a probe it raises :class:`CatalogError` instead of measuring.
     """
 
     version: str
     specs: tuple[DeviceSpec, ...]
     host: HostTemplate | None = None
     path: str | None = None
+    host_probe: Callable[[HostTemplate], DeviceSpec] | None = field(default=None, compare=False)
     _by_kind: Mapping[str, DeviceSpec] = field(init=False, repr=False, compare=False)
     _names: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
@@ -368,14 +366,19 @@ class Catalog:
         return kind
 
     def get(self, name: str) -> DeviceSpec:
-        """The spec of the kind ``name`` resolves to; ``cpu`` is measured once per process, lazily."""
+        """The spec of the kind ``name`` resolves to; the host kind comes from ``host_probe``."""
         kind = self.resolve(name)
         if self.host is not None and kind == self.host.kind:
-            return _host_spec(self.host, _cached_host_measurement())
+            if self.host_probe is None:
+                raise CatalogError(
+                    f"device kind {kind!r} is the local host, measured rather than typed in, and this "
+                    "catalog has no host probe; use cluster.probe.probed_catalog()"
+                )
+            return self.host_probe(self.host)
         return self._by_kind[kind]
 
     def specs_of(self, *, include_host: bool = False) -> tuple[DeviceSpec, ...]:
-        """Every spec sorted by kind; the measured host only with ``include_host=True`` (it measures)."""
+        """Every spec sorted by kind; the measured host only with ``include_host=True`` (it probes)."""
         return tuple(self.get(k) for k in self.kinds() if include_host or k in self._by_kind)
 
     def __iter__(self) -> Iterator[str]:
@@ -552,7 +555,7 @@ def _parse_figure(where: str, p: str, fname: str, raw: object) -> Figure:
         if not isinstance(value, str) or not value.strip():
             raise CatalogError(f"{where}: {p}.value: expected a non-empty text, got {value!r}")
     elif not (value is None and nullable):
-        if not _is_number(value) or not (value > 0 if rule == "positive" else value >= 0):
+        if not is_real(value) or not (value > 0 if rule == "positive" else value >= 0):
             expected = f"a {rule} number" + (" or null" if nullable else "")
             raise CatalogError(f"{where}: {p}.value: expected {expected}, got {value!r}")
         value = float(value)
@@ -609,7 +612,7 @@ def kind_from_device_name(cuda_name: str, memory_gib: float | None = None) -> st
     """
     if not isinstance(cuda_name, str):
         raise InputError(f"cuda_name: expected a text such as 'NVIDIA GeForce RTX 4090', got {cuda_name!r}")
-    if memory_gib is not None and not (_is_number(memory_gib) and memory_gib > 0):
+    if memory_gib is not None and not (is_real(memory_gib) and memory_gib > 0):
         raise InputError(f"memory_gib: expected a positive number of GiB or None, got {memory_gib!r}")
     key = " ".join(cuda_name.lower().split())
     if key.startswith("nvidia "):
@@ -623,166 +626,3 @@ def kind_from_device_name(cuda_name: str, memory_gib: float | None = None) -> st
             return "jetson-orin-nano-8"
         return None
     return _CUDA_NAMES.get(key)
-
-
-# --------------------------------------------------------------------------- host measurement
-
-_HOST_COPY_BYTES = 64 * 2**20  # per tensor; source + destination = 128 MiB, beyond most L3 caches
-_HOST_GEMM_SIZES = (256, 512, 1024, 2048)
-
-
-@dataclass(frozen=True, slots=True)
-class HostMeasurement:
-    """Raw figures measured on this host (see :func:`measure_host_cpu` for the method)."""
-
-    gemm_tflops: float
-    copy_gbs: float
-    memory_gib: float
-    gemm_n: int
-    cpu_model: str
-    date: str
-
-
-def measure_host_cpu(seconds_budget: float = 0.5, *, template: HostTemplate | None = None) -> DeviceSpec:
-    """Measure the local host and return its :class:`DeviceSpec` (kind ``cpu``), now, uncached.
-
-    * ``tflops_fp16``: fp32 GEMM rate (the CPU path computes in fp32), ``2 n^3 / t`` for the best
-      of several ``n x n`` ``torch.mm`` calls; ``n`` grows (256 .. 2048) until one call takes at
-      least 1/16 of the budget. ``torch.set_num_threads`` is left as it is.
-    * ``mem_bw_gbs``: ``2 * B / t`` for the best of several copies of a ``B`` = 64 MiB fp32 tensor
-      (bytes read + written). ``link_gbs`` is the same figure: data reaches the host by a copy.
-    * ``memory_gib``: physical memory (``os.sysconf``, else /proc/meminfo), or the cgroup limit
-      where that is lower.
-
-    Roughly ``seconds_budget`` seconds (plus torch's import the first time). Figures get basis
-    "measured", today's date and a source starting "measured on this host at start-up".
-    ``template`` supplies name, aliases and the power estimates; default: the packaged catalog's.
-    :meth:`Catalog.get` caches one measurement per process; call this to measure again.
-    """
-    if not _is_number(seconds_budget) or seconds_budget <= 0:
-        raise InputError(f"seconds_budget: expected a positive number of seconds, got {seconds_budget!r}")
-    if template is None:
-        template = default_catalog().host
-        if template is None:
-            raise CatalogError(f"{DEFAULT_CATALOG_PATH}: devices.{HOST_KIND}: missing (the host template)")
-    return _host_spec(template, _measure_host(float(seconds_budget)))
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_host_measurement() -> HostMeasurement:
-    return _measure_host(0.5)
-
-
-def _measure_host(seconds_budget: float) -> HostMeasurement:
-    import torch  # heavy; only the host measurement needs it
-
-    gemm_s = 0.6 * seconds_budget
-    with torch.no_grad():
-        # GEMM: grow n until one call is long enough to time, then best of the remaining budget.
-        n, best = _HOST_GEMM_SIZES[0], math.inf
-        for n in _HOST_GEMM_SIZES:
-            a = torch.randn(n, n, dtype=torch.float32)
-            b = torch.randn(n, n, dtype=torch.float32)
-            best = _best_time(lambda: torch.mm(a, b), min_runs=2, max_runs=2, budget_s=math.inf)
-            if best >= gemm_s / 16:
-                break
-        best = min(best, _best_time(lambda: torch.mm(a, b), min_runs=1, max_runs=8, budget_s=gemm_s / 2))
-        gemm_tflops = 2.0 * n**3 / best / 1e12
-        # Memory bandwidth: tensor copy, bytes read + written.
-        src = torch.ones(_HOST_COPY_BYTES // 4, dtype=torch.float32)
-        dst = torch.empty_like(src)
-        dst.copy_(src)  # touch the destination's pages before timing
-        t_copy = _best_time(lambda: dst.copy_(src), min_runs=3, max_runs=10, budget_s=0.35 * seconds_budget)
-        copy_gbs = 2.0 * _HOST_COPY_BYTES / t_copy / 1e9
-    return HostMeasurement(
-        gemm_tflops=gemm_tflops,
-        copy_gbs=copy_gbs,
-        memory_gib=_host_memory_bytes() / 2**30,
-        gemm_n=n,
-        cpu_model=_cpu_model(),
-        date=_dt.date.today().isoformat(),
-    )
-
-
-def _best_time(fn: Any, *, min_runs: int, max_runs: int, budget_s: float) -> float:
-    """Shortest wall time of ``fn()`` over at least ``min_runs`` runs, stopping at ``max_runs`` or the budget."""
-    best, start = math.inf, time.perf_counter()
-    for i in range(max_runs):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-        if i + 1 >= min_runs and time.perf_counter() - start >= budget_s:
-            break
-    return max(best, 1e-9)
-
-
-def _host_memory_bytes() -> int:
-    total = 0
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        try:
-            with open("/proc/meminfo", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("MemTotal:"):
-                        total = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text(encoding="ascii").strip()
-        except OSError:
-            continue
-        if text.isdigit() and 0 < int(text) < (total or math.inf):
-            total = int(text)
-    if total <= 0:
-        raise OSError("cannot read the host's memory size (os.sysconf, /proc/meminfo)")
-    return total
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def _host_spec(template: HostTemplate, m: HostMeasurement) -> DeviceSpec:
-    """Join the typed host template with a measurement into the ``cpu`` DeviceSpec."""
-    head = "measured on this host at start-up"
-    cpus = os.cpu_count() or 1
-
-    def measured(value: float, how: str) -> Figure:
-        return Figure(value=value, source=f"{head}: {how}", date=m.date, basis="measured")
-
-    def derived(value: float | str | None, why: str) -> Figure:
-        return Figure(value=value, source=why, date=m.date, basis="derived")
-
-    power = dict(template.figures)
-    figures = (
-        ("memory_gib", measured(m.memory_gib, "physical memory (os.sysconf / /proc/meminfo, cgroup limit if lower)")),
-        ("mem_bw_gbs", measured(m.copy_gbs, "best torch copy of a 64 MiB fp32 tensor, bytes read + written / time")),
-        ("tflops_fp16", measured(m.gemm_tflops, f"fp32 GEMM (the CPU path runs fp32), best n={m.gemm_n} torch.mm, 2n^3/t")),
-        ("tflops_fp8", derived(None, "no FP8 GEMM path on the CPU")),
-        ("power_idle_w", power["power_idle_w"]),
-        ("power_max_w", power["power_max_w"]),
-        ("interconnect", derived("host memory", "the local host: data reaches it by a memory copy")),
-        ("link_gbs", measured(m.copy_gbs, "the memory copy bandwidth (data reaches the host by a copy)")),
-        ("price_per_hour", derived(None, "the local host: owned, not rented by the hour")),
-    )
-    values = {name: fig.value for name, fig in figures}
-    return DeviceSpec(
-        kind=template.kind,
-        name=f"{template.name} ({m.cpu_model}, {cpus} logical CPUs)",
-        category="host",
-        aliases=template.aliases,
-        figures=figures,
-        **values,
-    )

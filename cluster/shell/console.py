@@ -1,7 +1,7 @@
 """Shared pieces of the ``flotilla`` command line (consoles, ``--json`` output, formatting).
 
 Each area's commands live in their own module (``cluster/cli_*.py``) exposing ``register(app)``;
-``cluster/cli.py`` wires them. Commands validate and forward; they raise
+``cluster/shell/cli/main.py`` wires them. Commands validate and forward; they raise
 :class:`~cluster.exceptions.InputError` for bad input (exit 2) and never print tracebacks.
 """
 

@@ -6,14 +6,14 @@ A thin surface (the logic lives in :mod:`actors.router` and :mod:`actors.expert`
   ``GenerateResponse.final`` (usage, measured TTFT / TPOT, the device, modeled figures when
   simulated). The RPC's deadline becomes the request's deadline.
 * ``Plan`` without a query returns the routing plan and replicas. With a ``PlanQuery`` it runs the
-  allocation solver through ``flotilla plan``'s code path (:mod:`cluster.plan_service`; MODELED
+  allocation solver through ``flotilla plan``'s code path (:mod:`cluster.shell.planner`; MODELED
   throughput tables) and returns the mix, its cost, the single-type baselines and the solve time;
   with ``apply`` it also requests the devices from Ray's autoscaler, stores the plan and the
-  routing plan derived from it (:mod:`cluster.routing`), and the Router routes by it from its next
+  routing plan derived from it (:mod:`solvers.routing`), and the Router routes by it from its next
   refresh (this gateway's Router at once).
 * ``SelectExperts`` (gateway started with an expert selector, ``flotilla serve --experts FILE``):
   the selection solver's deployment for the budgets, then the gate's top-k inside it
-  (:mod:`cluster.expert_selection`); without one, FAILED_PRECONDITION.
+  (:mod:`cluster.shell.selector`); without one, FAILED_PRECONDITION.
 * ``ClusterStatus``: devices, replicas, queue and counters.
 * Standard health checking (``grpc.health.v1``, service ``""`` and ``flotilla.v1.Flotilla``) and
   server reflection. With a token configured every Flotilla RPC needs the metadata
@@ -26,8 +26,7 @@ DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE, PlanIn
 PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED. Anything else is
 INTERNAL with a generic message, logged; the server keeps serving.
 
-:func:`start_serving` composes the whole path (fleet -> DeviceActors -> ExpertActors -> Router ->
-gateway) for ``flotilla serve`` and ``python -m cluster.job serve``.
+:func:`cluster.shell.serving.start_serving` composes the whole path around it.
 """
 
 from __future__ import annotations
@@ -36,16 +35,17 @@ import hmac
 import logging
 import math
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from actors.router import DeadlineExceededError, NoReplicaError, Router, RouterConfig
+from actors.routing import NoReplicaError
+from actors.router import DeadlineExceededError, Router
 from cluster.exceptions import CapacityError, FlotillaError, InputError, StoreUnavailableError
-from cluster.plan_service import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery
-from cluster.proto import flotilla_pb2 as pb
-from cluster.proto import flotilla_pb2_grpc as pb_grpc
+from cluster.shell.planner import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery
+from cluster.shell.proto import flotilla_pb2 as pb
+from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
 
 log = logging.getLogger("flotilla.gateway")
 
@@ -156,7 +156,7 @@ def _replica_msgs(replicas: list[dict[str, Any]]) -> list[Any]:
 
 
 def allocation_message(doc: dict[str, Any]) -> Any:
-    """``PlanResponse.allocation`` from :meth:`cluster.plan_service.Planner.run`'s document."""
+    """``PlanResponse.allocation`` from :meth:`cluster.shell.planner.Planner.run`'s document."""
     base = doc.get("baselines", {})
     return pb.Allocation(
         counts=doc["allocation"], cost_per_hour=doc["cost_per_hour"],
@@ -319,94 +319,3 @@ class Gateway:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)
-
-
-# ------------------------------------------------------------------------------- composition
-
-
-@dataclass(frozen=True, slots=True)
-class ServeConfig:
-    """Everything ``flotilla serve`` starts. Precedence: file < environment < flags (cluster.config)."""
-
-    fleet: str | None = None
-    redis_url: str | None = None
-    namespace: str = "default"
-    ray_address: str | None = None
-    model: str | None = None
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    router: RouterConfig = field(default_factory=RouterConfig)
-    max_concurrency: int = 2
-    max_context: int = 2048
-    #: A selection instance (JSON of ``flotilla experts build``) for SelectExperts; None: not served.
-    experts: str | None = None
-
-
-@dataclass
-class Serving:
-    """The running serving path; :meth:`shutdown` stops it in reverse order."""
-
-    gateway: Gateway
-    router: Router
-    running: Any  # cluster.fleet.RunningFleet
-    store: Any
-    experts: dict[str, Any]
-    replayed: int = 0
-
-    def shutdown(self) -> None:
-        import ray
-
-        self.gateway.stop(1.0)
-        for actor in self.experts.values():
-            try:
-                ray.get(actor.stop.remote(), timeout=10)
-            except Exception:  # noqa: BLE001 - the actor may be dead; its reservation dies with its DeviceActor
-                pass
-            ray.kill(actor)
-        self.running.shutdown()
-        self.store.close()
-
-
-def start_serving(cfg: ServeConfig) -> Serving:
-    """Fleet -> one ExpertActor per device -> Router (replaying its journal) -> gRPC gateway."""
-    import ray
-
-    from actors.expert import ExpertConfig, spawn_expert
-    from actors.llm.loader import ensure_cached, resolve_source
-    from actors.router import Replica
-    from cluster.fleet import bring_up
-    from cluster.runtime import load_fleet
-    from cluster.state import open_store
-
-    selector = None
-    if cfg.experts is not None:
-        from cluster.expert_selection import ExpertSelector
-
-        selector = ExpertSelector.from_file(cfg.experts)  # fails fast on a bad file, before any actor starts
-    source = resolve_source(cfg.model)
-    if source.kind == "bundled":
-        ensure_cached(source)  # dequantise once here, not in every actor at the same time
-    store = open_store(cfg.redis_url, namespace=cfg.namespace)
-    fleet = load_fleet(cfg.fleet) if cfg.fleet else None
-    running = bring_up(fleet, store, address=cfg.ray_address)
-    experts: dict[str, Any] = {}
-    try:
-        econf = ExpertConfig(model=cfg.model, max_concurrency=cfg.max_concurrency, max_context=cfg.max_context)
-        handles = {}
-        slots = {s.device_id: s for s in running.runtime.slots}
-        for device_id, dev in running.actors.items():
-            spec = running.specs[device_id]
-            handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated,
-                                              node_id=slots[device_id].node_id, start=False)
-        experts.update(handles)
-        ray.get([h.start.remote() for h in handles.values()])
-        replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
-        router = Router(store, replicas, cfg.router)
-        replayed = router.start()
-        gateway = Gateway(router, store, cfg.gateway, source.name, selector).start()
-    except BaseException:
-        for h in experts.values():
-            ray.kill(h)
-        running.shutdown()
-        store.close()
-        raise
-    return Serving(gateway, router, running, store, experts, replayed)

@@ -1,10 +1,10 @@
 """Entry points for Ray job submission and the demo.
 
-* ``python -m cluster.job serve [--port N] [--model M] [--token T] [--redis URL]``: run the serving
+* ``python -m cluster.shell.job serve [--port N] [--model M] [--token T] [--redis URL]``: run the serving
   path on the Ray cluster the job runs in (``ray job submit --working-dir . -- python -m
-  cluster.job serve``; Ray sets ``RAY_ADDRESS`` for the job, so it joins that cluster and serves
+  cluster.shell.job serve``; Ray sets ``RAY_ADDRESS`` for the job, so it joins that cluster and serves
   the devices its nodes advertise as ``device:<kind>`` resources). It runs until the job is stopped.
-* ``python -m cluster.job demo [--fleet FILE] [--requests N] [--model M] [--json]``: the ``make demo``
+* ``python -m cluster.shell.job demo [--fleet FILE] [--requests N] [--model M] [--json]``: the ``make demo``
   walk-through (embedded fleet of simulated kinds -> gateway -> mixed requests through the gRPC
   client -> a table per device kind -> clean shutdown).
 """
@@ -58,12 +58,13 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
              as_json: bool = False) -> dict[str, Any]:
     from rich.table import Table
 
-    from cluster.client import Client
-    from cluster.clikit import MODELED_NOTE, emit_json, err, out
-    from cluster.clikit import fmt as _fmt
-    from cluster.devices import default_catalog
+    from cluster.shell.client import Client
+    from cluster.shell.console import MODELED_NOTE, emit_json, err, out
+    from cluster.shell.console import fmt as _fmt
+    from cluster.probe import probed_catalog
     from cluster.exceptions import InputError
-    from cluster.gateway import GatewayConfig, ServeConfig, start_serving
+    from cluster.shell.gateway import GatewayConfig
+    from cluster.shell.serving import ServeConfig, start_serving
 
     if not 1 <= n_requests <= 1000:
         raise InputError(f"requests: {n_requests}; allowed: 1..1000")
@@ -79,7 +80,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
                 t1 = time.perf_counter()
                 results = list(pool.map(lambda p: client.generate(p[0], max_tokens=p[1]), prompts))
                 wall_s = time.perf_counter() - t1
-        catalog = default_catalog()
+        catalog = probed_catalog()
         prices = {k: catalog.get(k).price_per_hour for k in {r.device_kind for r in results}}
         rows = demo_rows(results, prices)
         summary = {"startup_s": startup_s, "wall_s": wall_s, "requests": n_requests, "by_kind": rows,
@@ -115,7 +116,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
 def main(argv: list[str] | None = None) -> int:
     from cluster.exceptions import FlotillaError
 
-    parser = argparse.ArgumentParser(prog="python -m cluster.job")
+    parser = argparse.ArgumentParser(prog="python -m cluster.shell.job")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve on the Ray cluster this job runs in")
     s.add_argument("--port", type=int, default=50051)
@@ -134,14 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "demo":
-            from cluster.clikit import reserve_stdout_for_json
+            from cluster.shell.console import reserve_stdout_for_json
 
             with reserve_stdout_for_json() if args.json else contextlib.nullcontext():
                 run_demo(fleet=args.fleet, n_requests=args.requests, model=args.model, as_json=args.json)
             return 0
-        from cluster.cli_serve import run_until_stopped
+        from cluster.shell.serving import run_until_stopped
         from cluster.config import load_config
-        from cluster.gateway import GatewayConfig, ServeConfig
+        from cluster.shell.gateway import GatewayConfig
+        from cluster.shell.serving import ServeConfig
 
         cfg = load_config(redis_url=args.redis, namespace=args.namespace, ray_address=args.address, fleet=args.fleet)
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or ("auto" if not cfg.fleet else None)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                       model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token)))
         return 0
     except FlotillaError as exc:
-        from cluster.clikit import exit_code_for
+        from cluster.shell.console import exit_code_for
 
         return exit_code_for(exc)
 

@@ -1,1 +1,0 @@
-"""flotilla's gRPC API: ``flotilla.proto`` and its committed stubs (see :mod:`cluster.proto.build`)."""

@@ -1,0 +1,142 @@
+"""``flotilla plan``: the cheapest device mix for a workload under a latency SLO (Mélange ILP).
+
+Thin surface: parse flags, build an :class:`~solvers.allocation.AllocationProblem` (throughput
+tables from cluster/throughput, which are MODELED from cluster/perf; or a Mélange config file,
+whose tables are the file's), call :func:`solvers.allocation.solve`, render. Bad input and
+infeasible problems raise :class:`~cluster.exceptions.InputError` (exit 2) naming the field or the
+binding cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cluster.shell.console import emit_json, err, json_option, out
+from cluster.exceptions import InputError
+from cluster.shell.planner import (
+    DEFAULT_DEVICES,
+    build_problem,
+    problem_from_config,
+    solver_call,
+)
+
+def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], title: str) -> dict[str, Any]:
+    """Draw cost/h against total rate for the mix and each single type; returns the data plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from solvers.allocation import Workload, solve
+    from solvers.exceptions import InfeasibleError
+
+    names = list(problem.type_names)
+    mix: list[float | None] = []
+    single: dict[str, list[float | None]] = {n: [] for n in names}
+    for r in rates:
+        p = dataclasses.replace(problem, workload=Workload(problem.workload.histogram, r))
+        try:
+            plan = solver_call(solve, p, solver=solver)
+        except InputError as e:
+            if not isinstance(e.__cause__, InfeasibleError) and "infeasible" not in str(e):
+                raise
+            mix.append(None)
+            for n in names:
+                single[n].append(None)
+            continue
+        mix.append(plan.cost_per_hour)
+        for n in names:
+            single[n].append(plan.baselines.get(n))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    nan = float("nan")
+    for n in names:
+        ax.plot(rates, [nan if v is None else v for v in single[n]], marker=".", linestyle="--",
+                label=f"{n} only")
+    ax.plot(rates, [nan if v is None else v for v in mix], marker="o", color="black", linewidth=2.2,
+            label="cheapest mix")
+    ax.set_xlabel("total request rate (req/s)")
+    ax.set_ylabel("cost ($/h)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise InputError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+    return {"file": path, "rates": rates, "mix": mix, "single": single}
+
+
+def _render(doc: dict[str, Any]) -> None:
+    alloc, base, sav, load = doc["allocation"], doc["baselines"], doc["savings_vs"], doc["load_per_type"]
+    prices = doc.get("prices_per_hour", {})
+    table = Table(title=f"cheapest device mix: ${doc['cost_per_hour']:.2f}/h ({doc['solver']}, "
+                        f"{doc['solve_seconds'] * 1e3:.0f} ms)")
+    for col in ("device", "count", "$/h each", "load (devices)", "alone $/h", "mix saves"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for name, n in alloc.items():
+        b, s = base.get(name), sav.get(name)
+        table.add_row(
+            name, str(n), "" if name not in prices else f"{prices[name]:.3f}", f"{load.get(name, 0):.2f}",
+            "infeasible" if b is None else f"{b:.2f}", "—" if s is None else f"{100 * s:.1f}%",
+        )
+    out.print(table)
+    out.print(f"[dim]{doc['note']}[/dim]")
+
+
+def plan(
+    model: str = typer.Option("llama-2-7b", "--model", help="Model shape (cluster/perf MODELS)."),
+    workload: str = typer.Option("arena", "--workload", help="arena | pubmed | mixed | a JSONL/CSV file of (input_len, output_len)."),
+    rate: float = typer.Option(4.0, "--rate", help="Total request rate, req/s."),
+    tpot_slo_ms: float = typer.Option(120.0, "--tpot-slo-ms", help="Time-per-output-token SLO, ms."),
+    ttft_slo_ms: Optional[float] = typer.Option(None, "--ttft-slo-ms", help="Optional time-to-first-token SLO, ms."),
+    devices: str = typer.Option(DEFAULT_DEVICES, "--devices", help="Candidate device kinds, comma-separated."),
+    max_count: list[str] = typer.Option([], "--max-count", help="KIND=N: at most N of that kind (repeatable)."),
+    power_budget_w: Optional[float] = typer.Option(None, "--power-budget-w", help="Fleet power cap, W (max board power)."),
+    headroom: float = typer.Option(0.0, "--headroom", help="Provision for rate x (1 + H)."),
+    slice_factor: int = typer.Option(8, "--slice-factor", help="Slices per bucket."),
+    solver: str = typer.Option("cbc", "--solver", help="cbc | highs."),
+    prices: str = typer.Option("catalog", "--prices", help="catalog (today's) | melange (the paper's)."),
+    config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
+    as_json: bool = json_option(),
+) -> None:
+    """The cheapest mix of device types that serves a workload under a latency SLO."""
+    from solvers.allocation import solve
+
+    if config is not None:
+        problem, desc = problem_from_config(config)
+    else:
+        problem, desc = build_problem(
+            model=model, workload=workload, rate=rate, tpot_slo_ms=tpot_slo_ms, ttft_slo_ms=ttft_slo_ms,
+            devices=devices, max_count=max_count, power_budget_w=power_budget_w, headroom=headroom,
+            slice_factor=slice_factor, prices=prices,
+        )
+    result = solver_call(solve, problem, solver=solver)
+    doc = {**result.to_json(), **desc}
+    doc.setdefault("prices_per_hour", {t.name: t.price_per_hour for t in problem.device_types})
+    if plot is not None:
+        r = problem.workload.total_rate
+        top = max(2 * r, 1.0)
+        rates = sorted({round(top * k / 12, 6) for k in range(1, 13)} | {r} - {0.0})
+        title = (f"{desc.get('model', 'config')} / {desc.get('workload', {}).get('name', desc.get('config'))}"
+                 f" / TPOT {desc.get('tpot_slo_ms', '-')} ms — {desc['throughput_source']} throughput tables")
+        with err.status(f"solving {len(rates)} rates for the plot…", spinner="dots"):
+            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title)
+    if as_json:
+        emit_json(doc)
+        return
+    _render(doc)
+    if plot is not None:
+        out.print(f"plot: {plot}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``plan`` to the ``flotilla`` app."""
+    app.command("plan")(plan)

@@ -1,0 +1,124 @@
+"""Serving composition: fleet -> DeviceActors -> ExpertActors -> Router -> gRPC gateway.
+
+:func:`start_serving` builds the whole path for ``flotilla serve`` and
+``python -m cluster.shell.job serve``; :func:`run_until_stopped` runs it until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.router import Router, RouterConfig
+from cluster.shell.console import err
+from cluster.shell.gateway import Gateway, GatewayConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``flotilla serve`` starts. Precedence: file < environment < flags (cluster.config)."""
+
+    fleet: str | None = None
+    redis_url: str | None = None
+    namespace: str = "default"
+    ray_address: str | None = None
+    model: str | None = None
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    max_concurrency: int = 2
+    max_context: int = 2048
+    #: A selection instance (JSON of ``flotilla experts build``) for SelectExperts; None: not served.
+    experts: str | None = None
+
+
+@dataclass
+class Serving:
+    """The running serving path; :meth:`shutdown` stops it in reverse order."""
+
+    gateway: Gateway
+    router: Router
+    running: Any  # cluster.shell.fleet.RunningFleet
+    store: Any
+    experts: dict[str, Any]
+    replayed: int = 0
+
+    def shutdown(self) -> None:
+        import ray
+
+        self.gateway.stop(1.0)
+        for actor in self.experts.values():
+            try:
+                ray.get(actor.stop.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - the actor may be dead; its reservation dies with its DeviceActor
+                pass
+            ray.kill(actor)
+        self.running.shutdown()
+        self.store.close()
+
+
+def start_serving(cfg: ServeConfig) -> Serving:
+    """Fleet -> one ExpertActor per device -> Router (replaying its journal) -> gRPC gateway."""
+    import ray
+
+    from actors.expert import ExpertConfig, spawn_expert
+    from actors.llm.loader import ensure_cached, resolve_source
+    from actors.routing import Replica
+    from cluster.shell.fleet import bring_up
+    from cluster.runtime import load_fleet
+    from cluster.state import open_store
+
+    selector = None
+    if cfg.experts is not None:
+        from cluster.shell.selector import ExpertSelector
+
+        selector = ExpertSelector.from_file(cfg.experts)  # fails fast on a bad file, before any actor starts
+    source = resolve_source(cfg.model)
+    if source.kind == "bundled":
+        ensure_cached(source)  # dequantise once here, not in every actor at the same time
+    store = open_store(cfg.redis_url, namespace=cfg.namespace)
+    fleet = load_fleet(cfg.fleet) if cfg.fleet else None
+    running = bring_up(fleet, store, address=cfg.ray_address)
+    experts: dict[str, Any] = {}
+    try:
+        econf = ExpertConfig(model=cfg.model, max_concurrency=cfg.max_concurrency, max_context=cfg.max_context)
+        handles = {}
+        slots = {s.device_id: s for s in running.runtime.slots}
+        for device_id, dev in running.actors.items():
+            spec = running.specs[device_id]
+            handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated,
+                                              node_id=slots[device_id].node_id, start=False)
+        experts.update(handles)
+        ray.get([h.start.remote() for h in handles.values()])
+        replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
+        router = Router(store, replicas, cfg.router)
+        replayed = router.start()
+        gateway = Gateway(router, store, cfg.gateway, source.name, selector).start()
+    except BaseException:
+        for h in experts.values():
+            ray.kill(h)
+        running.shutdown()
+        store.close()
+        raise
+    return Serving(gateway, router, running, store, experts, replayed)
+
+
+def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
+    """Start serving, report the address on stderr, block until SIGINT/SIGTERM, shut down."""
+    with err.status("starting Ray, the device actors and the experts…", spinner="dots"):
+        serving = start_serving(sc)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    kinds = sorted({r["kind"] for r in serving.router.replicas()})
+    err.print(f"flotilla gateway on {serving.gateway.address}: {len(serving.experts)} experts ({', '.join(kinds)}), "
+              f"replaying {serving.replayed} journaled requests; Ctrl-C to stop")
+    if ready is not None:
+        ready.set()
+    try:
+        stop.wait()
+    finally:
+        err.print("stopping…")
+        serving.shutdown()

@@ -1,0 +1,177 @@
+"""The in-memory state store: the embedded default, one process, the same contract as Redis."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+from cluster.state.base import (
+    DEFAULT_HISTOGRAM_CAP,
+    HistogramSummary,
+    StateStore,
+)
+
+
+@dataclasses.dataclass(slots=True)
+class _Histogram:
+    """A MemoryStore histogram: running aggregates plus a bounded window of samples."""
+
+    samples: collections.deque
+    count: int = 0
+    total: float = 0.0
+    lo: float | None = None
+    hi: float | None = None
+
+
+class MemoryStore(StateStore):
+    """The state in this process, behind one lock. Expiry uses ``clock`` (monotonic seconds,
+    ``time.monotonic`` by default; inject another for tests)."""
+
+    def __init__(
+        self,
+        namespace: str = "default",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        histogram_cap: int = DEFAULT_HISTOGRAM_CAP,
+    ) -> None:
+        super().__init__(namespace, "memory://", histogram_cap)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._device_info: dict[str, tuple[str, float]] = {}  # id -> (blob, deadline)
+        self._plans: dict[str, dict[int, str]] = {}
+        self._plan_seq: dict[str, int] = {}
+        self._journal: dict[str, str] = {}
+        self._pending: dict[str, None] = {}  # an insertion-ordered set
+        self._counter_values: dict[str, float] = {}
+        self._histograms: dict[str, _Histogram] = {}
+
+    def _register_device(self, device_id: str, blob: str, ttl_ms: int) -> None:
+        with self._lock:
+            self._device_info[device_id] = (blob, self._clock() + ttl_ms / 1000)
+
+    def _heartbeat(self, device_id: str, ttl_ms: int) -> bool:
+        with self._lock:
+            now = self._clock()
+            found = self._device_info.get(device_id)
+            if found is None or found[1] <= now:
+                self._device_info.pop(device_id, None)
+                return False
+            self._device_info[device_id] = (found[0], now + ttl_ms / 1000)
+            return True
+
+    def _devices(self) -> dict[str, str]:
+        with self._lock:
+            now = self._clock()
+            dead = [k for k, (_, deadline) in self._device_info.items() if deadline <= now]
+            for k in dead:
+                del self._device_info[k]
+            return {k: blob for k, (blob, _) in self._device_info.items()}
+
+    def _remove_device(self, device_id: str) -> None:
+        with self._lock:
+            self._device_info.pop(device_id, None)
+
+    def _put_plan(self, name: str, blob: str) -> int:
+        with self._lock:
+            version = self._plan_seq.get(name, 0) + 1
+            self._plan_seq[name] = version
+            self._plans.setdefault(name, {})[version] = blob
+            return version
+
+    def _get_plan(self, name: str, version: int | None) -> tuple[int, str] | None:
+        with self._lock:
+            plans = self._plans.get(name, {})
+            if version is None:
+                version = self._plan_seq.get(name)
+            if version is None or version not in plans:
+                return None
+            return version, plans[version]
+
+    def _plan_versions(self, name: str) -> list[int]:
+        with self._lock:
+            return list(self._plans.get(name, {}))
+
+    def _journal_append(self, request_id: str, blob: str) -> bool:
+        with self._lock:
+            if request_id in self._journal:
+                return False
+            self._journal[request_id] = blob
+            self._pending[request_id] = None
+            return True
+
+    def _journal_ack(self, request_id: str) -> bool:
+        with self._lock:
+            if request_id not in self._pending:
+                return False
+            del self._pending[request_id]
+            return True
+
+    def _journal_unacked(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(rid, self._journal[rid]) for rid in self._pending]
+
+    def _journal_get(self, request_id: str) -> tuple[str, bool] | None:
+        with self._lock:
+            blob = self._journal.get(request_id)
+            return None if blob is None else (blob, request_id not in self._pending)
+
+    def _incr(self, name: str, by: float) -> float:
+        with self._lock:
+            value = self._counter_values.get(name, 0.0) + by
+            self._counter_values[name] = value
+            return value
+
+    def _counters(self, name: str | None) -> dict[str, float]:
+        with self._lock:
+            if name is None:
+                return dict(self._counter_values)
+            return {name: self._counter_values[name]} if name in self._counter_values else {}
+
+    def _observe(self, name: str, value: float) -> None:
+        with self._lock:
+            h = self._histograms.get(name)
+            if h is None:
+                h = self._histograms[name] = _Histogram(
+                    collections.deque(maxlen=self.histogram_cap)
+                )
+            h.samples.append(value)
+            h.count += 1
+            h.total += value
+            if h.lo is None or value < h.lo:
+                h.lo = value
+            if h.hi is None or value > h.hi:
+                h.hi = value
+
+    def _histogram(self, name: str) -> HistogramSummary:
+        with self._lock:
+            h = self._histograms.get(name)
+            if h is None:
+                return HistogramSummary.from_parts(0, 0.0, None, None, [])
+            return HistogramSummary.from_parts(h.count, h.total, h.lo, h.hi, list(h.samples))
+
+    def _ping(self) -> None:
+        return None
+
+    def _close(self) -> None:
+        with self._lock:
+            self._reset()
+
+    def _clear(self) -> None:
+        with self._lock:
+            self._reset()
+
+
+# --------------------------------------------------------------------------------------------
+# Redis back end
+# --------------------------------------------------------------------------------------------
+
+# Lua scripts: each runs atomically on the server. Floats travel as Python repr() strings and
+# are stored with %.17g, both of which round-trip a double exactly, so Lua's double arithmetic
+# gives bit-for-bit the results MemoryStore's Python floats give.
+
