@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import math
 import random
 import threading
@@ -63,7 +64,9 @@ from actors.routing import (
     default_plan,
     validate_plan,
 )
-from cluster.exceptions import CapacityError, FlotillaError, InputError
+from cluster.exceptions import CapacityError, FlotillaError, InputError, RequestIdInUseError
+
+log = logging.getLogger(__name__)
 
 PLAN_NAME = "routing"
 #: Default ``RouterConfig.unary_max_tokens``: a completion of at most one token is one chunk
@@ -103,6 +106,14 @@ class RouterConfig:
     #: with the echo model, docs/serving.md "Benchmarks"). The client still gets the text as a
     #: chunk (all of it, in one, when it is done) and then the final message; 0: always stream.
     unary_max_tokens: int = UNARY_MAX_TOKENS
+    #: Seconds a completed request's result stays in the store for retries by ``request_id``.
+    result_ttl_s: float = 86_400.0
+    #: Seconds this router's lease on its journal entries lasts without renewal; a router that
+    #: stops renewing (killed) has its pending requests taken over by another router on the same
+    #: store after this long. Renewed every third of it.
+    lease_ttl_s: float = 10.0
+    #: This router's name in the journal (its entries' owner); a fresh one when empty.
+    router_id: str = ""
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("max_queue", 1, 1_000_000), ("max_attempts", 1, 100), ("result_cache", 0, 1_000_000),
@@ -110,7 +121,9 @@ class RouterConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise InputError(f"{name}: {v!r}; allowed: an integer {lo}..{hi}")
-        for name in ("default_deadline_s", "plan_refresh_s"):
+        if not isinstance(self.router_id, str) or len(self.router_id) > 64 or not self.router_id.isprintable():
+            raise InputError(f"router_id: {self.router_id!r:.80}; allowed: up to 64 printable characters")
+        for name in ("default_deadline_s", "plan_refresh_s", "result_ttl_s", "lease_ttl_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
                 raise InputError(f"{name}: {v!r}; allowed: a number of seconds > 0")
@@ -118,17 +131,42 @@ class RouterConfig:
 
 @dataclass
 class _Pending:
-    """A request some thread is running; others asking for the same id wait on ``done``."""
+    """A request some thread is running; others asking for the same id (and fingerprint) wait on
+    ``done``."""
 
+    fingerprint: str
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
     error: BaseException | None = None
 
 
 def _is_actor_death(exc: BaseException) -> bool:
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    """Errors after which the replica's process is gone: it is marked dead and the request is
+    re-dispatched. A replica killed by Ray's memory monitor raises ``OutOfMemoryError``, one whose
+    worker or node died ``WorkerCrashedError`` or ``NodeDiedError``."""
+    from ray.exceptions import ActorUnavailableError, NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
-    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
+    if isinstance(exc, ActorUnavailableError):
+        return False
+    return isinstance(exc, (RayActorError, OutOfMemoryError, WorkerCrashedError, NodeDiedError))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """An actor that is unreachable for now (restarting, network): re-dispatch, keep it alive."""
+    from ray.exceptions import ActorUnavailableError
+
+    return isinstance(exc, ActorUnavailableError)
+
+
+def fingerprint(req: dict[str, Any], caller: str = "") -> str:
+    """What binds a request id to its request: a hash of the prompt, the sampling parameters as
+    the caller gave them (before a seed is drawn) and the caller's identity."""
+    import hashlib
+    import json
+
+    fields = {k: req.get(k) for k in ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "chat")}
+    blob = json.dumps([fields, caller], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class Router:
@@ -137,53 +175,106 @@ class Router:
     def __init__(self, store: Any, replicas: list[Replica], config: RouterConfig | None = None) -> None:
         self.store = store
         self.config = config or RouterConfig()
+        self.owner = self.config.router_id or f"router-{uuid.uuid4().hex[:12]}"
         self._replicas = list(replicas)
         self._cond = threading.Condition()
         self._admitted = 0
         self._rr = itertools.count()
         self._pending: dict[str, _Pending] = {}
-        self._results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._results: collections.OrderedDict[str, tuple[str, dict[str, Any]]] = collections.OrderedDict()
         self._plan: dict[str, Any] = default_plan([r.kind for r in replicas])
         self._plan_version: int | None = None
         self._plan_read = 0.0
         self._turns = WeightedTurns()
-        self._replay_thread: threading.Thread | None = None
+        self._replay_threads: list[threading.Thread] = []
+        self._lease_thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._closed = False
+        #: Lease renewals that failed (the store unreachable); the loop keeps going.
+        self.lease_failures = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, *, replay: bool = True) -> int:
-        """Begin serving; replay unacknowledged journal entries in the background. Returns how
-        many entries are being replayed."""
-        entries = self.store.journal_unacked() if replay else []
+        """Begin serving: take this router's lease, and (``replay``) take over and re-run, in the
+        background, every pending journal entry whose router holds no lease any more; keep doing
+        so every ``lease_ttl_s``. Returns how many entries are replayed now."""
+        self.store.lease(self.owner, self.config.lease_ttl_s)
+        n = self._claim_and_replay() if replay else 0
+        self._lease_thread = threading.Thread(target=self._keep_lease, args=(replay,), name="flotilla-lease", daemon=True)
+        self._lease_thread.start()
+        return n
+
+    def _claim_and_replay(self) -> int:
+        claimed = [(rid, payload) for rid, payload in self.store.journal_claim_orphans(self.owner)
+                   if rid not in self._pending]
+        entries = []
+        with self._cond:
+            for rid, payload in claimed:
+                if rid in self._pending:
+                    continue
+                entry = self.store.journal_get(rid)
+                if entry is None or entry["acked"]:
+                    continue
+                self._pending[rid] = _Pending(entry["fingerprint"])
+                entries.append((rid, payload))
         if entries:
-            for rid, _ in entries:
-                self._pending.setdefault(rid, _Pending())
-            self._replay_thread = threading.Thread(target=self._replay, args=(entries,), name="flotilla-replay", daemon=True)
-            self._replay_thread.start()
+            t = threading.Thread(target=self._replay, args=(entries,), name="flotilla-replay", daemon=True)
+            self._replay_threads.append(t)
+            t.start()
         return len(entries)
 
+    def _keep_lease(self, replay: bool) -> None:
+        """Renew the lease every third of its TTL; claim orphans every TTL. A store error is
+        counted and retried on the next tick (the thread never dies of it)."""
+        period = self.config.lease_ttl_s / 3
+        ticks = 0
+        failing = False
+        while not self._stop.wait(period) and not self.store.closed:
+            ticks += 1
+            try:
+                self.store.lease(self.owner, self.config.lease_ttl_s)
+                if replay and ticks % 3 == 0:
+                    self._claim_and_replay()
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - a store outage must not end the lease loop
+                self.lease_failures += 1
+                if not failing:  # once per outage
+                    log.warning("router %s: lease renewal failed (%s); retrying every %.1f s", self.owner, exc, period)
+                failing = True
+
     def wait_replayed(self, timeout: float | None = None) -> bool:
-        """Wait for the replay thread; True when it has finished."""
-        if self._replay_thread is None:
-            return True
-        self._replay_thread.join(timeout)
-        return not self._replay_thread.is_alive()
+        """Wait for the replay threads started so far; True when all have finished."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in list(self._replay_threads):
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._replay_threads)
 
     def close(self) -> None:
+        """Stop: requests in flight stay journaled and the lease is dropped, so another router on
+        the same store takes them over at once."""
         self._closed = True
+        self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        try:
+            self.store.release_lease(self.owner)
+        except Exception:  # noqa: BLE001 - the lease expires by itself
+            log.warning("router %s: could not release its lease", self.owner, exc_info=True)
 
     def _replay(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         for rid, payload in entries:
             if self._closed:
                 return
             try:
-                for _ in self._run(rid, payload, time.monotonic() + self.config.default_deadline_s, journal=False):
+                for _ in self._run(rid, payload, self._pending[rid], time.monotonic() + self.config.default_deadline_s,
+                                   journal=False):
                     pass
                 self.store.incr("router.replayed")
             except Exception:  # noqa: BLE001 - recorded on the pending entry; the journal is acked
-                self.store.incr("router.replay_failed")
+                try:
+                    self.store.incr("router.replay_failed")
+                except Exception:  # noqa: BLE001
+                    pass
 
     # ------------------------------------------------------------------ queries
     def replicas(self) -> list[dict[str, Any]]:
@@ -223,6 +314,10 @@ class Router:
     # ------------------------------------------------------------------ serving
     def normalise(self, request: dict[str, Any]) -> dict[str, Any]:
         """The request as journaled: validated, with a request id and (when sampling) a seed."""
+        return self._prepare(request)[0]
+
+    def _prepare(self, request: dict[str, Any], caller: str = "") -> tuple[dict[str, Any], str]:
+        """``(normalised request, fingerprint)``; the fingerprint is taken before a seed is drawn."""
         from actors.expert import MAX_PROMPT_CHARS, request_params
 
         req = dict(request)
@@ -240,34 +335,40 @@ class Router:
         req["temperature"] = float(params.temperature)
         req["top_p"] = float(params.top_p)
         req["stop"] = list(params.stop)
+        fp = fingerprint(req, caller)
         if not params.greedy and params.seed is None:
             req["seed"] = random.getrandbits(62)
-        return req
+        return req, fp
 
-    def generate(self, request: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
+    def generate(self, request: dict[str, Any], *, timeout_s: float | None = None, caller: str = "") -> dict[str, Any]:
         """Run a request to completion; the final dict."""
         final: dict[str, Any] = {}
-        for ev in self.stream(request, timeout_s=timeout_s):
+        for ev in self.stream(request, timeout_s=timeout_s, caller=caller):
             if ev["type"] == "done":
                 final = ev
         return final
 
-    def stream(self, request: dict[str, Any], *, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
-        """Chunk dicts, then the final dict (with ``attempts`` and ``request_id``) of one request."""
-        req = self.normalise(request)
+    def stream(self, request: dict[str, Any], *, timeout_s: float | None = None, caller: str = "") -> Iterator[dict[str, Any]]:
+        """Chunk dicts, then the final dict (with ``attempts`` and ``request_id``) of one request.
+
+        The first event is ``{"type": "accepted", "request_id": ...}``, before dispatch, so the
+        caller knows the id to retry with. A retry of a request (same id, same fingerprint: prompt,
+        parameters and ``caller``) gets the stored answer, or waits for the run in progress here or
+        on another router; a different request under a used id gets
+        :class:`~cluster.exceptions.RequestIdInUseError` (gRPC ALREADY_EXISTS), revealing nothing."""
+        req, fp = self._prepare(request, caller)
         rid = req["request_id"]
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.default_deadline_s)
-        known = self._results.get(rid)
-        pending = self._pending.get(rid)
-        if known is None and pending is not None:  # being replayed (or run by another caller)
-            if not pending.done.wait(max(0.0, deadline - time.monotonic())):
-                raise DeadlineExceededError(f"request {rid}: deadline passed while its replay was running")
-            if pending.error is not None:
-                raise pending.error
-            known = pending.result
+        yield {"type": "accepted", "request_id": rid}
+        with self._cond:
+            known = self._results.get(rid)
+            pending = self._pending.get(rid)
+        if pending is not None:
+            known = (pending.fingerprint, self._wait_local(rid, pending, deadline))
         if known is not None:
-            yield {"type": "chunk", "index": 0, "text": known["text"]}
-            yield dict(known, replayed=True)
+            if known[0] != fp:
+                raise RequestIdInUseError(rid, same=False, result=None)
+            yield from self._replayed(known[1])
             return
         with self._cond:
             if self._closed:
@@ -278,39 +379,99 @@ class Router:
                 )
             self._admitted += 1
         try:
-            yield from self._run(rid, req, deadline, journal=True)
+            yield from self._run(rid, req, _Pending(fp), deadline, journal=True)
         finally:
             with self._cond:
                 self._admitted -= 1
 
-    def _run(self, rid: str, req: dict[str, Any], deadline: float, *, journal: bool) -> Iterator[dict[str, Any]]:
-        pending = self._pending.setdefault(rid, _Pending())
+    @staticmethod
+    def _replayed(final: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield {"type": "chunk", "index": 0, "text": final["text"]}
+        yield dict(final, type="done", replayed=True)
+
+    def _wait_local(self, rid: str, pending: _Pending, deadline: float) -> dict[str, Any]:
+        if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+            raise DeadlineExceededError(f"request {rid}: deadline passed while its first run was still going")
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _run(self, rid: str, req: dict[str, Any], pending: _Pending, deadline: float, *, journal: bool) -> Iterator[dict[str, Any]]:
+        """Journal (when ``journal``), dispatch, store the result durably, then yield the end.
+
+        Whatever happens, ``pending`` ends done and leaves ``_pending``, and the journal entry is
+        completed or acknowledged unless this router is closing (then it stays for the next)."""
         if journal:
-            self.store.journal_append(rid, req)  # InputError if the id was used before
-        acked = False
+            with self._cond:
+                other = self._pending.get(rid)
+                if other is None:
+                    self._pending[rid] = pending
+            if other is not None:  # another caller here started the same id a moment ago
+                if other.fingerprint != pending.fingerprint:
+                    raise RequestIdInUseError(rid, same=False, result=None)
+                yield from self._replayed(self._wait_local(rid, other, deadline))
+                return
+        ours = False  # True once this call owns a journal entry it must complete or acknowledge
+        completed = False
         try:
+            if journal:
+                stored = self._append(rid, req, pending.fingerprint, deadline)
+                if stored is not None:  # a retry of a request finished elsewhere
+                    pending.result = stored
+                    yield from self._replayed(stored)
+                    return
+            ours = True
             final = yield from self._dispatch(rid, req, deadline)
+            # Durable before the caller sees the end: a finished request is never replayed, and a
+            # retry (here, after a restart, or on another gateway) gets this result.
+            self.store.journal_complete(rid, final, ttl_s=self.config.result_ttl_s)
+            completed = True
             pending.result = final
-            self._remember(rid, final)
-            self.store.journal_ack(rid)  # before the caller sees the end: a finished request is never replayed
-            acked = True
-            pending.done.set()
+            self._remember(rid, pending.fingerprint, final)
             yield final
         except BaseException as exc:  # noqa: BLE001 - re-raised; recorded for waiters
-            if not acked:
+            if not completed:
                 pending.error = exc if isinstance(exc, Exception) else FlotillaError(f"request {rid} was abandoned")
             raise
         finally:
-            if not acked and not self._closed:  # closing: leave it journaled for replay
-                self.store.journal_ack(rid)
+            if ours and not completed and not self._closed:  # closing: leave it journaled for replay
+                try:
+                    self.store.journal_ack(rid)
+                except Exception:  # noqa: BLE001 - the entry stays pending and is replayed later
+                    log.warning("request %s: could not acknowledge its journal entry", rid, exc_info=True)
             pending.done.set()
-            self._pending.pop(rid, None)
+            with self._cond:
+                if self._pending.get(rid) is pending:
+                    del self._pending[rid]
 
-    def _remember(self, rid: str, final: dict[str, Any]) -> None:
+    def _append(self, rid: str, req: dict[str, Any], fp: str, deadline: float) -> dict[str, Any] | None:
+        """Journal the request; None when it is ours to run. A retry of a request that another
+        router is running waits for its stored result (returned); a request id in use by another
+        request raises RequestIdInUseError."""
+        delay = 0.05
+        while True:
+            try:
+                self.store.journal_append(rid, req, fingerprint=fp, owner=self.owner)
+                return None
+            except RequestIdInUseError as exc:
+                if not exc.same:
+                    raise
+                if exc.result is not None:
+                    return exc.result
+            # Pending on another router (or an orphan about to be claimed): wait for its result.
+            if time.monotonic() + delay > deadline:
+                raise DeadlineExceededError(f"request {rid}: deadline passed while another gateway was running it")
+            self._stop.wait(delay)
+            if self._closed:
+                raise RouterClosedError(f"request {rid}: the router is shutting down")
+            delay = min(delay * 2, 0.5)
+
+    def _remember(self, rid: str, fp: str, final: dict[str, Any]) -> None:
         if self.config.result_cache == 0:
             return
         with self._cond:
-            self._results[rid] = final
+            self._results[rid] = (fp, final)
             while len(self._results) > self.config.result_cache:
                 self._results.popitem(last=False)
 
@@ -358,9 +519,10 @@ class Router:
                         self.store.incr("router.completed")
                         return final
             except Exception as exc:  # noqa: BLE001 - sorted below
-                if _is_actor_death(exc) and not self._closed:
+                if (_is_actor_death(exc) or _is_transient(exc)) and not self._closed:
                     last_death = exc
-                    self._mark_dead(replica)
+                    if _is_actor_death(exc):
+                        self._mark_dead(replica)
                     self.store.incr("router.redispatched")
                     continue
                 if gen is not None:

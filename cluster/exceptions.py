@@ -26,5 +26,25 @@ class CapacityError(FlotillaError):
     """A device cannot hold what was asked of it (memory ledger over capacity)."""
 
 
-__all__ = ["CapacityError", "CatalogError", "FlotillaError", "InputError", "StoreUnavailableError",
+class AlreadyExistsError(FlotillaError):
+    """Something with this name exists and is not what was asked (gRPC ALREADY_EXISTS)."""
+
+
+class RequestIdInUseError(AlreadyExistsError):
+    """A request id that is pending or completed in the journal.
+
+    ``same`` is True when the stored request has the same fingerprint (a retry of it), and
+    ``result`` holds its stored result when it has completed. The message reveals nothing of the
+    stored request.
+    """
+
+    def __init__(self, request_id: str, *, same: bool, result: dict | None) -> None:
+        super().__init__(f"request_id {request_id!r:.80} is already used by another request; "
+                         "use a fresh id (e.g. a uuid4)")
+        self.request_id = request_id
+        self.same = same
+        self.result = result
+
+
+__all__ = ["AlreadyExistsError", "CapacityError", "CatalogError", "FlotillaError", "InputError", "RequestIdInUseError", "StoreUnavailableError",
            "UnknownDeviceKindError", "did_you_mean"]

@@ -8,6 +8,10 @@ fresh local instance with the example fleet's device resources, so actor tests c
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 
 import pytest
 
@@ -45,3 +49,58 @@ def redis_url() -> str:
     `make test` makes sure one is reachable (starting a throw-away server when needed).
     """
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThrowawayRedis:
+    """A private redis-server on a free port, for fault injection: ``stop()`` kills it,
+    ``start()`` starts a fresh one (no persistence) on the same port."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", directory]
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, userinfo: str = "") -> str:
+        return f"redis://{userinfo}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError("throw-away redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture()
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    return free_port()
+
+
+@pytest.fixture()
+def throwaway_redis(tmp_path):
+    """A started :class:`ThrowawayRedis`; stopped afterwards."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server binary")
+    server = ThrowawayRedis(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()

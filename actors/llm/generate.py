@@ -7,8 +7,8 @@ The loop (one request, batch 1):
 2. decode step ``j``: sample ``y_j`` from the logits, feed it alone with the cache, get the next
    logits; stop at EOS, at ``max_tokens``, or when the text contains a stop string.
 
-Sampling: ``temperature == 0`` is greedy (``argmax``). Otherwise the logits are divided by the
-temperature, softmaxed, and restricted to the nucleus: the smallest set of most probable tokens
+Sampling: ``temperature < 1e-5`` (``GREEDY_BELOW``) is greedy (``argmax``). Otherwise the logits
+are divided by the temperature, softmaxed, and restricted to the nucleus: the smallest set of most probable tokens
 whose probability sums to at least ``top_p`` (the top token is always kept); the draw uses a
 ``torch.Generator`` seeded with ``seed``, so a seeded request gives the same tokens on every replica
 of the same model and device type (the router relies on this to re-dispatch without duplicates).
@@ -34,6 +34,10 @@ from cluster.exceptions import InputError
 MAX_TOKENS_LIMIT = 4096
 MAX_STOP_STRINGS = 8
 MAX_STOP_LEN = 64
+
+
+#: Temperatures below this are greedy (the threshold vLLM uses too).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperatures below :data:`GREEDY_BELOW` sample as greedy (dividing logits by a
+        temperature that small overflows to inf and the softmax to NaN)."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ lives). The CLI and the gateway call it; nothing here draws tables.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -17,6 +18,8 @@ from cluster.catalog import Catalog, DeviceSpec
 from cluster.probe import probed_catalog
 from cluster.runtime import Fleet, Runtime, start
 from cluster.state import StateStore
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_TTL_S = 15.0
 
@@ -31,6 +34,8 @@ class RunningFleet:
     specs: dict[str, DeviceSpec] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _beat: threading.Thread | None = None
+    #: Heartbeat rounds that failed (the store unreachable); the thread keeps going.
+    heartbeat_failures: int = 0
 
     # ---------------------------------------------------------------- queries
     def infos(self) -> list[dict[str, Any]]:
@@ -59,8 +64,16 @@ class RunningFleet:
         """Refresh every device's registration in a background thread until :meth:`shutdown`."""
 
         def loop() -> None:
+            failing = False
             while not self._stop.wait(interval_s):
-                self.heartbeat_once()
+                try:
+                    self.heartbeat_once()
+                    failing = False
+                except Exception as exc:  # noqa: BLE001 - a store outage must not end the heartbeats
+                    self.heartbeat_failures += 1
+                    if not failing:  # once per outage
+                        log.warning("device heartbeats failed (%s); retrying every %.1f s", exc, interval_s)
+                    failing = True
 
         self._beat = threading.Thread(target=loop, name="flotilla-heartbeat", daemon=True)
         self._beat.start()

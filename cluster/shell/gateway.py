@@ -42,7 +42,7 @@ import grpc
 
 from actors.routing import NoReplicaError
 from actors.router import DeadlineExceededError, Router
-from cluster.exceptions import CapacityError, FlotillaError, InputError, StoreUnavailableError
+from cluster.exceptions import AlreadyExistsError, CapacityError, FlotillaError, InputError, StoreUnavailableError
 from cluster.shell.planner import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery
 from cluster.shell.proto import flotilla_pb2 as pb
 from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
@@ -88,6 +88,8 @@ class ExpertsNotConfiguredError(FlotillaError):
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status code of an error raised while serving."""
+    if isinstance(exc, AlreadyExistsError):
+        return grpc.StatusCode.ALREADY_EXISTS
     if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
@@ -99,6 +101,18 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, (NoReplicaError, StoreUnavailableError)):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
+
+
+#: Initial metadata key carrying the request's id, sent before dispatch (retry with it).
+REQUEST_ID_METADATA = "x-request-id"
+
+
+def caller_of(context: Any) -> str:
+    """The caller's identity for binding request ids: a hash of its bearer token ('' without)."""
+    import hashlib
+
+    token = dict(context.invocation_metadata() or ()).get("authorization", "")
+    return hashlib.sha256(token.encode()).hexdigest()[:32] if token else ""
 
 
 def _finite(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> float:
@@ -120,7 +134,7 @@ def generate_request(msg: Any, served_model: str) -> dict[str, Any]:
     temperature = _finite("temperature", msg.temperature, 0.0, 100.0)
     top_p = _finite("top_p", msg.top_p or 1.0, 0.0, 1.0, lo_open=True)
     if msg.model and msg.model.lower() != served_model.lower():
-        raise InputError(f"model: unknown model {msg.model!r}; this server serves {served_model!r}")
+        raise InputError(f"model: unknown model {msg.model!r:.60}; this server serves {served_model!r}")
     seed = msg.seed if msg.HasField("seed") else None
     if seed is not None and seed >= 2**63:
         raise InputError(f"seed: {seed} is out of range; allowed: 0..2**63-1")
@@ -194,9 +208,11 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
             req = generate_request(request, self.model_name)
             remaining = context.time_remaining()
             timeout = remaining if remaining is not None and remaining < 1e8 else None
-            events = self.router.stream(req, timeout_s=timeout)
+            events = self.router.stream(req, timeout_s=timeout, caller=caller_of(context))
             for ev in events:
-                if ev["type"] == "chunk":
+                if ev["type"] == "accepted":  # the id reaches the client before dispatch
+                    context.send_initial_metadata(((REQUEST_ID_METADATA, ev["request_id"]),))
+                elif ev["type"] == "chunk":
                     yield pb.GenerateResponse(chunk=pb.Chunk(index=ev["index"], text=ev["text"]))
                 else:
                     yield final_message(ev)

@@ -95,6 +95,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
         router = Router(store, replicas, cfg.router)
         replayed = router.start()
         gateway = Gateway(router, store, cfg.gateway, source.name, selector).start()
+        running.start_heartbeats()  # devices stay in the store's registry while serving
     except BaseException:
         for h in experts.values():
             ray.kill(h)

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from fractions import Fraction
 
-from cluster.exceptions import InputError, StoreUnavailableError
+from cluster.exceptions import InputError, RequestIdInUseError, StoreUnavailableError
 from solvers import validate
 
 DEFAULT_HISTOGRAM_CAP = 10_000
@@ -235,6 +235,11 @@ class StateStore(abc.ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailableError(
@@ -305,34 +310,79 @@ class StateStore(abc.ABC):
         return sorted(self._plan_versions(name))
 
     # ---- request journal ------------------------------------------------------------------------
+    #
+    # A request id moves through: appended (pending, owned by one router) -> completed (its
+    # result stored with a TTL; the payload, prompt included, is dropped) or acknowledged
+    # without a result (failed or abandoned: the entry is removed and the id is free again).
+    # The entry keeps a fingerprint of the request (a hash of prompt, parameters and caller), so
+    # a retry with the same id is told apart from a different request that reuses it.
 
-    def journal_append(self, request_id: str, payload: dict) -> None:
-        """Journal a request before it is dispatched. An id already in the journal, acknowledged
-        or not, raises InputError and leaves the existing entry untouched."""
+    def journal_append(self, request_id: str, payload: dict, *, fingerprint: str = "", owner: str = "") -> None:
+        """Journal a request before it is dispatched, owned by router ``owner``. An id that is
+        pending or has a stored result raises :class:`~cluster.exceptions.RequestIdInUseError`
+        (with ``same`` telling whether its fingerprint matches and ``result`` the stored result,
+        if any) and leaves the existing entry untouched."""
         _check_name(request_id, "request_id")
-        blob = f'{{"payload":{_to_json(payload, "payload")},"appended_at":{time.time()!r}}}'
+        entry = {"fingerprint": str(fingerprint), "owner": str(owner), "appended_at": time.time()}
+        blob = f'{{"payload":{_to_json(payload, "payload")},{json.dumps(entry)[1:]}'
         self._check_open()
-        if not self._journal_append(request_id, blob):
-            raise InputError(
-                f"request_id {request_id!r} is already in the journal; request ids must be unique "
-                "(use a fresh id, e.g. a uuid4)"
-            )
+        existing = self._journal_append(request_id, blob)
+        if existing is not None:
+            old = json.loads(existing[0])
+            same = old.get("fingerprint", "") == str(fingerprint)
+            raise RequestIdInUseError(request_id, same=same, result=old.get("result") if same and existing[1] else None)
+
+    def journal_complete(self, request_id: str, result: dict, *, ttl_s: float = 86_400.0) -> bool:
+        """Store a request's final ``result`` for ``ttl_s`` seconds and drop its payload, as one
+        atomic step; from then on it is not pending (never replayed) and a retry with the same id
+        and fingerprint gets ``result``. True for the call that completed it; False if the id was
+        not pending (unknown, already completed or acknowledged: nothing is stored then)."""
+        _check_name(request_id, "request_id")
+        ttl_ms = _ttl_ms(ttl_s)
+        result_json = _to_json(result, "result")
+        self._check_open()
+        return self._journal_complete(request_id, result_json, ttl_ms)
 
     def journal_ack(self, request_id: str) -> bool:
-        """Mark a journaled request done. True for the one call that acknowledges it; False if
-        the id is unknown or was already acknowledged (so two racing acks cannot both win)."""
+        """Remove a pending request without a result (it failed or was abandoned); its id is
+        free again. True for the one call that removes it; False if the id is not pending (so
+        two racing acks cannot both win)."""
         _check_name(request_id, "request_id")
         self._check_open()
         return self._journal_ack(request_id)
 
     def journal_unacked(self) -> list[tuple[str, dict]]:
-        """The requests appended but not acknowledged, ``[(request_id, payload)]``, in append
-        order."""
+        """The pending requests, ``[(request_id, payload)]``, in append order."""
         self._check_open()
         return [(rid, json.loads(blob)["payload"]) for rid, blob in self._journal_unacked()]
 
+    def journal_claim_orphans(self, owner: str) -> list[tuple[str, dict]]:
+        """Take over, atomically, every pending request whose owner holds no live lease (see
+        :meth:`lease`): each becomes ``owner``'s and is returned, ``[(request_id, payload)]`` in
+        append order. Requests of a live router are left alone, so two routers on one store never
+        run the same entry."""
+        _check_name(owner, "owner")
+        self._check_open()
+        return [(rid, json.loads(blob)["payload"]) for rid, blob in self._journal_claim_orphans(owner)]
+
+    def lease(self, owner: str, ttl_s: float) -> None:
+        """Hold (or renew) router ``owner``'s lease for ``ttl_s`` seconds."""
+        _check_name(owner, "owner")
+        ttl_ms = _ttl_ms(ttl_s)
+        self._check_open()
+        self._lease(owner, ttl_ms)
+
+    def release_lease(self, owner: str) -> None:
+        """Drop ``owner``'s lease now (its pending requests become orphans at once)."""
+        _check_name(owner, "owner")
+        self._check_open()
+        self._release_lease(owner)
+
     def journal_get(self, request_id: str) -> dict | None:
-        """``{"payload": dict, "acked": bool, "appended_at": float}`` (Unix time), or None."""
+        """``{"payload": dict | None, "acked": bool, "appended_at": float, "fingerprint": str,
+        "owner": str, "result": dict | None}``, or None when the id is unknown (never appended,
+        acknowledged without a result, or its result expired). A completed entry has
+        ``acked: True``, its ``result`` and no payload."""
         _check_name(request_id, "request_id")
         self._check_open()
         found = self._journal_get(request_id)
@@ -340,7 +390,9 @@ class StateStore(abc.ABC):
             return None
         blob, acked = found
         entry = json.loads(blob)
-        return {"payload": entry["payload"], "acked": acked, "appended_at": entry["appended_at"]}
+        return {"payload": entry.get("payload"), "acked": acked, "appended_at": entry["appended_at"],
+                "fingerprint": entry.get("fingerprint", ""), "owner": entry.get("owner", ""),
+                "result": entry.get("result")}
 
     # ---- metrics ------------------------------------------------------------------------------
 
@@ -420,7 +472,20 @@ class StateStore(abc.ABC):
     def _plan_versions(self, name: str) -> list[int]: ...
 
     @abc.abstractmethod
-    def _journal_append(self, request_id: str, blob: str) -> bool: ...
+    def _journal_append(self, request_id: str, blob: str) -> tuple[str, bool] | None:
+        """None when appended; else the existing entry's ``(blob, completed)``."""
+
+    @abc.abstractmethod
+    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int) -> bool: ...
+
+    @abc.abstractmethod
+    def _journal_claim_orphans(self, owner: str) -> list[tuple[str, str]]: ...
+
+    @abc.abstractmethod
+    def _lease(self, owner: str, ttl_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    def _release_lease(self, owner: str) -> None: ...
 
     @abc.abstractmethod
     def _journal_ack(self, request_id: str) -> bool: ...

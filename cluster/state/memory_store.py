@@ -46,8 +46,10 @@ class MemoryStore(StateStore):
         self._device_info: dict[str, tuple[str, float]] = {}  # id -> (blob, deadline)
         self._plans: dict[str, dict[int, str]] = {}
         self._plan_seq: dict[str, int] = {}
-        self._journal: dict[str, str] = {}
+        self._journal: dict[str, str] = {}  # pending entries
         self._pending: dict[str, None] = {}  # an insertion-ordered set
+        self._results: dict[str, tuple[str, float]] = {}  # id -> (blob, deadline)
+        self._leases: dict[str, float] = {}  # owner -> deadline
         self._counter_values: dict[str, float] = {}
         self._histograms: dict[str, _Histogram] = {}
 
@@ -97,12 +99,38 @@ class MemoryStore(StateStore):
         with self._lock:
             return list(self._plans.get(name, {}))
 
-    def _journal_append(self, request_id: str, blob: str) -> bool:
+    def _result(self, request_id: str) -> str | None:
+        found = self._results.get(request_id)
+        if found is None:
+            return None
+        if found[1] <= self._clock():
+            del self._results[request_id]
+            return None
+        return found[0]
+
+    def _journal_append(self, request_id: str, blob: str) -> tuple[str, bool] | None:
         with self._lock:
             if request_id in self._journal:
-                return False
+                return self._journal[request_id], False
+            done = self._result(request_id)
+            if done is not None:
+                return done, True
             self._journal[request_id] = blob
             self._pending[request_id] = None
+            return None
+
+    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int) -> bool:
+        import json
+
+        with self._lock:
+            blob = self._journal.pop(request_id, None)
+            if blob is None:
+                return False
+            del self._pending[request_id]
+            entry = json.loads(blob)
+            done = {"fingerprint": entry.get("fingerprint", ""), "owner": entry.get("owner", ""),
+                    "appended_at": entry["appended_at"], "result": json.loads(result_json)}
+            self._results[request_id] = (json.dumps(done), self._clock() + ttl_ms / 1000)
             return True
 
     def _journal_ack(self, request_id: str) -> bool:
@@ -110,16 +138,44 @@ class MemoryStore(StateStore):
             if request_id not in self._pending:
                 return False
             del self._pending[request_id]
+            del self._journal[request_id]
             return True
 
     def _journal_unacked(self) -> list[tuple[str, str]]:
         with self._lock:
             return [(rid, self._journal[rid]) for rid in self._pending]
 
+    def _journal_claim_orphans(self, owner: str) -> list[tuple[str, str]]:
+        import json
+
+        with self._lock:
+            now = self._clock()
+            out = []
+            for rid in self._pending:
+                entry = json.loads(self._journal[rid])
+                holder = entry.get("owner", "")
+                if holder != owner and self._leases.get(holder, 0.0) > now:
+                    continue
+                entry["owner"] = owner
+                self._journal[rid] = json.dumps(entry)
+                out.append((rid, self._journal[rid]))
+            return out
+
+    def _lease(self, owner: str, ttl_ms: int) -> None:
+        with self._lock:
+            self._leases[owner] = self._clock() + ttl_ms / 1000
+
+    def _release_lease(self, owner: str) -> None:
+        with self._lock:
+            self._leases.pop(owner, None)
+
     def _journal_get(self, request_id: str) -> tuple[str, bool] | None:
         with self._lock:
             blob = self._journal.get(request_id)
-            return None if blob is None else (blob, request_id not in self._pending)
+            if blob is not None:
+                return blob, False
+            done = self._result(request_id)
+            return None if done is None else (done, True)
 
     def _incr(self, name: str, by: float) -> float:
         with self._lock:

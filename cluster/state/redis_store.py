@@ -46,10 +46,53 @@ return {v, blob}
 """
 
 _LUA_JOURNAL_APPEND = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then return {cur, 0} end
+local done = redis.call('GET', KEYS[4])
+if done then return {done, 1} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
+return false
+"""
+
+# The stored result is spliced as text (never re-encoded by cjson, whose %.14g would round
+# floats and large integers); only the entry's small fields are decoded.
+_LUA_JOURNAL_COMPLETE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local e = cjson.decode(cur)
+local done = '{"fingerprint":' .. cjson.encode(e.fingerprint or '') ..
+  ',"owner":' .. cjson.encode(redis.call('HGET', KEYS[4], ARGV[1]) or '') ..
+  ',"appended_at":' .. string.format('%.17g', e.appended_at) .. ',"result":' .. ARGV[2] .. '}'
+redis.call('SET', KEYS[3], done, 'PX', ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
+"""
+
+_LUA_JOURNAL_ACK = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Owners live in their own hash, so a claim rewrites one small field, never the payload.
+_LUA_JOURNAL_CLAIM = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for _, id in ipairs(ids) do
+  local holder = redis.call('HGET', KEYS[3], id) or ''
+  if holder == ARGV[1] or holder == '' or redis.call('EXISTS', ARGV[2] .. holder) == 0 then
+    redis.call('HSET', KEYS[3], id, ARGV[1])
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', KEYS[2], id)
+  end
+end
+return out
 """
 
 _LUA_JOURNAL_UNACKED = """
@@ -138,6 +181,9 @@ class RedisStore(StateStore):
         self._lua_latest_plan = reg(_LUA_LATEST_PLAN)
         self._lua_journal_append = reg(_LUA_JOURNAL_APPEND)
         self._lua_journal_unacked = reg(_LUA_JOURNAL_UNACKED)
+        self._lua_journal_complete = reg(_LUA_JOURNAL_COMPLETE)
+        self._lua_journal_ack = reg(_LUA_JOURNAL_ACK)
+        self._lua_journal_claim = reg(_LUA_JOURNAL_CLAIM)
         self._lua_incr = reg(_LUA_INCR)
         self._lua_observe = reg(_LUA_OBSERVE)
         try:
@@ -202,14 +248,29 @@ class RedisStore(StateStore):
         with self._guard():
             return [int(v) for v in self._client.hkeys(self._k("plan", name))]
 
-    def _journal_append(self, request_id: str, blob: str) -> bool:
+    def _journal_keys(self) -> tuple[str, str, str, str]:
+        return self._k("journal"), self._k("journal", "pending"), self._k("journal", "seq"), self._k("journal", "owner")
+
+    def _journal_append(self, request_id: str, blob: str) -> tuple[str, bool] | None:
+        import json
+
+        journal, pending, seq, owners = self._journal_keys()
+        owner = json.loads(blob).get("owner", "")
         with self._guard():
-            keys = [self._k("journal"), self._k("journal", "pending"), self._k("journal", "seq")]
-            return bool(self._lua_journal_append(keys=keys, args=[request_id, blob]))
+            got = self._lua_journal_append(keys=[journal, pending, seq, self._k("result", request_id), owners],
+                                           args=[request_id, blob, owner])
+        return None if got is None else (got[0], bool(got[1]))
+
+    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int) -> bool:
+        journal, pending, _, owners = self._journal_keys()
+        with self._guard():
+            return bool(self._lua_journal_complete(keys=[journal, pending, self._k("result", request_id), owners],
+                                                   args=[request_id, result_json, ttl_ms]))
 
     def _journal_ack(self, request_id: str) -> bool:
+        journal, pending, _, owners = self._journal_keys()
         with self._guard():
-            return bool(self._client.zrem(self._k("journal", "pending"), request_id))
+            return bool(self._lua_journal_ack(keys=[pending, journal, owners], args=[request_id]))
 
     def _journal_unacked(self) -> list[tuple[str, str]]:
         with self._guard():
@@ -218,13 +279,39 @@ class RedisStore(StateStore):
             )
         return list(zip(flat[::2], flat[1::2]))
 
+    def _journal_claim_orphans(self, owner: str) -> list[tuple[str, str]]:
+        journal, pending, _, owners = self._journal_keys()
+        with self._guard():
+            flat = self._lua_journal_claim(keys=[pending, journal, owners], args=[owner, self._k("lease", "")])
+        return [(rid, self._with_owner(blob, owner)) for rid, blob in zip(flat[::2], flat[1::2])]
+
+    def _lease(self, owner: str, ttl_ms: int) -> None:
+        with self._guard():
+            self._client.set(self._k("lease", owner), "1", px=ttl_ms)
+
+    def _release_lease(self, owner: str) -> None:
+        with self._guard():
+            self._client.delete(self._k("lease", owner))
+
+    @staticmethod
+    def _with_owner(blob: str, owner: str) -> str:
+        import json
+
+        entry = json.loads(blob)
+        entry["owner"] = owner
+        return json.dumps(entry)
+
     def _journal_get(self, request_id: str) -> tuple[str, bool] | None:
+        journal, _, _, owners = self._journal_keys()
         with self._guard():
             pipe = self._client.pipeline(transaction=True)
-            pipe.hget(self._k("journal"), request_id)
-            pipe.zscore(self._k("journal", "pending"), request_id)
-            blob, score = pipe.execute()
-        return None if blob is None else (blob, score is None)
+            pipe.hget(journal, request_id)
+            pipe.hget(owners, request_id)
+            pipe.get(self._k("result", request_id))
+            blob, owner, done = pipe.execute()
+        if blob is not None:
+            return self._with_owner(blob, owner or ""), False
+        return None if done is None else (done, True)
 
     def _incr(self, name: str, by: float) -> float:
         with self._guard():

@@ -18,6 +18,15 @@ def test_greedy_is_argmax():
     assert next_token(logits, SamplingParams(), None) == 1
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-38, 9.9e-6])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature):
+    logits = torch.tensor([0.1, 3.0, -1.0, 2.9])
+    gen = torch.Generator().manual_seed(0)
+    assert SamplingParams(temperature=temperature).greedy
+    assert next_token(logits, SamplingParams(temperature=temperature), gen) == 1
+    assert not SamplingParams(temperature=1e-5).greedy
+
+
 def _nucleus_bruteforce(probs: list[float], top_p: float) -> set[int]:
     """Smallest prefix of the descending order whose mass reaches top_p (by enumeration)."""
     order = sorted(range(len(probs)), key=lambda i: -probs[i])

@@ -4,12 +4,14 @@ with journaled requests, deadlines, the bounded queue. Echo experts keep it fast
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
 
 from actors.routing import Replica
 from actors.router import DeadlineExceededError, QueueFullError, Router, RouterConfig
+from cluster.exceptions import RequestIdInUseError
 
 KIND = "jetson-agx-orin-64"
 WORDS = " ".join(f"w{i}" for i in range(30))
@@ -52,7 +54,7 @@ def test_deadline_is_enforced_and_acknowledged(store, pool):
     router.start()
     with pytest.raises(DeadlineExceededError, match="deadline"):
         router.generate({"prompt": WORDS, "max_tokens": 64, "request_id": "late"}, timeout_s=0.3)
-    assert store.journal_get("late")["acked"] is True
+    assert store.journal_get("late") is None  # acknowledged without a result: the id is free again
     assert store.journal_unacked() == []
     assert all(r["active"] == 0 for r in router.replicas())
 
@@ -61,6 +63,8 @@ def test_queue_is_bounded(store, pool):
     router = _router(store, pool, max_queue=2)
     router.start()
     streams = [router.stream({"prompt": WORDS, "request_id": f"q{i}"}) for i in range(3)]
+    for s in streams:
+        assert next(s) == {"type": "accepted", "request_id": s.gi_frame.f_locals["rid"]}
     assert next(streams[0])["type"] == "chunk"
     assert next(streams[1])["type"] == "chunk"
     with pytest.raises(QueueFullError, match=r"queue is full \(2 requests"):
@@ -114,8 +118,84 @@ def test_gateway_restart_replays_journaled_requests(store, pool):
         with Client(g2.address) as c:
             result = c.generate(WORDS, max_tokens=64, request_id="survivor")
         assert result.text == WORDS and result.replayed
+        assert store.journal_get("survivor")["result"]["text"] == WORDS
     finally:
         g2.stop(0.5)
+
+
+def test_reused_id_of_another_request_fails_fast_and_frees_nothing(store, pool):
+    """A request id reused for a different prompt gets RequestIdInUseError at once, every time,
+    even when no result is cached in the router (it used to leave a pending entry behind that
+    froze every later request with that id until its deadline)."""
+    router = _router(store, pool, result_cache=0)
+    router.start()
+    first = router.generate({"prompt": "a b c", "request_id": "dup"})
+    assert first["text"] == "a b c"
+    for _ in range(5):
+        with pytest.raises(RequestIdInUseError, match="already used by another request") as info:
+            router.generate({"prompt": "something else", "request_id": "dup"}, timeout_s=5)
+        assert "a b c" not in str(info.value)
+    # The same request again is a retry: the stored answer, not a second run.
+    again = router.generate({"prompt": "a b c", "request_id": "dup"}, timeout_s=5)
+    assert again["text"] == "a b c" and again["replayed"] is True
+    assert store.counter("router.completed") == 1
+    assert router.status()["admitted"] == 0 and router._pending == {}
+
+
+def test_a_result_belongs_to_its_caller(store, pool):
+    router = _router(store, pool)
+    router.start()
+    assert router.generate({"prompt": "x y", "request_id": "mine"}, caller="alice")["text"] == "x y"
+    with pytest.raises(RequestIdInUseError):
+        router.generate({"prompt": "x y", "request_id": "mine"}, caller="mallory")
+    assert router.generate({"prompt": "x y", "request_id": "mine"}, caller="alice")["replayed"] is True
+
+
+def test_retry_after_restart_returns_the_stored_answer(store, pool):
+    first = _router(store, pool)
+    first.start()
+    answer = first.generate({"prompt": WORDS, "max_tokens": 64, "temperature": 0.8, "request_id": "keep"})
+    first.close()
+    second = _router(store, pool)  # a new process: empty result cache
+    assert second.start() == 0
+    again = second.generate({"prompt": WORDS, "max_tokens": 64, "temperature": 0.8, "request_id": "keep"})
+    assert again["text"] == answer["text"] and again["replayed"] is True
+    assert store.counter("router.completed") == 1
+    assert store.journal_get("keep")["payload"] is None  # the prompt is not kept once done
+
+
+def test_two_routers_on_one_store_never_run_one_request_twice(store, pool):
+    a = _router(store, pool)
+    a.start()
+    stream = a.stream({"prompt": WORDS, "max_tokens": 64, "request_id": "shared"})
+    assert next(stream)["type"] == "accepted"
+    assert next(stream)["type"] == "chunk"  # running on a
+    b = _router(store, pool, lease_ttl_s=0.3)
+    assert b.start() == 0  # a holds its lease: b takes nothing over
+    got: list[dict] = []
+    waiter = threading.Thread(target=lambda: got.append(b.generate({"prompt": WORDS, "max_tokens": 64, "request_id": "shared"})))
+    waiter.start()
+    rest = list(stream)
+    waiter.join(30)
+    assert rest[-1]["text"] == WORDS
+    assert got and got[0]["text"] == WORDS and got[0]["replayed"] is True
+    assert b.wait_replayed(5) and store.counter("router.replayed") == 0
+    assert store.counter("router.completed") == 1
+    a.close()
+    b.close()
+
+
+def test_actor_death_errors_are_told_from_transient_ones():
+    from ray.exceptions import ActorUnavailableError, NodeDiedError, OutOfMemoryError, WorkerCrashedError
+
+    from actors.router import _is_actor_death, _is_transient
+
+    assert _is_actor_death(OutOfMemoryError("killed by the memory monitor"))
+    assert _is_actor_death(WorkerCrashedError())
+    assert _is_actor_death(NodeDiedError("node gone"))
+    assert not _is_actor_death(ActorUnavailableError("restarting", None))
+    assert _is_transient(ActorUnavailableError("restarting", None))
+    assert not _is_actor_death(ValueError("bad input")) and not _is_transient(ValueError("x"))
 
 
 def test_killed_replica_mid_stream_completes_elsewhere_exactly_once(store, pool):
@@ -124,6 +204,7 @@ def test_killed_replica_mid_stream_completes_elsewhere_exactly_once(store, pool)
     router = _router(store, pool)
     router.start()
     stream = router.stream({"prompt": WORDS, "max_tokens": 64, "request_id": "victim"})
+    assert next(stream) == {"type": "accepted", "request_id": "victim"}
     first = next(stream)
     assert first["type"] == "chunk"
     busy = [r for r in router.replicas() if r["active"] == 1]
@@ -136,6 +217,30 @@ def test_killed_replica_mid_stream_completes_elsewhere_exactly_once(store, pool)
     assert text == WORDS  # every word once, in order, although the first replica died mid-stream
     assert final["text"] == WORDS and final["attempts"] == 2
     assert final["device_id"] != busy[0]["device_id"]
-    assert store.journal_unacked() == [] and store.journal_get("victim")["acked"] is True
+    assert store.journal_unacked() == [] and store.journal_get("victim")["result"]["text"] == WORDS
     assert store.counter("router.redispatched") == 1
     assert [r["alive"] for r in router.replicas() if r["device_id"] == busy[0]["device_id"]] == [False]
+
+
+def test_lease_loop_survives_a_store_outage(throwaway_redis):
+    """The lease thread keeps going through a Redis outage and holds the lease again after it."""
+    from cluster.state import open_store
+
+    store = open_store(throwaway_redis.url(), namespace="lease")
+    router = Router(store, [], RouterConfig(lease_ttl_s=0.3, router_id="g-outage"))
+    router.start()
+    throwaway_redis.stop()
+    deadline = time.monotonic() + 10
+    while router.lease_failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert router.lease_failures >= 2 and router._lease_thread.is_alive()
+    throwaway_redis.start()  # a fresh, empty server: the lease must be taken again
+    store.journal_append("orphan", {"prompt": "p"}, owner="g-dead")
+    deadline = time.monotonic() + 10
+    while store.counter("router.replay_failed") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Claimed and replayed (it fails: this router has no replicas), then acknowledged.
+    assert store.counter("router.replay_failed") == 1
+    assert store.journal_unacked() == []
+    router.close()
+    store.close()

@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cluster.exceptions import InputError, StoreUnavailableError
+from cluster.exceptions import InputError, RequestIdInUseError, StoreUnavailableError
 from cluster.state import (
     HistogramSummary,
     MemoryStore,
@@ -94,12 +94,6 @@ def _run_together(n_threads: int, target) -> list:
     if errors:
         raise errors[0]
     return results
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +257,7 @@ def test_concurrent_put_plan_gives_unique_versions(make_store):
 def test_journal_append_order_ack_and_get(store):
     before = time.time()
     for i in range(6):
-        store.journal_append(f"r{i}", {"prompt": f"p{i}", "max_tokens": i})
+        store.journal_append(f"r{i}", {"prompt": f"p{i}", "max_tokens": i}, fingerprint=f"f{i}", owner="g1")
     after = time.time()
     expected = [(f"r{i}", {"prompt": f"p{i}", "max_tokens": i}) for i in range(6)]
     assert store.journal_unacked() == expected
@@ -274,30 +268,79 @@ def test_journal_append_order_ack_and_get(store):
     assert store.journal_ack("unknown") is False
     assert [rid for rid, _ in store.journal_unacked()] == ["r1", "r3", "r4", "r5"]
 
-    entry = store.journal_get("r2")
-    assert entry["payload"] == {"prompt": "p2", "max_tokens": 2}
-    assert entry["acked"] is True
+    # Acknowledged without a result: the entry is gone (prompt included) and the id is free.
+    assert store.journal_get("r2") is None
+    entry = store.journal_get("r3")
+    assert entry["payload"] == {"prompt": "p3", "max_tokens": 3}
+    assert entry["acked"] is False and entry["result"] is None
+    assert entry["fingerprint"] == "f3" and entry["owner"] == "g1"
     assert before <= entry["appended_at"] <= after
-    assert store.journal_get("r3")["acked"] is False
     assert store.journal_get("unknown") is None
+    store.journal_append("r2", {"v": "reused"})
+    assert [rid for rid, _ in store.journal_unacked()] == ["r1", "r3", "r4", "r5", "r2"]
 
 
-def test_journal_duplicate_append_is_refused_and_keeps_original(store):
-    store.journal_append("r1", {"v": "original"})
-    with pytest.raises(InputError, match="'r1'.*already in the journal"):
-        store.journal_append("r1", {"v": "overwrite"})
+def test_journal_complete_keeps_the_result_drops_the_prompt(store):
+    store.journal_append("r1", {"prompt": "x" * 1000}, fingerprint="fp")
+    seed = 2**62 + 12345  # survives the store exactly (no float rounding on the way)
+    result = {"text": "answer", "ttft_s": 0.1 + 0.2, "seed": seed}
+    assert store.journal_complete("r1", result, ttl_s=60) is True
+    assert store.journal_complete("r1", result, ttl_s=60) is False  # completes once
+    assert store.journal_ack("r1") is False  # no longer pending
+    assert store.journal_unacked() == []
+    entry = store.journal_get("r1")
+    assert entry["acked"] is True and entry["payload"] is None
+    assert entry["result"] == result and entry["fingerprint"] == "fp"
+    assert store.journal_complete("never", result) is False
+    assert store.journal_get("never") is None
+
+
+def test_journal_results_expire(make_store):
+    store = make_store()
+    store.journal_append("short", {"v": 1}, fingerprint="a")
+    assert store.journal_complete("short", {"text": "t"}, ttl_s=0.05)
+    time.sleep(0.15)
+    assert store.journal_get("short") is None
+    store.journal_append("short", {"v": 2}, fingerprint="b")  # the id is free again
+    assert store.journal_unacked() == [("short", {"v": 2})]
+
+
+def test_journal_reused_id_says_whether_it_is_the_same_request(store):
+    store.journal_append("r1", {"v": "original"}, fingerprint="fp1")
+    with pytest.raises(RequestIdInUseError) as info:
+        store.journal_append("r1", {"v": "overwrite"}, fingerprint="fp2")
+    assert info.value.same is False and info.value.result is None
+    assert "original" not in str(info.value) and "fp1" not in str(info.value)
+    with pytest.raises(RequestIdInUseError) as info:
+        store.journal_append("r1", {"v": "original"}, fingerprint="fp1")
+    assert info.value.same is True and info.value.result is None
     assert store.journal_get("r1")["payload"] == {"v": "original"}
     assert store.journal_unacked() == [("r1", {"v": "original"})]
-    # Still refused once acknowledged: a request id is never reused.
-    assert store.journal_ack("r1") is True
-    with pytest.raises(InputError, match="already in the journal"):
-        store.journal_append("r1", {"v": "again"})
-    assert store.journal_get("r1") == {
-        "payload": {"v": "original"},
-        "acked": True,
-        "appended_at": store.journal_get("r1")["appended_at"],
-    }
+    store.journal_complete("r1", {"text": "done"})
+    with pytest.raises(RequestIdInUseError) as info:
+        store.journal_append("r1", {"v": "original"}, fingerprint="fp1")
+    assert info.value.same is True and info.value.result == {"text": "done"}
+    with pytest.raises(RequestIdInUseError) as info:
+        store.journal_append("r1", {"v": "other"}, fingerprint="fp9")
+    assert info.value.same is False and info.value.result is None  # nothing revealed
     assert store.journal_unacked() == []
+
+
+def test_leases_decide_who_may_claim_pending_entries(store):
+    store.lease("g1", ttl_s=30)
+    store.journal_append("a", {"n": 1}, owner="g1")
+    store.journal_append("b", {"n": 2}, owner="g2")  # g2 holds no lease: an orphan
+    store.journal_append("c", {"n": 3})  # no owner: an orphan
+    assert store.journal_claim_orphans("g3") == [("b", {"n": 2}), ("c", {"n": 3})]
+    assert store.journal_get("b")["owner"] == "g3"
+    store.lease("g3", ttl_s=30)
+    assert store.journal_claim_orphans("g4") == []  # g1 and g3 are alive
+    store.release_lease("g1")
+    assert store.journal_claim_orphans("g4") == [("a", {"n": 1})]
+    store.lease("g4", ttl_s=30)
+    assert [(r, store.journal_get(r)["owner"]) for r in "abc"] == [("a", "g4"), ("b", "g3"), ("c", "g3")]
+    # Its own entries are always the owner's to take back (a restarted router with the same id).
+    assert store.journal_claim_orphans("g3") == [("b", {"n": 2}), ("c", {"n": 3})]
 
 
 def test_concurrent_acks_exactly_one_wins(make_store):
@@ -317,7 +360,7 @@ def test_concurrent_appends_of_one_id_exactly_one_wins(make_store):
     def append(i: int) -> bool:
         try:
             store.journal_append("same", {"writer": i})
-        except InputError:
+        except RequestIdInUseError:
             return False
         return True
 
@@ -347,7 +390,7 @@ def test_redis_journal_survives_reconnect(redis_url):
     try:
         for i in range(4):
             first.journal_append(f"r{i}", {"i": i})
-        first.journal_ack("r1")
+        first.journal_complete("r1", {"text": "one"})
         first.put_plan({"gpus": 3})
         first.incr("requests", 4)
         first.close()
@@ -358,7 +401,7 @@ def test_redis_journal_survives_reconnect(redis_url):
             assert isinstance(second, RedisStore)
             expected = [("r0", {"i": 0}), ("r2", {"i": 2}), ("r3", {"i": 3})]
             assert second.journal_unacked() == expected
-            assert second.journal_get("r1")["acked"] is True
+            assert second.journal_get("r1")["result"] == {"text": "one"}
             assert second.journal_ack("r1") is False
             assert second.get_plan() == (1, {"gpus": 3})
             assert second.counter("requests") == 4.0
@@ -713,8 +756,8 @@ def test_bad_url_messages_hide_the_password():
 
 
 @pytest.mark.parametrize("userinfo", [":s3cret@", "bob:s3cret@"])
-def test_unreachable_redis_fails_fast_naming_url_without_password(userinfo):
-    port = _free_port()
+def test_unreachable_redis_fails_fast_naming_url_without_password(userinfo, unused_port):
+    port = unused_port
     url = f"redis://{userinfo}127.0.0.1:{port}/0"
     start = time.monotonic()
     with pytest.raises(StoreUnavailableError) as info:
@@ -736,40 +779,18 @@ def test_redact_url():
     assert redact_url(":pw@h:6379") == "***@h:6379"
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
-def test_store_reports_a_lost_server_and_recovers_when_it_returns(tmp_path):
+def test_store_reports_a_lost_server_and_recovers_when_it_returns(throwaway_redis):
     """A throw-away redis-server: killed mid-session, calls raise StoreUnavailableError; started
     again on the same port, the same store object works without being reopened."""
-    port = _free_port()
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", str(tmp_path)]
-
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        proc.kill()
-        raise AssertionError("throw-away redis-server did not start")
-
-    proc = start()
-    try:
-        store = open_store(f"redis://:pw@127.0.0.1:{port}/0", namespace="lost")
-        assert store.incr("c") == 1.0
-        proc.terminate()
-        proc.wait(timeout=10)
-        with pytest.raises(StoreUnavailableError, match=rf"redis://:\*\*\*@127.0.0.1:{port}/0"):
-            store.incr("c")
-        with pytest.raises(StoreUnavailableError):
-            store.ping()
-        proc = start()
+    port = throwaway_redis.port
+    store = open_store(throwaway_redis.url(":pw@"), namespace="lost")
+    assert store.incr("c") == 1.0
+    throwaway_redis.stop()
+    with pytest.raises(StoreUnavailableError, match=rf"redis://:\*\*\*@127.0.0.1:{port}/0"):
+        store.incr("c")
+    with pytest.raises(StoreUnavailableError):
         store.ping()
-        assert store.incr("c") == 1.0  # a fresh server (no persistence): state starts over
-        store.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    throwaway_redis.start()
+    store.ping()
+    assert store.incr("c") == 1.0  # a fresh server (no persistence): state starts over
+    store.close()

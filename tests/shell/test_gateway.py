@@ -109,6 +109,32 @@ def test_bad_fields_are_invalid_argument_naming_the_field(stub, fields, name):
     assert info.value.details().startswith(name)
 
 
+def test_request_id_comes_first_and_binds_to_its_request(stub):
+    rid = f"bound-{uuid.uuid4().hex}"
+    call = stub.Generate(pb.GenerateRequest(prompt="one two", request_id=rid), metadata=AUTH, timeout=30)
+    assert dict(call.initial_metadata())["x-request-id"] == rid  # before any chunk
+    events = list(call)
+    assert events[-1].final.text == "one two" and events[-1].final.request_id == rid
+    again = _generate(stub, pb.GenerateRequest(prompt="one two", request_id=rid))
+    assert again[-1].final.text == "one two" and again[-1].final.replayed
+    with pytest.raises(grpc.RpcError) as info:
+        _generate(stub, pb.GenerateRequest(prompt="something else", request_id=rid))
+    assert info.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert "one two" not in info.value.details() and info.value.details().startswith(f"request_id {rid!r}")
+
+
+def test_a_generated_id_reaches_the_client_first(stub):
+    call = stub.Generate(pb.GenerateRequest(prompt="a b"), metadata=AUTH, timeout=30)
+    rid = dict(call.initial_metadata())["x-request-id"]
+    assert len(rid) == 32 and list(call)[-1].final.request_id == rid
+
+
+def test_unknown_model_error_does_not_echo_a_huge_name(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        _generate(stub, pb.GenerateRequest(prompt="x", model="m" * 100_000))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT and len(info.value.details()) < 200
+
+
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 _float = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
