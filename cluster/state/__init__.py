@@ -23,9 +23,14 @@ key                            type    content
 ``devices``                    set     index of device ids; dead ids are pruned by ``devices()``
 ``plan:{name}``                hash    version -> plan JSON
 ``planseq:{name}``             string  the last version handed out (``INCR``)
-``journal``                    hash    request id -> ``{"payload", "appended_at"}`` JSON
-``journal:pending``            zset    unacknowledged request ids, scored by append sequence
+``journal``                    hash    pending request id -> ``{"payload", "fingerprint",
+                                       "owner", "appended_at"}`` JSON
+``journal:pending``            zset    pending request ids, scored by append sequence
 ``journal:seq``                string  the append sequence (``INCR``)
+``journal:owner``              hash    pending request id -> the router that owns it
+``result:{id}``                string  a completed request: ``{"fingerprint", "owner",
+                                       "appended_at", "result"}`` JSON, with a TTL (``PX``)
+``lease:{owner}``              string  a router's lease, with a TTL (``PX``)
 ``counters``                   hash    counter name -> value (``%.17g``)
 ``hist:{name}``                hash    count, sum, min, max of a histogram
 ``histsamples:{name}``         list    the newest ``histogram_cap`` samples, newest first

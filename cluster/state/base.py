@@ -191,7 +191,7 @@ def _to_json(value: object, field: str) -> str:
             f"{problem}; {field} must be JSON: dicts with str keys, lists, str, int, finite "
             "float, bool, None"
         )
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -794,3 +794,20 @@ def test_store_reports_a_lost_server_and_recovers_when_it_returns(throwaway_redi
     store.ping()
     assert store.incr("c") == 1.0  # a fresh server (no persistence): state starts over
     store.close()
+
+
+def test_redis_footprint_of_a_completed_request_does_not_depend_on_its_prompt(redis_url):
+    """Compaction: once completed, only the fingerprint and the result stay (the prompt goes)."""
+    sizes = {}
+    for label, prompt in (("short", "hi"), ("long", "\U0001F600 " * 16_384)):
+        with open_store(redis_url, namespace=f"test-bytes-{uuid.uuid4().hex[:8]}") as s:
+            s.journal_append("r", {"prompt": prompt}, fingerprint="f" * 64, owner="g")
+            client = s._client
+            keys = lambda: list(client.scan_iter(match=f"flotilla:{s.namespace}:*"))  # noqa: E731
+            pending = sum(client.memory_usage(k) for k in keys())
+            s.journal_complete("r", {"text": "ok"})
+            sizes[label] = (pending, sum(client.memory_usage(k) for k in keys()))
+            s.clear()
+    assert sizes["long"][0] > sizes["short"][0] + 60_000  # the prompt is held while pending (UTF-8)
+    assert sizes["long"][0] < 2 * 16_384 * 5  # stored as UTF-8, not \\u-escaped (12 bytes an emoji)
+    assert sizes["long"][1] == sizes["short"][1] < 1024  # and dropped once completed
