@@ -26,6 +26,10 @@ class CapacityError(FlotillaError):
     """A device cannot hold what was asked of it (memory ledger over capacity)."""
 
 
+class PermissionDeniedError(FlotillaError):
+    """The caller's credentials do not allow this action (gRPC PERMISSION_DENIED)."""
+
+
 class AlreadyExistsError(FlotillaError):
     """Something with this name exists and is not what was asked (gRPC ALREADY_EXISTS)."""
 
@@ -46,5 +50,5 @@ class RequestIdInUseError(AlreadyExistsError):
         self.result = result
 
 
-__all__ = ["AlreadyExistsError", "CapacityError", "CatalogError", "FlotillaError", "InputError", "RequestIdInUseError", "StoreUnavailableError",
+__all__ = ["AlreadyExistsError", "CapacityError", "CatalogError", "FlotillaError", "InputError", "PermissionDeniedError", "RequestIdInUseError", "StoreUnavailableError",
            "UnknownDeviceKindError", "did_you_mean"]

@@ -42,7 +42,14 @@ import grpc
 
 from actors.routing import NoReplicaError
 from actors.router import DeadlineExceededError, Router
-from cluster.exceptions import AlreadyExistsError, CapacityError, FlotillaError, InputError, StoreUnavailableError
+from cluster.exceptions import (
+    AlreadyExistsError,
+    CapacityError,
+    FlotillaError,
+    InputError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+)
 from cluster.shell.planner import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery
 from cluster.shell.proto import flotilla_pb2 as pb
 from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
@@ -65,6 +72,11 @@ class GatewayConfig:
     port: int = DEFAULT_PORT
     #: Bearer token required on Flotilla RPCs; None: no authentication.
     token: str | None = None
+    #: Bearer token that may also apply plans (``Plan`` with ``apply: true``); it is accepted
+    #: wherever ``token`` is. None: no one may apply plans through this gateway.
+    apply_token: str | None = None
+    #: The most devices an applied plan may request.
+    max_apply_devices: int = 64
     #: RPC threads; concurrent RPCs beyond ``max_rpcs`` get RESOURCE_EXHAUSTED from gRPC itself.
     max_workers: int = 32
     max_rpcs: int = 256
@@ -74,8 +86,15 @@ class GatewayConfig:
             raise InputError(f"host: expected an interface address, got {self.host!r}")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise InputError(f"port: {self.port!r}; allowed: 0..65535 (0 picks a free port)")
-        if self.token is not None and (not isinstance(self.token, str) or not self.token or not self.token.isprintable()):
-            raise InputError("token: expected a non-empty printable string")
+        for name in ("token", "apply_token"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v or not v.isprintable()):
+                raise InputError(f"{name}: expected a non-empty printable string")
+        if self.apply_token is not None and self.apply_token == self.token:
+            raise InputError("apply_token: must differ from token (it is a separate permission)")
+        v = self.max_apply_devices
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100_000:
+            raise InputError(f"max_apply_devices: {v!r}; allowed: 1..100000")
         for name in ("max_workers", "max_rpcs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000:
@@ -90,6 +109,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status code of an error raised while serving."""
     if isinstance(exc, AlreadyExistsError):
         return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(exc, PermissionDeniedError):
+        return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
@@ -189,11 +210,13 @@ def _bucket_msg(b: dict[str, Any]) -> Any:
 class FlotillaServicer(pb_grpc.FlotillaServicer):
     """Validates and forwards to the router; errors become status codes (see the module docstring)."""
 
-    def __init__(self, router: Router, store: Any, model_name: str, selector: Any = None) -> None:
+    def __init__(self, router: Router, store: Any, model_name: str, selector: Any = None, *,
+                 apply_token: str | None = None, max_apply_devices: int = 64) -> None:
         self.router = router
         self.store = store
         self.model_name = model_name
-        self.planner = Planner(store)
+        self.planner = Planner(store, max_apply_devices=max_apply_devices)
+        self._apply_auth = f"Bearer {apply_token}".encode() if apply_token else None
         self.selector = selector
 
     def _fail(self, context: Any, exc: BaseException) -> None:
@@ -225,7 +248,8 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
             if request.HasField("query"):
                 query = PlanQuery.from_pb(request.query)
                 remaining = context.time_remaining()
-                doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None)
+                doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None,
+                                       may_apply=self._may_apply(context))
                 allocation = allocation_message(doc)
             version, plan = self.router.plan()  # re-reads the store: an applied plan shows at once
             return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")),
@@ -233,6 +257,12 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                                    replicas=_replica_msgs(self.router.replicas()), allocation=allocation)
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)
+
+    def _may_apply(self, context: Any) -> bool:
+        if self._apply_auth is None:
+            return False
+        got = dict(context.invocation_metadata() or ()).get("authorization", "")
+        return hmac.compare_digest(got.encode() if isinstance(got, str) else bytes(got), self._apply_auth)
 
     def SelectExperts(self, request: Any, context: Any) -> Any:
         try:
@@ -270,8 +300,8 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
 class _AuthInterceptor(grpc.ServerInterceptor):
     """UNAUTHENTICATED unless ``authorization: Bearer <token>`` matches (constant-time compare)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, *tokens: str) -> None:
+        self._expected = [f"Bearer {t}".encode() for t in tokens]
 
         def deny(request: Any, context: Any) -> Any:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in the 'authorization' metadata")
@@ -284,7 +314,7 @@ class _AuthInterceptor(grpc.ServerInterceptor):
             return continuation(details)
         got = dict(details.invocation_metadata or ()).get("authorization", "")
         got_b = got.encode() if isinstance(got, str) else bytes(got)
-        if hmac.compare_digest(got_b, self._expected):
+        if any(hmac.compare_digest(got_b, want) for want in self._expected):
             return continuation(details)
         return self._deny_stream if details.method.endswith("/Generate") else self._deny_unary
 
@@ -298,10 +328,13 @@ class Gateway:
 
         self.config = config
         self.router = router
-        interceptors = [_AuthInterceptor(config.token)] if config.token else []
+        tokens = [t for t in (config.token, config.apply_token) if t]
+        interceptors = [_AuthInterceptor(*tokens)] if config.token else []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="flotilla-rpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs)
-        pb_grpc.add_FlotillaServicer_to_server(FlotillaServicer(router, store, model_name, selector), self.server)
+        pb_grpc.add_FlotillaServicer_to_server(
+            FlotillaServicer(router, store, model_name, selector, apply_token=config.apply_token,
+                             max_apply_devices=config.max_apply_devices), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (pb.DESCRIPTOR.services_by_name["Flotilla"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -335,15 +335,24 @@ class Planner:
 
     store: Any
     max_concurrent: int = 2
+    #: The most devices an applied plan may ask Ray's autoscaler for.
+    max_apply_devices: int = 64
     _slots: threading.Semaphore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._slots = threading.Semaphore(self.max_concurrent)
 
-    def run(self, query: PlanQuery, *, time_limit_s: float | None = None) -> dict[str, Any]:
-        """Solve (and apply when asked); the ``flotilla plan --json`` document plus ``applied``."""
-        from cluster.exceptions import CapacityError
+    def run(self, query: PlanQuery, *, time_limit_s: float | None = None, may_apply: bool = True) -> dict[str, Any]:
+        """Solve (and apply when asked); the ``flotilla plan --json`` document plus ``applied``.
 
+        Applying needs ``may_apply`` (the gateway's apply permission; PermissionDeniedError
+        before anything is solved) and a plan of at most ``max_apply_devices`` devices."""
+        from cluster.exceptions import CapacityError, PermissionDeniedError
+
+        if query.apply and not may_apply:
+            raise PermissionDeniedError(
+                "query.apply: applying a plan needs the gateway's apply token (start the gateway with "
+                "--apply-token or $FLOTILLA_APPLY_TOKEN and send that token as the bearer token)")
         if not self._slots.acquire(blocking=False):
             raise CapacityError(f"{self.max_concurrent} plans are being solved already; retry shortly")
         try:
@@ -356,6 +365,10 @@ class Planner:
             if not any(n > 0 for n in plan.counts.values()):
                 raise InputError(f"query.apply: the plan provisions no device (rate {query.rate:g}), so there is "
                                  "nothing to request or route; apply a plan with a positive rate")
+            n_devices = sum(plan.counts.values())
+            if n_devices > self.max_apply_devices:
+                raise InputError(f"query.apply: the plan asks for {n_devices} devices; this gateway applies at most "
+                                 f"{self.max_apply_devices} (--max-apply-devices); nothing was requested")
             result = apply_allocation(plan, self.store, grid)
             doc.update(applied=True, allocation_version=result["version"], bundles=len(result["bundles"]),
                        routing_version=result["routing_version"])

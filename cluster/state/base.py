@@ -20,6 +20,9 @@ from solvers import validate
 DEFAULT_HISTOGRAM_CAP = 10_000
 """How many of its newest samples a histogram keeps for percentiles."""
 
+PLAN_VERSIONS_KEPT = 50
+"""How many versions of each plan :meth:`StateStore.put_plan` keeps."""
+
 ALLOWED_SCHEMES = ("memory", "redis", "rediss")
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _CONNECT_TIMEOUT_S = 2.0
@@ -279,13 +282,17 @@ class StateStore(abc.ABC):
 
     # ---- plans --------------------------------------------------------------------------------
 
-    def put_plan(self, plan: dict, *, name: str = "default") -> int:
+    def put_plan(self, plan: dict, *, name: str = "default", keep: int = PLAN_VERSIONS_KEPT) -> int:
         """Store a new version of plan ``name``; returns its version: 1, 2, 3, ... Versions are
-        unique and increasing under concurrent writers (atomic increment-and-store)."""
+        unique and increasing under concurrent writers (atomic increment-and-store). Only the
+        newest ``keep`` versions are kept (older ones are deleted in the same atomic step);
+        version numbers are never reused."""
         _check_name(name, "name")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InputError(f"keep: {keep!r}; allowed: an integer >= 1")
         blob = _to_json(plan, "plan")
         self._check_open()
-        return self._put_plan(name, blob)
+        return self._put_plan(name, blob, keep)
 
     def get_plan(
         self, version: int | None = None, *, name: str = "default"
@@ -463,7 +470,7 @@ class StateStore(abc.ABC):
     def _remove_device(self, device_id: str) -> None: ...
 
     @abc.abstractmethod
-    def _put_plan(self, name: str, blob: str) -> int: ...
+    def _put_plan(self, name: str, blob: str, keep: int) -> int: ...
 
     @abc.abstractmethod
     def _get_plan(self, name: str, version: int | None) -> tuple[int, str] | None: ...

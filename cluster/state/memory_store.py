@@ -79,11 +79,14 @@ class MemoryStore(StateStore):
         with self._lock:
             self._device_info.pop(device_id, None)
 
-    def _put_plan(self, name: str, blob: str) -> int:
+    def _put_plan(self, name: str, blob: str, keep: int) -> int:
         with self._lock:
             version = self._plan_seq.get(name, 0) + 1
             self._plan_seq[name] = version
-            self._plans.setdefault(name, {})[version] = blob
+            versions = self._plans.setdefault(name, {})
+            versions[version] = blob
+            for v in [v for v in versions if v <= version - keep]:
+                del versions[v]
             return version
 
     def _get_plan(self, name: str, version: int | None) -> tuple[int, str] | None:

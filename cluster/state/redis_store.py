@@ -34,6 +34,12 @@ return out
 _LUA_PUT_PLAN = """
 local v = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], tostring(v), ARGV[1])
+local oldest = v - tonumber(ARGV[2])
+if oldest >= 1 and redis.call('HLEN', KEYS[2]) > tonumber(ARGV[2]) then
+  for _, k in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if tonumber(k) <= oldest then redis.call('HDEL', KEYS[2], k) end
+  end
+end
 return v
 """
 
@@ -230,10 +236,10 @@ class RedisStore(StateStore):
             pipe.srem(self._k("devices"), device_id)
             pipe.execute()
 
-    def _put_plan(self, name: str, blob: str) -> int:
+    def _put_plan(self, name: str, blob: str, keep: int) -> int:
         with self._guard():
             keys = [self._k("planseq", name), self._k("plan", name)]
-            return int(self._lua_put_plan(keys=keys, args=[blob]))
+            return int(self._lua_put_plan(keys=keys, args=[blob, keep]))
 
     def _get_plan(self, name: str, version: int | None) -> tuple[int, str] | None:
         with self._guard():

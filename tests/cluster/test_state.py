@@ -213,6 +213,19 @@ def test_plan_versions_count_up_and_latest_is_last(store):
     assert store.plan_versions() == [1, 2, 3, 4, 5]
 
 
+def test_only_the_newest_plan_versions_are_kept(store):
+    for i in range(1, 8):
+        assert store.put_plan({"i": i}, name="p", keep=3) == i
+        assert store.plan_versions(name="p") == list(range(max(1, i - 2), i + 1))
+    assert store.get_plan(name="p") == (7, {"i": 7})
+    assert store.get_plan(name="p", version=5) == (5, {"i": 5})
+    assert store.get_plan(name="p", version=4) is None
+    assert store.put_plan({"i": 8}, name="p") == 8  # the default keeps many more
+    assert store.plan_versions(name="p") == [5, 6, 7, 8]
+    with pytest.raises(InputError, match="keep"):
+        store.put_plan({}, name="p", keep=0)
+
+
 def test_plan_names_are_independent(store):
     assert store.put_plan({"a": 1}, name="edge") == 1
     assert store.put_plan({"b": 1}) == 1
@@ -237,7 +250,7 @@ def test_concurrent_put_plan_gives_unique_versions(make_store):
     n_threads = 4
 
     def writer(t: int) -> list[int]:
-        return [store.put_plan({"thread": t, "i": i}) for i in range(per_thread)]
+        return [store.put_plan({"thread": t, "i": i}, keep=1000) for i in range(per_thread)]
 
     versions = _run_together(n_threads, writer)
     flat = [v for vs in versions for v in vs]

@@ -20,6 +20,8 @@ from cluster.shell.proto import flotilla_pb2 as pb
 from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
 
 SMALL, LARGE = "jetson-agx-orin-64", "rtx4090"
+APPLY_TOKEN = "apply-s3cret"
+MAY_APPLY = [("authorization", f"Bearer {APPLY_TOKEN}")]
 EXPERT_MODELS = ("Phi-3-mini-4k-instruct", "mathstral-7B", "gemma-7b", "Meta-Llama-3_1-8B-Instruct", "Yi-6B")
 QUERIES = ["What is the derivative of x^2 + 3x?", "Which court case established judicial review in the United States?",
            "A 2 kg mass accelerates at 3 m/s^2. What net force acts on it?", "Define opportunity cost."]
@@ -67,7 +69,7 @@ def served(ray_session, redis_url, selector):
     store = open_store(redis_url, namespace=f"test-plan-{uuid.uuid4().hex[:8]}")
     router = Router(store, [Replica(f"{k}-0", k, e, 2) for k, e in zip((SMALL, LARGE), exps)], RouterConfig(plan_refresh_s=0.2))
     router.start()
-    gw = Gateway(router, store, GatewayConfig(port=0), "echo", selector).start()
+    gw = Gateway(router, store, GatewayConfig(port=0, apply_token=APPLY_TOKEN, max_apply_devices=40), "echo", selector).start()
     bare = Gateway(router, store, GatewayConfig(port=0), "echo").start()
     yield gw, bare, router, store
     gw.stop(0.5)
@@ -124,7 +126,6 @@ def test_infeasible_query_is_failed_precondition_with_the_binding_cause(stub):
     ({"workload": "/etc/passwd"}, "query.workload"), ({"model": "llama-9000"}, "query.model"),
     ({"devices": ["l4"], "max_count": {"l4": -1}}, "query.max_count"),
     ({"devices": ["l4"], "max_count": {"h100-sxm": 1}}, "query.max_count"),
-    ({"rate": 0, "apply": True}, "query.apply"),
 ])
 def test_bad_query_fields_are_invalid_argument_naming_the_field(stub, query, field):
     with pytest.raises(grpc.RpcError) as info:
@@ -149,6 +150,32 @@ def test_fuzzed_plan_queries_are_never_internal(stub, rate, tpot, ttft, devices,
         assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), exc.details()
 
 
+def test_applying_needs_the_apply_token(stub, served):
+    bare = pb_grpc.FlotillaStub(grpc.insecure_channel(served[1].address))
+    store = served[3]
+    before = store.plan_versions(name="default")
+    for st_, md in ((stub, None), (stub, [("authorization", "Bearer wrong")]), (bare, MAY_APPLY)):
+        with pytest.raises(grpc.RpcError) as info:
+            st_.Plan(pb.PlanRequest(query=pb.PlanQuery(rate=6.0, devices=["l4"], apply=True)), timeout=60, metadata=md)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert info.value.details().startswith("query.apply") and APPLY_TOKEN not in info.value.details()
+    assert store.plan_versions(name="default") == before
+
+
+@pytest.mark.parametrize("query, needle", [
+    ({"rate": 0}, "provisions no device"),
+    ({"rate": 400.0, "devices": ["a100-80g-sxm"]}, "asks for 55 devices; this gateway applies at most 40"),
+])
+def test_apply_limits_are_invalid_argument_and_request_nothing(stub, served, query, needle):
+    store = served[3]
+    before = store.plan_versions(name="default")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Plan(pb.PlanRequest(query=pb.PlanQuery(apply=True, **query)), timeout=60, metadata=MAY_APPLY)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("query.apply") and needle in info.value.details()
+    assert store.plan_versions(name="default") == before
+
+
 def test_applied_plan_is_stored_and_its_routing_served(stub, served):
     from actors.router import PLAN_NAME
     from solvers.routing import routing_plan
@@ -157,7 +184,8 @@ def test_applied_plan_is_stored_and_its_routing_served(stub, served):
 
     _, _, router, store = served
     want = solve(_problem(rate=6.0))
-    resp = stub.Plan(pb.PlanRequest(query=pb.PlanQuery(rate=6.0, devices=["l4", "a100-80g-sxm"], apply=True)), timeout=60)
+    resp = stub.Plan(pb.PlanRequest(query=pb.PlanQuery(rate=6.0, devices=["l4", "a100-80g-sxm"], apply=True)), timeout=60,
+                     metadata=MAY_APPLY)
     assert resp.allocation.applied and resp.allocation.bundles == sum(want.counts.values())
     version, stored = store.get_plan(name="default")
     assert version == resp.allocation.allocation_version and stored["allocation"] == want.counts

@@ -37,7 +37,10 @@ def serve(
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (or RAY_ADDRESS) instead of embedding one."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
     port: int = typer.Option(50051, "--port", help="gRPC port (0 picks a free one)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="FLOTILLA_TOKEN", help="Require this bearer token."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FLOTILLA_TOKEN", help="Require this bearer token (prefer $FLOTILLA_TOKEN: arguments show in ps)."),
+    apply_token: Optional[str] = typer.Option(None, "--apply-token", envvar="FLOTILLA_APPLY_TOKEN",
+                                              help="Bearer token that may also apply plans (Plan apply); none: applying is refused."),
+    max_apply_devices: int = typer.Option(64, "--max-apply-devices", help="The most devices an applied plan may request."),
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local HF model directory."),
     max_concurrency: int = typer.Option(2, "--max-concurrency", help="Requests served at once per expert."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests the router admits at once (RESOURCE_EXHAUSTED past it)."),
@@ -53,7 +56,8 @@ def serve(
 
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
-                     model=model, gateway=GatewayConfig(host=host, port=port, token=token),
+                     model=model, gateway=GatewayConfig(host=host, port=port, token=token, apply_token=apply_token,
+                                                             max_apply_devices=max_apply_devices),
                      router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
 
