@@ -587,3 +587,29 @@ class Router:
         with self._cond:
             replica.alive = False
             self._cond.notify_all()
+
+    def _replica(self, device_id: str) -> Replica:
+        for r in self._replicas:
+            if r.device_id == device_id:
+                return r
+        raise InputError(f"device_id: {device_id!r:.80} is not one of this router's replicas")
+
+    def handle(self, device_id: str) -> Any:
+        """The actor handle of replica ``device_id``."""
+        with self._cond:
+            return self._replica(device_id).handle
+
+    def mark_dead(self, device_id: str) -> None:
+        """Stop dispatching to replica ``device_id`` (its actor is gone)."""
+        with self._cond:
+            replica = self._replica(device_id)
+        self._mark_dead(replica)
+
+    def replace(self, device_id: str, handle: Any) -> None:
+        """Dispatch to ``handle`` for replica ``device_id`` from now on (a replacement actor).
+        Requests still running on the old handle keep their own reference to it."""
+        with self._cond:
+            old = self._replica(device_id)
+            new = Replica(old.device_id, old.kind, handle, old.capacity)
+            self._replicas[self._replicas.index(old)] = new
+            self._cond.notify_all()

@@ -43,10 +43,13 @@ class Serving:
     store: Any
     experts: dict[str, Any]
     replayed: int = 0
+    supervisor: Any = None  # actors.supervisor.Supervisor
 
     def shutdown(self) -> None:
         import ray
 
+        if self.supervisor is not None:
+            self.supervisor.stop()
         self.gateway.stop(1.0)
         for actor in self.experts.values():
             try:
@@ -65,6 +68,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
     from actors.expert import ExpertConfig, spawn_expert
     from actors.llm.loader import ensure_cached, resolve_source
     from actors.routing import Replica
+    from actors.supervisor import Supervisor
     from cluster.shell.fleet import bring_up
     from cluster.runtime import load_fleet
     from cluster.state import open_store
@@ -81,6 +85,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
     fleet = load_fleet(cfg.fleet) if cfg.fleet else None
     running = bring_up(fleet, store, address=cfg.ray_address)
     experts: dict[str, Any] = {}
+    supervisor = None
     try:
         econf = ExpertConfig(model=cfg.model, max_concurrency=cfg.max_concurrency, max_context=cfg.max_context)
         handles = {}
@@ -94,15 +99,34 @@ def start_serving(cfg: ServeConfig) -> Serving:
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
         router = Router(store, replicas, cfg.router)
         replayed = router.start()
+
+        def respawn(device_id: str) -> Any:
+            """A fresh ExpertActor for a dead one, next to the same DeviceActor (itself replaced
+            when it is gone too)."""
+            from actors.device import spawn
+
+            slot, spec = slots[device_id], running.specs[device_id]
+            dev = running.actors[device_id]
+            try:
+                ray.get(dev.info.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - the device actor died with it: start a new one
+                dev = running.actors[device_id] = spawn(spec, device_id, real_cuda=not slot.simulated, node_id=slot.node_id)
+            handle = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slot.simulated, node_id=slot.node_id)
+            experts[device_id] = handle
+            return handle
+
+        supervisor = Supervisor(router, respawn).start()
         gateway = Gateway(router, store, cfg.gateway, source.name, selector).start()
         running.start_heartbeats()  # devices stay in the store's registry while serving
     except BaseException:
+        if supervisor is not None:
+            supervisor.stop()
         for h in experts.values():
             ray.kill(h)
         running.shutdown()
         store.close()
         raise
-    return Serving(gateway, router, running, store, experts, replayed)
+    return Serving(gateway, router, running, store, experts, replayed, supervisor)
 
 
 def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
