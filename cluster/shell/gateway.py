@@ -59,6 +59,9 @@ log = logging.getLogger("flotilla.gateway")
 SERVICE_NAME = "flotilla.v1.Flotilla"
 DEFAULT_PORT = 50051
 DEFAULT_MAX_TOKENS = 64
+#: RPC threads kept beyond the router's queue bound for health, status, plan and refusals.
+RESERVED_THREADS = 32
+
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -77,9 +80,13 @@ class GatewayConfig:
     apply_token: str | None = None
     #: The most devices an applied plan may request.
     max_apply_devices: int = 64
-    #: RPC threads; concurrent RPCs beyond ``max_rpcs`` get RESOURCE_EXHAUSTED from gRPC itself.
-    max_workers: int = 32
-    max_rpcs: int = 256
+    #: RPC threads. None: the router's ``max_queue`` plus :data:`RESERVED_THREADS`, so requests
+    #: the router admits can never take the threads that health, status and plan calls need (the
+    #: router refuses the rest at once with RESOURCE_EXHAUSTED).
+    max_workers: int | None = None
+    #: Concurrent RPCs; past it gRPC itself answers RESOURCE_EXHAUSTED instead of queueing the
+    #: call behind busy threads. None: ``max_workers``.
+    max_rpcs: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -97,7 +104,7 @@ class GatewayConfig:
             raise InputError(f"max_apply_devices: {v!r}; allowed: 1..100000")
         for name in ("max_workers", "max_rpcs"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000):
                 raise InputError(f"{name}: {v!r}; allowed: 1..10000")
 
 
@@ -330,8 +337,10 @@ class Gateway:
         self.router = router
         tokens = [t for t in (config.token, config.apply_token) if t]
         interceptors = [_AuthInterceptor(*tokens)] if config.token else []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="flotilla-rpc"),
-                                  interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs)
+        workers = config.max_workers or router.config.max_queue + RESERVED_THREADS
+        self.max_workers = workers
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flotilla-rpc"),
+                                  interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs or workers)
         pb_grpc.add_FlotillaServicer_to_server(
             FlotillaServicer(router, store, model_name, selector, apply_token=config.apply_token,
                              max_apply_devices=config.max_apply_devices), self.server)
