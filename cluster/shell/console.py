@@ -1,6 +1,6 @@
 """Shared pieces of the ``flotilla`` command line (consoles, ``--json`` output, formatting).
 
-Each area's commands live in their own module (``cluster/cli_*.py``) exposing ``register(app)``;
+Each area's commands live in their own module (``cluster/shell/cli/*.py``) exposing ``register(app)``;
 ``cluster/shell/cli/main.py`` wires them. Commands validate and forward; they raise
 :class:`~cluster.exceptions.InputError` for bad input (exit 2) and never print tracebacks.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -35,16 +36,35 @@ _json_stream: TextIO | None = None
 def reserve_stdout_for_json() -> Iterator[None]:
     """Keep stdout for the one JSON object: anything else printed meanwhile goes to stderr.
 
-    Libraries print on stdout too (Ray relays its workers' warnings there); under ``--json`` those
-    lines would break "one JSON object on stdout and nothing else", so they are sent to stderr.
+    Libraries print on stdout too (Ray relays its workers' warnings there; HiGHS's C library
+    prints its banner on file descriptor 1); under ``--json`` those lines would break "one JSON
+    object on stdout and nothing else", so they are sent to stderr: ``sys.stdout`` and, when
+    stdout is a real file, descriptor 1 itself.
     """
     global _json_stream
     real, previous = sys.stdout, _json_stream
-    _json_stream, sys.stdout = real, sys.stderr
+    try:
+        fd = real.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    saved = None
+    if fd is not None:
+        real.flush()
+        saved = os.dup(fd)
+        os.dup2(sys.stderr.fileno(), fd)
+        _json_stream = os.fdopen(os.dup(saved), "w", encoding="utf-8")
+    else:
+        _json_stream = real
+    sys.stdout = sys.stderr
     try:
         yield
     finally:
-        sys.stdout, _json_stream = real, previous
+        sys.stdout = real
+        if saved is not None:
+            _json_stream.close()
+            os.dup2(saved, fd)
+            os.close(saved)
+        _json_stream = previous
 
 
 def emit_json(obj: Any) -> None:

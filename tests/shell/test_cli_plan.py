@@ -159,3 +159,15 @@ def test_workload_file_and_plot(flotilla, capsys, tmp_path):
     mix = [m for m in plot["mix"] if m is not None]
     assert all(a <= b + 1e-9 for a, b in zip(mix, mix[1:]))
     assert not math.isnan(doc["cost_per_hour"])
+
+
+def test_json_stdout_holds_only_the_json_even_when_a_c_library_prints():
+    """HiGHS prints its banner on file descriptor 1 from C; under --json it goes to stderr."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cluster.shell.cli.main", "plan", "--solver", "highs", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # exactly one JSON object, no banner
+    assert doc["solver"] == "highs" and "HiGHS" in proc.stderr
