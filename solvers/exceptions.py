@@ -64,6 +64,11 @@ class SolveIncompleteError(SolverError, RuntimeError):
     """
 
 
+class SolverAnswerError(SolveIncompleteError):
+    """The solver's answer failed flotilla's checks (a non-integral count, slices not placed
+    exactly, worse than a known feasible mix): not a time limit; the other solver may succeed."""
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)

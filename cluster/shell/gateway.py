@@ -23,8 +23,10 @@ Errors: :class:`~cluster.exceptions.InputError` -> INVALID_ARGUMENT (its message
 field), QueueFullError / CapacityError -> RESOURCE_EXHAUSTED, DeadlineExceededError ->
 DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE, PlanInfeasibleError
 (no device mix meets the query's SLO; the message names the binding cause) -> FAILED_PRECONDITION,
-PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED. Anything else is
-INTERNAL with a generic message, logged; the server keeps serving.
+PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED, PlanSolverError (the solver's
+answer failed its checks) -> ABORTED, a request id used by another request -> ALREADY_EXISTS,
+applying a plan without the apply token -> PERMISSION_DENIED. Anything else is INTERNAL with a
+generic message, logged; the server keeps serving.
 
 :func:`cluster.shell.serving.start_serving` composes the whole path around it.
 """
@@ -50,7 +52,7 @@ from cluster.exceptions import (
     PermissionDeniedError,
     StoreUnavailableError,
 )
-from cluster.shell.planner import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery
+from cluster.shell.planner import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery, PlanSolverError
 from cluster.shell.proto import flotilla_pb2 as pb
 from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
 
@@ -122,6 +124,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, PlanSolverError):
+        return grpc.StatusCode.ABORTED
     if isinstance(exc, (DeadlineExceededError, PlanIncompleteError)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, (PlanInfeasibleError, ExpertsNotConfiguredError)):

@@ -216,6 +216,10 @@ class PlanIncompleteError(FlotillaError):
     """The solver stopped without proving an optimum (time limit) (gRPC DEADLINE_EXCEEDED)."""
 
 
+class PlanSolverError(FlotillaError):
+    """The solver's answer failed flotilla's checks (gRPC ABORTED: retrying may succeed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PlanQuery:
     """A validated planning query; field meanings as in ``flotilla plan`` (docs/planning.md)."""
@@ -292,7 +296,7 @@ def _field_error(exc: InputError) -> InputError:
 def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple[Any, dict[str, Any]]:
     """``(AllocationPlan, description)`` for a query, through ``flotilla plan``'s code path."""
     from solvers.allocation import solve
-    from solvers.exceptions import InfeasibleError, SolveIncompleteError
+    from solvers.exceptions import InfeasibleError, SolveIncompleteError, SolverAnswerError
 
     try:
         problem, desc = build_problem(
@@ -308,6 +312,8 @@ def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple
         plan = solve(problem, solver="cbc", time_limit_s=limit)
     except InfeasibleError as exc:
         raise PlanInfeasibleError(str(exc)) from None
+    except SolverAnswerError as exc:
+        raise PlanSolverError(str(exc)) from None
     except SolveIncompleteError as exc:
         raise PlanIncompleteError(f"{exc} (time limit {limit:g} s)") from None
     return plan, desc
@@ -375,4 +381,4 @@ class Planner:
         return doc
 
 
-__all__ = ["PlanIncompleteError", "PlanInfeasibleError", "PlanQuery", "Planner", "apply_allocation", "solve_query"]
+__all__ = ["PlanIncompleteError", "PlanInfeasibleError", "PlanSolverError", "PlanQuery", "Planner", "apply_allocation", "solve_query"]

@@ -69,7 +69,7 @@ import math
 from typing import Any
 
 from solvers.allocation.model import INTEGRALITY_TOLERANCE, SOLVERS, Instance, ceil_devices
-from solvers.exceptions import SolveIncompleteError, SolverUnavailableError, did_you_mean
+from solvers.exceptions import SolveIncompleteError, SolverAnswerError, SolverUnavailableError, did_you_mean
 
 
 # ----------------------------------------------------------------------------------- the ILP
@@ -226,7 +226,7 @@ def value_of(var: Any) -> float:
 def integral(value: float, what: str) -> int:
     r = round(value)
     if abs(value - r) > INTEGRALITY_TOLERANCE:
-        raise SolveIncompleteError(
+        raise SolverAnswerError(
             f"the solver returned {what} = {value!r}, not within {INTEGRALITY_TOLERANCE:g} of an "
             f"integer; try solver='cbc' or 'highs' (the other one)"
         )

@@ -21,6 +21,7 @@ from solvers.exceptions import (
     AllocationInputError,
     InfeasibleError,
     SolveIncompleteError,
+    SolverAnswerError,
     SolverUnavailableError,
     did_you_mean,
 )
@@ -212,7 +213,7 @@ def solve_ilp(
         shares.setdefault(inst.buckets[b], {})[types[t].name] = k / factor
     bad = [inst.buckets[b] for b, k in enumerate(placed) if k != factor]
     if bad:
-        raise SolveIncompleteError(
+        raise SolverAnswerError(
             f"the solver's answer does not place exactly {factor} slices of bucket(s) {bad[:5]}; "
             f"{inst.size}"
         )
@@ -226,7 +227,7 @@ def solve_ilp(
     if greedy is not None:  # an optimum is never worse than a known feasible mix
         known = math.fsum(d.price_per_hour * k for d, k in zip(types, greedy[1]))
         if cost > known + 1e-9 * max(1.0, known):
-            raise SolveIncompleteError(
+            raise SolverAnswerError(
                 f"solver {solver!r} reported Optimal at ${cost:.6g}/h but a feasible mix costs "
                 f"${known:.6g}/h; try the other solver; {inst.size}"
             )

@@ -222,3 +222,14 @@ def test_cli_generate_rejected_exits_2(served, args, code, needle):
     result = CliRunner().invoke(_cli(), argv + args)
     assert result.exit_code == code
     assert needle in result.stderr and result.stdout == ""
+
+
+def test_status_codes_of_the_error_tree():
+    from cluster.exceptions import PermissionDeniedError, RequestIdInUseError
+    from cluster.shell.gateway import status_for
+    from cluster.shell.planner import PlanIncompleteError, PlanSolverError
+
+    assert status_for(RequestIdInUseError("r", same=False, result=None)) is grpc.StatusCode.ALREADY_EXISTS
+    assert status_for(PermissionDeniedError("query.apply: no")) is grpc.StatusCode.PERMISSION_DENIED
+    assert status_for(PlanSolverError("rounding")) is grpc.StatusCode.ABORTED  # not a deadline
+    assert status_for(PlanIncompleteError("time limit")) is grpc.StatusCode.DEADLINE_EXCEEDED

@@ -435,3 +435,13 @@ def test_solver_choice_errors():
     else:
         with pytest.raises(SolverUnavailableError, match=r"available PuLP solvers: .*PULP_CBC_CMD"):
             solve(problem, solver="highs")
+
+
+def test_a_non_integral_solver_answer_is_a_solver_answer_error_not_a_time_limit():
+    from solvers.allocation.ilp import integral
+    from solvers.exceptions import SolveIncompleteError, SolverAnswerError
+
+    assert integral(3.0000000001, "n_0") == 3
+    with pytest.raises(SolverAnswerError, match="n_0 = 2.5") as info:
+        integral(2.5, "n_0")
+    assert isinstance(info.value, SolveIncompleteError)  # callers that catch the parent still do
