@@ -90,13 +90,24 @@ def _wrap(exc: grpc.RpcError) -> RpcError:
 class Client:
     """Talks to one gateway over one channel. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, server: str | None = None, *, token: str | None = None, timeout_s: float | None = 600.0) -> None:
+    def __init__(self, server: str | None = None, *, token: str | None = None, timeout_s: float | None = 600.0,
+                 tls_ca: str | None = None) -> None:
+        """``tls_ca``: a PEM file of the certificate authority (or the server's self-signed
+        certificate) to verify a TLS gateway with (default ``$FLOTILLA_TLS_CA``); without one the
+        channel is plain."""
         self.server = server or default_server()
         if ":" not in self.server:
             raise InputError(f"server: expected HOST:PORT, got {self.server!r}")
         self.token = token if token is not None else default_token()
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(self.server)
+        ca = tls_ca if tls_ca is not None else (os.environ.get("FLOTILLA_TLS_CA", "").strip() or None)
+        if ca:
+            from cluster.shell.secrets import read_pem
+
+            creds = grpc.ssl_channel_credentials(root_certificates=read_pem(ca, "tls_ca"))
+            self.channel = grpc.secure_channel(self.server, creds)
+        else:
+            self.channel = grpc.insecure_channel(self.server)
         self.stub = pb_grpc.FlotillaStub(self.channel)
 
     def __enter__(self) -> Client:

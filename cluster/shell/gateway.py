@@ -82,6 +82,10 @@ class GatewayConfig:
     apply_token: str | None = None
     #: The most devices an applied plan may request.
     max_apply_devices: int = 64
+    #: PEM files of the server's TLS certificate (chain) and private key; both or neither. With
+    #: them the port speaks TLS only (clients verify it with ``--tls-ca``).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     #: RPC threads. None: the router's ``max_queue`` plus :data:`RESERVED_THREADS`, so requests
     #: the router admits can never take the threads that health, status and plan calls need (the
     #: router refuses the rest at once with RESOURCE_EXHAUSTED).
@@ -101,6 +105,8 @@ class GatewayConfig:
                 raise InputError(f"{name}: expected a non-empty printable string")
         if self.apply_token is not None and self.apply_token == self.token:
             raise InputError("apply_token: must differ from token (it is a separate permission)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InputError("tls_cert: give both tls_cert and tls_key (PEM files), or neither")
         v = self.max_apply_devices
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100_000:
             raise InputError(f"max_apply_devices: {v!r}; allowed: 1..100000")
@@ -355,7 +361,13 @@ class Gateway:
         reflection.enable_server_reflection(names, self.server)
         host = f"[{config.host}]" if ":" in config.host else config.host
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{config.port}")
+            if config.tls_cert is not None:
+                from cluster.shell.secrets import read_pem
+
+                creds = grpc.ssl_server_credentials([(read_pem(config.tls_key, "tls_key"), read_pem(config.tls_cert, "tls_cert"))])
+                self.port = self.server.add_secure_port(f"{host}:{config.port}", creds)
+            else:
+                self.port = self.server.add_insecure_port(f"{host}:{config.port}")
         except RuntimeError as exc:
             raise InputError(f"port: cannot bind {config.host}:{config.port} ({exc}); pick another --port") from None
         if self.port == 0:

@@ -41,6 +41,10 @@ def serve(
     apply_token: Optional[str] = typer.Option(None, "--apply-token", envvar="FLOTILLA_APPLY_TOKEN",
                                               help="Bearer token that may also apply plans (Plan apply); none: applying is refused."),
     max_apply_devices: int = typer.Option(64, "--max-apply-devices", help="The most devices an applied plan may request."),
+    token_file: Optional[str] = typer.Option(None, "--token-file", help="Read --token from this file (mode 600), not the command line."),
+    apply_token_file: Optional[str] = typer.Option(None, "--apply-token-file", help="Read --apply-token from this file (mode 600)."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="Serve TLS: the server certificate (PEM); needs --tls-key."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="The TLS private key (PEM)."),
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local HF model directory."),
     max_concurrency: int = typer.Option(2, "--max-concurrency", help="Requests served at once per expert."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests the router admits at once (RESOURCE_EXHAUSTED past it)."),
@@ -54,10 +58,16 @@ def serve(
     from cluster.shell.gateway import GatewayConfig
     from cluster.shell.serving import ServeConfig, run_until_stopped
 
+    from cluster.shell.secrets import read_secret
+
+    if token_file:
+        token = read_secret(token_file, "--token-file")
+    if apply_token_file:
+        apply_token = read_secret(apply_token_file, "--apply-token-file")
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
                      model=model, gateway=GatewayConfig(host=host, port=port, token=token, apply_token=apply_token,
-                                                             max_apply_devices=max_apply_devices),
+                                                             max_apply_devices=max_apply_devices, tls_cert=tls_cert, tls_key=tls_key),
                      router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
 
@@ -73,6 +83,7 @@ def generate(
     request_id: str = typer.Option("", "--request-id", help="Idempotency key: a retry with it gets the same answer."),
     server: Optional[str] = typer.Option(None, "--server", help="Gateway HOST:PORT (default $FLOTILLA_SERVER or 127.0.0.1:50051)."),
     token: Optional[str] = typer.Option(None, "--token", help="Bearer token (default $FLOTILLA_TOKEN)."),
+    tls_ca: Optional[str] = typer.Option(None, "--tls-ca", help="Verify a TLS gateway with this CA certificate (PEM; default $FLOTILLA_TLS_CA)."),
     as_json: bool = json_option(),
 ) -> None:
     """Send one prompt to the gateway and print the answer with its measured (and modeled) timings."""
@@ -83,7 +94,7 @@ def generate(
         raise InputError(f"--max-tokens: {max_tokens}; allowed: 1..4096")
     kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop or [], request_id=request_id)
     try:
-        with Client(server, token=token) as client:
+        with Client(server, token=token, tls_ca=tls_ca) as client:
             result = None
             for item in client.stream(prompt, **kw):
                 if isinstance(item, GenerateResult):
