@@ -58,13 +58,15 @@ def free_port() -> int:
 
 
 class ThrowawayRedis:
-    """A private redis-server on a free port, for fault injection: ``stop()`` kills it,
-    ``start()`` starts a fresh one (no persistence) on the same port."""
+    """A private redis-server on a free port, for fault injection: ``stop()`` stops it,
+    ``start()`` starts it again on the same port: empty, or (``persistent``, an fsync'd
+    append-only file) with everything it held."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, persistent: bool = False) -> None:
         self.port = free_port()
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
         self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", directory]
+                    *durability, "--dir", directory]
         self.proc: subprocess.Popen | None = None
 
     def url(self, userinfo: str = "") -> str:
