@@ -318,7 +318,7 @@ def main() -> None:
             "python": platform.python_version(),
             "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {"B": 1, "H": args.heads, "D": args.head_dim, "dtype": "float32",
+        "settings": {"B": 1, "length": args.length, "H": args.heads, "D": args.head_dim, "dtype": "float32",
                      "causal": True, "quick": args.quick, "cap_mib": args.cap_mib,
                      "capacity_max_len": args.capacity_max_len, "capacity_tol": args.capacity_tol,
                      "capacity_threads_per_worker": 1},
