@@ -36,10 +36,12 @@ bench: setup
 	$(BIN)/python bench/bench_allocation.py --solver highs --out bench/results/allocation_highs.json
 	$(BIN)/python bench/bench_attention.py --quick --out bench/results/bench_attention.json
 	$(BIN)/python bench/bench_selection.py --out-dir bench/results/selection
-	$(BIN)/python -m bench.bench_serving --out bench/results/serving.json
+	$(BIN)/python -m bench.bench_serving --part decode --out bench/results/serving_decode.json
+	$(BIN)/python -m bench.bench_serving --part overhead --reps 2 --seconds 5 --out bench/results/serving_overhead.json
 	@scripts/with-redis $(BIN)/python bench/bench_journal_bytes.py --out bench/results/journal_bytes.json
 	$(BIN)/python bench/gpu_device_check.py --out bench/results/gpu_device_check.json
 	$(BIN)/python bench/gpu_attention_check.py
+	$(BIN)/python bench/render_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
