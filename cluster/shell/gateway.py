@@ -216,6 +216,7 @@ def allocation_message(doc: dict[str, Any]) -> Any:
         infeasible_alone=sorted(k for k, v in base.items() if v is None), solve_seconds=doc["solve_seconds"],
         solver=doc["solver"], throughput_source=doc.get("throughput_source", ""), note=doc.get("note", ""),
         applied=doc["applied"], allocation_version=doc.get("allocation_version") or 0, bundles=doc.get("bundles", 0),
+        status=doc.get("status", "Optimal"), gap=doc.get("gap", 0.0),
     )
 
 

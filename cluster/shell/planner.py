@@ -309,7 +309,7 @@ def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple
         raise _field_error(exc) from None
     limit = SOLVE_TIME_LIMIT_S if time_limit_s is None else max(0.5, min(time_limit_s, SOLVE_TIME_LIMIT_S))
     try:
-        plan = solve(problem, solver="cbc", time_limit_s=limit)
+        plan = solve(problem, solver="cbc", time_limit_s=limit, accept_incumbent=True)
     except InfeasibleError as exc:
         raise PlanInfeasibleError(str(exc)) from None
     except SolverAnswerError as exc:

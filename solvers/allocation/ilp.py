@@ -218,6 +218,24 @@ def run(prob: Any, backend: Any) -> tuple[str, bool]:
     return status, proven
 
 
+def has_incumbent(prob: Any) -> bool:
+    """Whether a stopped solve left a feasible integer solution in the variables."""
+    import pulp
+
+    return prob.sol_status == pulp.LpSolutionIntegerFeasible
+
+
+def relaxation_bound(inst: Instance, formulation: str, solver: str) -> float:
+    """The LP relaxation's optimum: a lower bound on every mix's cost (0.0 if it cannot be had)."""
+    import pulp
+
+    prob, _, _ = build(inst, formulation=formulation, bound=True)
+    for var in prob.variables():
+        var.cat = pulp.LpContinuous
+    status, proven = run(prob, make_backend(solver, None))
+    return float(pulp.value(prob.objective) or 0.0) if proven else 0.0
+
+
 def value_of(var: Any) -> float:
     v = var.value()
     return 0.0 if v is None else float(v)

@@ -309,7 +309,10 @@ class AllocationPlan:
         savings_vs: {type: (baseline - cost) / baseline, or None where the baseline is None;
             0.0 where the baseline costs 0}.
         solve_seconds: wall time to build and solve the mix (baselines and diagnosis excluded).
-        status: "Optimal" (anything else raises instead of returning a plan).
+        status: "Optimal", or "Feasible" when the time limit stopped the solver with a feasible
+            mix and ``solve(..., accept_incumbent=True)`` asked for it (anything else raises).
+        gap: (cost - lower bound) / cost, the most this plan can cost above the optimum, as a
+            fraction; 0.0 for an optimal plan. The bound is the LP relaxation's optimum.
         solver: "cbc", "highs", "closed-form" (one type) or "trivial" (total_rate 0).
     """
 
@@ -322,6 +325,7 @@ class AllocationPlan:
     solve_seconds: float = 0.0
     status: str = "Optimal"
     solver: str = "cbc"
+    gap: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``allocation`` (counts), ``cost_per_hour``, ``baselines``, ... ."""
@@ -335,6 +339,7 @@ class AllocationPlan:
             "solve_seconds": self.solve_seconds,
             "status": self.status,
             "solver": self.solver,
+            "gap": self.gap,
         }
 
 

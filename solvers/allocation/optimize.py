@@ -7,7 +7,16 @@ import math
 import time
 
 from solvers.allocation.diagnosis import diagnose, precheck
-from solvers.allocation.ilp import build, greedy_mix, integral, make_backend, run, value_of
+from solvers.allocation.ilp import (
+    build,
+    greedy_mix,
+    has_incumbent,
+    integral,
+    make_backend,
+    relaxation_bound,
+    run,
+    value_of,
+)
 from solvers.allocation.model import (
     FORMULATIONS,
     SOLVERS,
@@ -75,6 +84,7 @@ def solve(
     time_limit_s: float | None = None,
     baselines: bool = True,
     formulation: str = "aggregated",
+    accept_incumbent: bool = False,
 ) -> AllocationPlan:
     """The cost-optimal device mix for ``problem`` (the ILP of the module docstring).
 
@@ -85,6 +95,8 @@ def solve(
         baselines: also compute each single-type baseline and the savings against it.
         formulation: "aggregated" (y_b_t, default, fast) or "binary" (Mélange's x_s_t; same
             optimum, much slower beyond a few types; kept for comparison).
+        accept_incumbent: when the time limit stops the solver with a feasible mix, return it
+            (``status`` "Feasible", ``gap`` its distance from the LP bound) instead of raising.
 
     Raises:
         InfeasibleError: no mix exists; the message names the cause (a bucket no allowed type can
@@ -129,7 +141,7 @@ def solve(
     if len(names) == 1:
         plan = closed_form(inst, start)
     else:
-        plan = solve_ilp(inst, solver, time_limit_s, formulation, start)
+        plan = solve_ilp(inst, solver, time_limit_s, formulation, start, accept_incumbent=accept_incumbent)
     if not baselines:
         return plan
     base = baselines_of(inst)
@@ -147,6 +159,7 @@ def solve(
         solve_seconds=plan.solve_seconds,
         status=plan.status,
         solver=plan.solver,
+        gap=plan.gap,
     )
 
 
@@ -182,6 +195,8 @@ def solve_ilp(
     time_limit_s: float | None,
     formulation: str = "aggregated",
     start: float | None = None,
+    *,
+    accept_incumbent: bool = False,
 ) -> AllocationPlan:
     """Build and solve the mix ILP (no fast path); read back a checked plan."""
     start = time.perf_counter() if start is None else start
@@ -189,7 +204,8 @@ def solve_ilp(
     prob, m, n = build(inst, formulation=formulation, bound=True)
     status, proven = run(prob, backend)
     elapsed = time.perf_counter() - start
-    if not proven:
+    incumbent = not proven and accept_incumbent and time_limit_s is not None and has_incumbent(prob)
+    if not proven and not incumbent:
         if status in ("Infeasible", "Undefined", "Unbounded") or (
             status == "Not Solved" and time_limit_s is None
         ):
@@ -224,7 +240,11 @@ def solve_ilp(
     }
     cost = math.fsum(counts[d.name] * d.price_per_hour for d in types)
     greedy = greedy_mix(inst)
-    if greedy is not None:  # an optimum is never worse than a known feasible mix
+    gap = 0.0
+    if incumbent:  # stopped early: how far from optimal it can be, against the LP bound
+        bound = relaxation_bound(inst, formulation, solver)
+        gap = max(0.0, (cost - bound) / cost) if cost > 0 else 0.0
+    if greedy is not None and not incumbent:  # an optimum is never worse than a known feasible mix
         known = math.fsum(d.price_per_hour * k for d, k in zip(types, greedy[1]))
         if cost > known + 1e-9 * max(1.0, known):
             raise SolverAnswerError(
@@ -238,6 +258,8 @@ def solve_ilp(
         load_per_type={dev.name: loads[t] for t, dev in enumerate(types)},
         solve_seconds=elapsed,
         solver=solver,
+        status="Feasible" if incumbent else "Optimal",
+        gap=gap,
     )
 
 

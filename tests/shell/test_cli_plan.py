@@ -171,3 +171,13 @@ def test_json_stdout_holds_only_the_json_even_when_a_c_library_prints():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # exactly one JSON object, no banner
     assert doc["solver"] == "highs" and "HiGHS" in proc.stderr
+
+
+def test_time_limit_reports_status_and_gap(flotilla, capsys):
+    rc, out, err = run(flotilla, capsys, "--time-limit", "30", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["status"] == "Optimal" and doc["gap"] == 0.0  # the default instance solves at once
+    for bad in ("0", "-1", "nan"):
+        rc, out, err = run(flotilla, capsys, "--time-limit", bad)
+        assert rc == 2 and "--time-limit" in err, err

@@ -31,6 +31,7 @@ from solvers.exceptions import (
     AllocationInputError,
     InfeasibleError,
     MelangeFormatError,
+    SolveIncompleteError,
     SolverUnavailableError,
 )
 from solvers.melange_format import parse_melange_config
@@ -445,3 +446,28 @@ def test_a_non_integral_solver_answer_is_a_solver_answer_error_not_a_time_limit(
     with pytest.raises(SolverAnswerError, match="n_0 = 2.5") as info:
         integral(2.5, "n_0")
     assert isinstance(info.value, SolveIncompleteError)  # callers that catch the parent still do
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_a_time_limited_solve_returns_its_incumbent_with_a_valid_gap(seed):
+    """With accept_incumbent, a time limit that stops the solver early gives the best mix found
+    so far, marked Feasible, with a gap against the LP bound that brackets the true optimum."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+    from bench_allocation import instance
+
+    problem = instance(16, seed, [1, 2, 4, 8, 16, 32][seed % 6])
+    optimum = solve(problem, baselines=False).cost_per_hour
+    try:
+        plan = solve(problem, time_limit_s=0.3, baselines=False, accept_incumbent=True)
+    except SolveIncompleteError:  # stopped before any feasible mix: nothing to return
+        return
+    assert plan.status in ("Optimal", "Feasible")
+    assert plan.cost_per_hour >= optimum - 1e-6
+    assert 0.0 <= plan.gap < 1.0
+    assert plan.cost_per_hour * (1 - plan.gap) <= optimum + 1e-6  # the bound is a lower bound
+    if plan.status == "Optimal":
+        assert plan.gap == 0.0 and plan.cost_per_hour == pytest.approx(optimum)
+    with pytest.raises(SolveIncompleteError):  # without it, a limit hit is still an error
+        solve(problem, time_limit_s=0.01, baselines=False)

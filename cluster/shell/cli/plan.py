@@ -87,6 +87,9 @@ def _render(doc: dict[str, Any]) -> None:
             "infeasible" if b is None else f"{b:.2f}", "—" if s is None else f"{100 * s:.1f}%",
         )
     out.print(table)
+    if doc.get("status") == "Feasible":
+        out.print(f"[yellow]time limit reached: the best mix found, at most {100 * doc['gap']:.1f}% above the "
+                  "optimum (LP bound); not proven optimal[/yellow]")
     out.print(f"[dim]{doc['note']}[/dim]")
 
 
@@ -105,10 +108,16 @@ def plan(
     prices: str = typer.Option("catalog", "--prices", help="catalog (today's) | melange (the paper's)."),
     config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop the solver after S seconds and report the best mix found, with its optimality gap."),
     as_json: bool = json_option(),
 ) -> None:
     """The cheapest mix of device types that serves a workload under a latency SLO."""
+    import math
+
     from solvers.allocation import solve
+
+    if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
+        raise InputError(f"--time-limit: {time_limit!r}; allowed: a number of seconds > 0")
 
     if config is not None:
         problem, desc = problem_from_config(config)
@@ -118,7 +127,7 @@ def plan(
             devices=devices, max_count=max_count, power_budget_w=power_budget_w, headroom=headroom,
             slice_factor=slice_factor, prices=prices,
         )
-    result = solver_call(solve, problem, solver=solver)
+    result = solver_call(solve, problem, solver=solver, time_limit_s=time_limit, accept_incumbent=time_limit is not None)
     doc = {**result.to_json(), **desc}
     doc.setdefault("prices_per_hour", {t.name: t.price_per_hour for t in problem.device_types})
     if plot is not None:

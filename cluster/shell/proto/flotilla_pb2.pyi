@@ -157,7 +157,7 @@ class PlanBucket(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., max_input_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles")
+    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles", "status", "gap")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,8 @@ class Allocation(_message.Message):
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     ALLOCATION_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     counts: _containers.ScalarMap[str, int]
     cost_per_hour: float
     baselines: _containers.ScalarMap[str, float]
@@ -194,7 +196,9 @@ class Allocation(_message.Message):
     applied: bool
     allocation_version: int
     bundles: int
-    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ...) -> None: ...
+    status: str
+    gap: float
+    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ..., status: _Optional[str] = ..., gap: _Optional[float] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("device_id", "kind", "capacity", "active", "alive")
