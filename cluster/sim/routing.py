@@ -1,0 +1,106 @@
+"""The simulated router: which replica takes each request. Pure; shared by both engines.
+
+This re-implements the rule of :mod:`actors.routing` (layer 3, which the cluster foundation may
+not import) on the routing plan of :func:`solvers.routing.routing_plan`, adapted to a simulator
+that dispatches every request when it arrives (replicas queue it inside their engine; the real
+router holds it centrally until a slot frees):
+
+1. bucket: the first plan bucket whose ``max_tokens`` / ``max_input_tokens`` /
+   ``max_output_tokens`` bounds hold (the last when none does), as ``actors.routing.bucket_index``;
+2. kind: with ``weights``, smooth weighted round robin (nginx's, as ``actors.routing.WeightedTurns``)
+   among the bucket's kinds that have replicas in the fleet; without weights every bucket kind's
+   replica is a candidate; when none of the bucket's kinds is in the fleet, every replica is
+   (the real router's *fallback*);
+3. replica: the least loaded candidate, load = outstanding requests / ``slots``, ties broken
+   round-robin by a running ``turn`` counter (the candidate at position ``turn mod n`` first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cluster.exceptions import InputError
+
+
+class Router:
+    """Routing state for one simulation run (weighted-turn credits and the ``turn`` counter)."""
+
+    def __init__(self, kinds: Sequence[str], slots: Sequence[int], plan: dict[str, Any] | None = None) -> None:
+        self.kinds = list(kinds)
+        self.slots = np.asarray(slots, dtype=np.float64)
+        if plan is None:
+            plan = {"buckets": [{"kinds": sorted(set(self.kinds))}], "source": "round-robin"}
+        buckets = plan.get("buckets") if isinstance(plan, dict) else None
+        if not isinstance(buckets, list) or not buckets:
+            raise InputError("plan.buckets: expected a non-empty list of {max_*_tokens?, kinds, weights?}")
+        self.buckets = buckets
+        everyone = np.arange(len(self.kinds))
+        by_kind = {k: np.array([i for i, x in enumerate(self.kinds) if x == k], dtype=np.int64) for k in set(self.kinds)}
+        self._by_kind = by_kind
+        # per bucket: (kind list with replicas, weights) or a fixed candidate array
+        self._choice: list[tuple[list[str], list[float]] | np.ndarray] = []
+        for n, b in enumerate(buckets):
+            if not isinstance(b, dict) or not isinstance(b.get("kinds"), list):
+                raise InputError(f"plan.buckets[{n}].kinds: expected a list of device kinds")
+            present = [k for k in b["kinds"] if k in by_kind]
+            w = b.get("weights")
+            if present and isinstance(w, dict) and any(k in w for k in present):
+                ks = [k for k in present if k in w]
+                self._choice.append((ks, [float(w[k]) for k in ks]))
+            elif present:
+                self._choice.append(np.sort(np.concatenate([by_kind[k] for k in present])))
+            else:
+                self._choice.append(everyone)
+        self._credit = [[0.0] * (len(c[0]) if isinstance(c, tuple) else 0) for c in self._choice]
+        self.turn = 0
+
+    def buckets_of(self, input_len: np.ndarray, output_len: np.ndarray) -> np.ndarray:
+        """The plan bucket of every request (vectorised ``bucket_index``)."""
+        n = len(input_len)
+        out = np.full(n, len(self.buckets) - 1, dtype=np.int64)
+        for k in range(len(self.buckets) - 1, -1, -1):  # later buckets first; the first match wins
+            b = self.buckets[k]
+            ok = np.ones(n, dtype=bool)
+            if b.get("max_tokens") is not None:
+                ok &= input_len + output_len <= b["max_tokens"]
+            if b.get("max_input_tokens") is not None:
+                ok &= input_len <= b["max_input_tokens"]
+            if b.get("max_output_tokens") is not None:
+                ok &= output_len <= b["max_output_tokens"]
+            out[ok] = k
+        return out
+
+    def candidates(self, bucket: int) -> np.ndarray:
+        """Replica indices that may take a request of ``bucket`` (one kind by weighted turns)."""
+        c = self._choice[bucket]
+        if not isinstance(c, tuple):
+            return c
+        kinds, weights = c
+        if len(kinds) == 1:
+            return self._by_kind[kinds[0]]
+        credit = self._credit[bucket]
+        best = 0
+        for i, w in enumerate(weights):
+            credit[i] += w
+            if credit[i] > credit[best]:
+                best = i
+        credit[best] -= sum(weights)
+        return self._by_kind[kinds[best]]
+
+    def pick(self, cands: np.ndarray, outstanding: np.ndarray) -> int:
+        """The least loaded candidate (ties: round robin by ``turn``); advances ``turn``."""
+        n = len(cands)
+        turn = self.turn
+        self.turn = turn + 1
+        if n == 1:
+            return int(cands[0])
+        load = outstanding[cands] / self.slots[cands]
+        start = turn % n
+        rolled = np.concatenate((load[start:], load[:start])) if start else load
+        return int(cands[(start + int(np.argmin(rolled))) % n])
+
+
+__all__ = ["Router"]
