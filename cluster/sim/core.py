@@ -20,7 +20,6 @@ Summary (:func:`summarize`), over the requests that were not rejected:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ def build_replicas(fleet: Mapping[str, int], model: ModelShape, *, engine: Engin
         spec = catalog.get(kind)
         cost = StepCost.of(model, spec, engine)
         slots = max(1, min(engine.max_num_seqs, int(cost.kv_capacity // max(1.0, mean_request_tokens))))
-        price = spec.price_per_hour if spec.price_per_hour is not None else math.nan
+        price = spec.price_per_hour  # None: no catalog price (counted as 0, listed as unpriced)
         out.extend(ReplicaSpec(f"{kind}-{i}", kind, cost, price, slots) for i in range(count))
     if not out:
         raise InputError(f"fleet: it has no device (every count is 0): {dict(fleet)!r}")
@@ -109,7 +108,7 @@ def summarize(raw: RawRun, reqs: Requests, replicas: list[ReplicaSpec], *, tpot_
                        for i, r in enumerate(replicas)])
     util = {k: float(np.mean([raw.busy_s[i] / makespan if makespan > 0 else 0.0
                               for i, r in enumerate(replicas) if r.kind == k])) for k in kinds}
-    cost_h = float(sum(r.price_per_hour for r in replicas))
+    cost_h = float(sum(r.price_per_hour or 0.0 for r in replicas))
     served = int(ok.sum())
     return {
         "requests": n,
@@ -129,6 +128,7 @@ def summarize(raw: RawRun, reqs: Requests, replicas: list[ReplicaSpec], *, tpot_
         "output_tokens_per_s": float(o.sum()) / makespan if makespan > 0 else None,
         "cost_per_hour": cost_h,
         "cost_usd": cost_h * makespan / 3600.0,
+        "unpriced_kinds": sorted({r.kind for r in replicas if r.price_per_hour is None}),
         "energy_j": float(energy.sum()),
         "energy_per_request_j": float(energy.sum()) / served if served else None,
         "mean_power_w": float(energy.sum()) / makespan if makespan > 0 else None,

@@ -122,7 +122,7 @@ class ReplicaSpec:
     name: str
     kind: str
     cost: StepCost
-    price_per_hour: float
+    price_per_hour: float | None
     slots: int
 
 
