@@ -38,6 +38,10 @@ _IDLE, _STEP, _RUN = 0, 1, 2
 #: Runs of at most this many steps are timed in a Python loop (cheaper than numpy's call overhead;
 #: the same float operations, so the same results).
 _SMALL_RUN = 6
+#: A decode run is timed this many steps at a time (arrivals usually cut runs short); a block that
+#: ends before the next completion is followed by the next block.
+_BLOCK = 48
+_AR = np.arange(_BLOCK, dtype=np.float64)
 _INF = math.inf
 
 
@@ -72,9 +76,10 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
     finish = [math.nan] * n
     routed = [0] * n
     busy_s, busy_term, steps, area = [0.0] * nr, [0.0] * nr, [0] * nr, [0.0] * nr
-    outstanding = np.zeros(nr, dtype=np.int64)
-    wake = np.full(nr, _INF)
+    outstanding = [0] * nr
+    wake = [_INF] * nr
     reps = [_Rep(s.cost) for s in replicas]
+    deferred: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(nr)]
     a = reqs.arrival.tolist()
     P, O = reqs.input_len.tolist(), reqs.output_len.tolist()
     buckets = router.buckets_of(reqs.input_len, reqs.output_len).tolist()
@@ -99,7 +104,7 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
     def plan_run(rep: _Rep, s: float) -> None:
         c = rep.cost
         b, c0 = rep.b, rep.sumc
-        k = rep.heap[0][0] - rep.g
+        k = min(rep.heap[0][0] - rep.g, _BLOCK)  # the run ends at the next completion, or a block
         if k <= _SMALL_RUN:
             ends, dts, busys = [], [], []
             t = s
@@ -110,15 +115,15 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
                 dts.append(dt)
                 busys.append(bz)
         else:
-            ci = np.arange(c0, c0 + k * b, b, dtype=np.int64).astype(np.float64)
+            ci = c0 + b * _AR[:k]
             tc = b * c.tok_comp + ci * c.attn_comp
             tm = c.weights_mem + ci * c.kv_mem
-            dts = np.maximum(tc, tm) + c.overhead
-            busys = np.maximum(c.u_c * tc, c.u_m * tm)
             acc = np.empty(k + 1)
             acc[0] = s
-            acc[1:] = dts
-            ends = np.cumsum(acc)[1:]
+            np.maximum(tc, tm, out=acc[1:])
+            acc[1:] += c.overhead
+            ends = np.add.accumulate(acc)[1:]
+            dts, busys = None, (tc, tm)
         rep.mode, rep.start, rep.ends, rep.dts, rep.busys, rep.length = _RUN, s, ends, dts, busys, k
         rep.end = float(ends[k - 1])
 
@@ -181,12 +186,13 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
         now = rep.end
         if rep.mode == _RUN:
             L = rep.length
-            if L == len(rep.dts):
-                busy_s[r] += float(sum(rep.dts)) if isinstance(rep.dts, list) else float(rep.dts.sum())
-                busy_term[r] += float(sum(rep.busys)) if isinstance(rep.busys, list) else float(rep.busys.sum())
-            else:
-                busy_s[r] += float(sum(rep.dts[:L]))
-                busy_term[r] += float(sum(rep.busys[:L]))
+            if isinstance(rep.busys, list):
+                busy_s[r] += sum(rep.dts[:L])
+                busy_term[r] += sum(rep.busys[:L])
+            else:  # busy time from the end times; the energy terms summed once, at the end of the run
+                busy_s[r] += float(rep.ends[L - 1]) - rep.start
+                tc, tm = rep.busys
+                deferred[r].append((tc[:L], tm[:L]))
             steps[r] += L
             rep.g += L
             rep.sumc += L * rep.b
@@ -225,15 +231,10 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
     for j in range(n):
         t = a[j]
         cands = router.candidates(buckets[j])
-        if len(cands) == 1:
-            r = int(cands[0])
+        for r in cands:
             if wake[r] <= t:
                 advance(r, t)
-            router.turn += 1
-        else:
-            for r in cands[wake[cands] <= t].tolist():
-                advance(r, t)
-            r = router.pick(cands, outstanding)
+        r = router.pick(cands, outstanding)
         routed[j] = r
         rep = reps[r]
         if P[j] + O[j] > rep.cap:
@@ -256,6 +257,10 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
     end = max((rep.last for rep in reps), default=0.0)
     for r, rep in enumerate(reps):
         area[r] += rep.out * (end - rep.last)
+        if deferred[r]:
+            tc = np.concatenate([d[0] for d in deferred[r]])
+            tm = np.concatenate([d[1] for d in deferred[r]])
+            busy_term[r] += float(np.maximum(rep.cost.u_c * tc, rep.cost.u_m * tm).sum())
     res.first_token[:] = first
     res.finish[:] = finish
     res.replica[:] = routed

@@ -17,6 +17,7 @@ router holds it centrally until a slot frees):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,18 +31,18 @@ class Router:
 
     def __init__(self, kinds: Sequence[str], slots: Sequence[int], plan: dict[str, Any] | None = None) -> None:
         self.kinds = list(kinds)
-        self.slots = np.asarray(slots, dtype=np.float64)
+        self.slots = [float(x) for x in slots]
         if plan is None:
             plan = {"buckets": [{"kinds": sorted(set(self.kinds))}], "source": "round-robin"}
         buckets = plan.get("buckets") if isinstance(plan, dict) else None
         if not isinstance(buckets, list) or not buckets:
             raise InputError("plan.buckets: expected a non-empty list of {max_*_tokens?, kinds, weights?}")
         self.buckets = buckets
-        everyone = np.arange(len(self.kinds))
-        by_kind = {k: np.array([i for i, x in enumerate(self.kinds) if x == k], dtype=np.int64) for k in set(self.kinds)}
+        everyone = list(range(len(self.kinds)))
+        by_kind = {k: [i for i, x in enumerate(self.kinds) if x == k] for k in set(self.kinds)}
         self._by_kind = by_kind
         # per bucket: (kind list with replicas, weights) or a fixed candidate array
-        self._choice: list[tuple[list[str], list[float]] | np.ndarray] = []
+        self._choice: list[tuple[list[str], list[float]] | list[int]] = []
         for n, b in enumerate(buckets):
             if not isinstance(b, dict) or not isinstance(b.get("kinds"), list):
                 raise InputError(f"plan.buckets[{n}].kinds: expected a list of device kinds")
@@ -51,7 +52,7 @@ class Router:
                 ks = [k for k in present if k in w]
                 self._choice.append((ks, [float(w[k]) for k in ks]))
             elif present:
-                self._choice.append(np.sort(np.concatenate([by_kind[k] for k in present])))
+                self._choice.append(sorted(i for k in present for i in by_kind[k]))
             else:
                 self._choice.append(everyone)
         self._credit = [[0.0] * (len(c[0]) if isinstance(c, tuple) else 0) for c in self._choice]
@@ -73,7 +74,7 @@ class Router:
             out[ok] = k
         return out
 
-    def candidates(self, bucket: int) -> np.ndarray:
+    def candidates(self, bucket: int) -> list[int]:
         """Replica indices that may take a request of ``bucket`` (one kind by weighted turns)."""
         c = self._choice[bucket]
         if not isinstance(c, tuple):
@@ -90,17 +91,21 @@ class Router:
         credit[best] -= sum(weights)
         return self._by_kind[kinds[best]]
 
-    def pick(self, cands: np.ndarray, outstanding: np.ndarray) -> int:
+    def pick(self, cands: list[int], outstanding: Sequence[int]) -> int:
         """The least loaded candidate (ties: round robin by ``turn``); advances ``turn``."""
         n = len(cands)
         turn = self.turn
         self.turn = turn + 1
         if n == 1:
-            return int(cands[0])
-        load = outstanding[cands] / self.slots[cands]
+            return cands[0]
         start = turn % n
-        rolled = np.concatenate((load[start:], load[:start])) if start else load
-        return int(cands[(start + int(np.argmin(rolled))) % n])
+        slots = self.slots
+        best, low = cands[start], math.inf
+        for i in (cands[start:] + cands[:start]) if start else cands:
+            load = outstanding[i] / slots[i]
+            if load < low:
+                best, low = i, load
+        return best
 
 
 __all__ = ["Router"]

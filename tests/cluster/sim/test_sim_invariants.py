@@ -108,10 +108,10 @@ def test_idle_identical_replicas_take_turns() -> None:
 
 def test_router_picks_the_least_loaded_replica_by_slots() -> None:
     r = Router(["a", "a", "a", "a"], [1, 1, 1, 1])
-    out = np.array([3, 1, 1, 2])
-    assert [r.pick(np.arange(4), out) for _ in range(4)] == [1, 1, 2, 1]  # turns 0..3 break the tie
+    out = [3, 1, 1, 2]
+    assert [r.pick([0, 1, 2, 3], out) for _ in range(4)] == [1, 1, 2, 1]  # turns 0..3 break the tie
     r2 = Router(["a", "b"], [1, 4])
-    assert r2.pick(np.arange(2), np.array([2, 3])) == 1  # 3/4 < 2/1
+    assert r2.pick([0, 1], [2, 3]) == 1  # 3/4 < 2/1
 
 
 def test_summary_figures_are_consistent() -> None:
