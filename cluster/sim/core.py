@@ -21,7 +21,7 @@ Summary (:func:`summarize`), over the requests that were not rejected:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,15 +68,16 @@ def build_replicas(fleet: Mapping[str, int], model: ModelShape, *, engine: Engin
 
 
 def run_engine(replicas: list[ReplicaSpec], reqs: Requests, *, engine: EngineConfig = EngineConfig(),
-               plan: dict[str, Any] | None = None, core: str = "fast") -> RawRun:
+               plan: dict[str, Any] | None = None, core: str = "fast",
+               progress: Callable[[int, int], None] | None = None) -> RawRun:
     """One engine run (a fresh router each time, so runs are reproducible)."""
     validate.choice("engine", core, ENGINES)
     router = Router([r.kind for r in replicas], [r.slots for r in replicas], plan)
     if core == "simpy":
         from cluster.sim.engine_simpy import run_simpy  # simpy is imported only when used
 
-        return run_simpy(replicas, router, reqs, engine)
-    return run_fast(replicas, router, reqs, engine)
+        return run_simpy(replicas, router, reqs, engine, progress)
+    return run_fast(replicas, router, reqs, engine, progress)
 
 
 def _pct(x: np.ndarray, q: float) -> float | None:
@@ -152,7 +153,8 @@ class SimReport:
 
 def simulate(fleet: Mapping[str, int], model: ModelShape, reqs: Requests, *, engine: EngineConfig = EngineConfig(),
              plan: dict[str, Any] | None = None, core: str = "fast", tpot_slo_s: float | None = None,
-             ttft_slo_s: float | None = None, catalog: Catalog | None = None) -> SimReport:
+             ttft_slo_s: float | None = None, catalog: Catalog | None = None,
+             progress: Callable[[int, int], None] | None = None) -> SimReport:
     """Simulate ``reqs`` on ``fleet`` serving ``model`` (routing ``plan`` as
     :func:`solvers.routing.routing_plan` gives it; one bucket of every kind when None)."""
     for name, v in (("tpot_slo_s", tpot_slo_s), ("ttft_slo_s", ttft_slo_s)):
@@ -160,7 +162,7 @@ def simulate(fleet: Mapping[str, int], model: ModelShape, reqs: Requests, *, eng
     mean_tokens = float(np.mean(reqs.input_len + reqs.output_len))
     replicas = build_replicas(fleet, model, engine=engine, catalog=catalog, mean_request_tokens=mean_tokens)
     t0 = time.perf_counter()
-    raw = run_engine(replicas, reqs, engine=engine, plan=plan, core=core)
+    raw = run_engine(replicas, reqs, engine=engine, plan=plan, core=core, progress=progress)
     wall = time.perf_counter() - t0
     summary = summarize(raw, reqs, replicas, tpot_slo_s=tpot_slo_s, ttft_slo_s=ttft_slo_s)
     summary.update(engine=core, chunked_prefill=engine.chunked_prefill, model=model.name, wall_s=wall,

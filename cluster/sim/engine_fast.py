@@ -26,6 +26,7 @@ import heapq
 import math
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,6 +44,8 @@ _SMALL_RUN = 6
 _BLOCK = 48
 _AR = np.arange(_BLOCK, dtype=np.float64)
 _INF = math.inf
+#: Arrivals between two progress reports.
+PROGRESS_EVERY = 8192
 
 
 class _Rep:
@@ -68,8 +71,10 @@ class _Rep:
         self.out = 0
 
 
-def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine: EngineConfig) -> RawRun:
-    """Simulate ``reqs`` on ``replicas`` (module docstring)."""
+def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine: EngineConfig,
+             progress: Callable[[int, int], None] | None = None) -> RawRun:
+    """Simulate ``reqs`` on ``replicas`` (module docstring); ``progress(done, total)`` is called
+    every :data:`PROGRESS_EVERY` arrivals."""
     n, nr = len(reqs), len(replicas)
     res = RawRun.empty(n, nr)
     first = [math.nan] * n
@@ -229,6 +234,8 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
         wake[r] = rep.end
 
     for j in range(n):
+        if progress is not None and j % PROGRESS_EVERY == 0:
+            progress(j, n)
         t = a[j]
         cands = router.candidates(buckets[j])
         for r in cands:
@@ -261,6 +268,8 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
             tc = np.concatenate([d[0] for d in deferred[r]])
             tm = np.concatenate([d[1] for d in deferred[r]])
             busy_term[r] += float(np.maximum(rep.cost.u_c * tc, rep.cost.u_m * tm).sum())
+    if progress is not None:
+        progress(n, n)
     res.first_token[:] = first
     res.finish[:] = finish
     res.replica[:] = routed

@@ -22,12 +22,14 @@ Semantics (both engines implement exactly these; tests/cluster/sim checks they a
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import simpy
 from simpy.core import URGENT
 from simpy.events import Event
 
+from cluster.sim.engine_fast import PROGRESS_EVERY
 from cluster.sim.model import EngineConfig, ReplicaSpec
 from cluster.sim.requests import Requests
 from cluster.sim.routing import Router
@@ -51,8 +53,10 @@ class _Urgent(Event):
         env.schedule(self, URGENT, delay)
 
 
-def run_simpy(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine: EngineConfig) -> RawRun:
-    """Simulate ``reqs`` on ``replicas`` with simpy, one step at a time."""
+def run_simpy(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine: EngineConfig,
+              progress: Callable[[int, int], None] | None = None) -> RawRun:
+    """Simulate ``reqs`` on ``replicas`` with simpy, one step at a time (``progress(done, total)``
+    every :data:`~cluster.sim.engine_fast.PROGRESS_EVERY` arrivals)."""
     env = simpy.Environment()
     n, nr = len(reqs), len(replicas)
     res = RawRun.empty(n, nr)
@@ -150,6 +154,8 @@ def run_simpy(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engin
 
     def arrivals():
         for j in range(n):
+            if progress is not None and j % PROGRESS_EVERY == 0:
+                progress(j, n)
             t = a[j]
             if t > env.now:
                 yield env.timeout(t - env.now)
@@ -170,6 +176,8 @@ def run_simpy(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engin
         env.process(replica(r))
     env.process(arrivals())
     env.run()
+    if progress is not None:
+        progress(n, n)
     for r in range(nr):
         touch(r, env.now)
     return res

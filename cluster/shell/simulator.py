@@ -1,0 +1,193 @@
+"""Simulation service: a fleet file or a ``flotilla plan --json`` object -> :func:`cluster.sim.simulate`.
+
+Used by ``flotilla simulate`` and ``flotilla plan --simulate``. A *plan object* is what
+``flotilla plan --json`` prints: ``allocation`` (kind -> count), ``assignment`` (bucket ->
+{kind: share}), ``grid`` (the bucket edges it was solved on), ``model``, ``workload``, ``rate``,
+``tpot_slo_ms``, ``ttft_slo_ms``. Its fleet is the allocation, its routing plan
+:func:`solvers.routing.routing_plan` of it (what a Router applies), and its model, workload, rate
+and SLOs are the defaults of the simulation. Every latency, energy and utilisation figure the
+simulation returns is MODELED.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.exceptions import InputError
+
+#: The attainment below which ``flotilla plan --simulate`` warns (the issue's 99 %).
+DEFAULT_TARGET = 0.99
+
+
+@dataclass(frozen=True)
+class FleetSource:
+    """What to simulate: ``fleet`` {kind: count}, its routing ``plan`` (None: one bucket of every
+    kind) and the defaults a plan object carries (``model``, ``workload``, ``rate``, SLOs)."""
+
+    fleet: dict[str, int]
+    plan: dict[str, Any] | None
+    source: str
+    defaults: dict[str, Any]
+
+
+def fleet_from_file(path: str) -> FleetSource:
+    """A fleet YAML file (``examples/fleet.yaml``)."""
+    from cluster.catalog import default_catalog
+    from cluster.runtime import load_fleet
+
+    fl = load_fleet(path, catalog=default_catalog())
+    return FleetSource({e.kind: e.count for e in fl.entries}, None, f"fleet {fl.name!r} ({path})", {})
+
+
+def fleet_from_plan(doc: Any, where: str = "plan") -> FleetSource:
+    """A plan object (module docstring)."""
+    from solvers.routing import routing_plan
+
+    if not isinstance(doc, dict):
+        raise InputError(f"{where}: expected the JSON object `flotilla plan --json` prints, got {type(doc).__name__}")
+    alloc = doc.get("allocation")
+    if not isinstance(alloc, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                              for v in alloc.values()):
+        raise InputError(f"{where}.allocation: expected {{kind: count >= 0}}, got {alloc!r:.80}")
+    fleet = {k: v for k, v in alloc.items() if v > 0}
+    if not fleet:
+        raise InputError(f"{where}.allocation: the plan provisions no device, so there is nothing to simulate")
+    grid = doc.get("grid")
+    if isinstance(grid, dict) and "assignment" in doc:
+        edges_in, edges_out = grid.get("input_edges"), grid.get("output_edges")
+        if not (isinstance(edges_in, list) and isinstance(edges_out, list)):
+            raise InputError(f"{where}.grid: expected input_edges and output_edges lists, got {grid!r:.80}")
+        routing = routing_plan(doc, edges_in, edges_out, source="plan")
+    else:  # a plan without its grid (e.g. from a Mélange config): spread by fleet shape
+        routing = {"buckets": [{"kinds": sorted(fleet), "weights": {k: float(v) for k, v in fleet.items()}}],
+                   "source": "fleet shape"}
+    wl = doc.get("workload")
+    defaults = {
+        "model": doc.get("model"),
+        "workload": wl.get("name") if isinstance(wl, dict) else wl,
+        "rate": doc.get("rate"),
+        "tpot_slo_ms": doc.get("tpot_slo_ms"),
+        "ttft_slo_ms": doc.get("ttft_slo_ms"),
+    }
+    return FleetSource(fleet, routing, where, {k: v for k, v in defaults.items() if v is not None})
+
+
+def fleet_from_plan_file(path: str) -> FleetSource:
+    """A file holding a plan object (``flotilla plan --json > PLAN.json``)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"--plan {path!r}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"--plan {path!r}: not JSON ({e.msg}, line {e.lineno})") from None
+    return fleet_from_plan(doc, where=f"--plan {path}")
+
+
+def run_simulation(src: FleetSource, *, model: str | None, workload: str | None, rate: float | None,
+                   requests: int, arrivals: str = "poisson", seed: int = 0, tpot_slo_ms: float | None = None,
+                   ttft_slo_ms: float | None = None, core: str = "fast", chunked_prefill: bool = False,
+                   max_num_seqs: int = 256, max_batched_tokens: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> Any:
+    """Simulate ``src``; flags left None take the plan object's defaults, then the built-in ones
+    (llama-2-7b, arena, 4 req/s, no SLO). Returns the :class:`cluster.sim.SimReport`."""
+    from cluster.models import get_model
+    from cluster.sim import EngineConfig, make_requests, simulate
+
+    d = src.defaults
+    model = model or d.get("model") or "llama-2-7b"
+    workload = workload or d.get("workload") or "arena"
+    rate = rate if rate is not None else d.get("rate", 4.0)
+    tpot = tpot_slo_ms if tpot_slo_ms is not None else d.get("tpot_slo_ms")
+    ttft = ttft_slo_ms if ttft_slo_ms is not None else d.get("ttft_slo_ms")
+    from solvers import validate
+
+    validate.real("--tpot-slo-ms", tpot, lo=0.0, lo_open=True, allow_none=True)
+    validate.real("--ttft-slo-ms", ttft, lo=0.0, lo_open=True, allow_none=True)
+    validate.integer("--requests", requests, minimum=1)
+    if max_batched_tokens is None:
+        max_batched_tokens = 2048 if chunked_prefill else 8192
+    engine = EngineConfig(max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens,
+                          chunked_prefill=chunked_prefill)
+    reqs = make_requests(workload, requests, rate=rate, arrivals=arrivals, seed=seed)
+    rep = simulate(src.fleet, get_model(model), reqs, engine=engine, plan=src.plan, core=core,
+                   tpot_slo_s=None if tpot is None else tpot / 1e3, ttft_slo_s=None if ttft is None else ttft / 1e3,
+                   progress=progress)
+    rep.summary.update(source=src.source, workload=workload, rate=None if arrivals == "trace" else rate,
+                       arrivals=arrivals, seed=seed, routing=(src.plan or {}).get("source", "least loaded"))
+    return rep
+
+
+def check_plan(doc: dict[str, Any], *, requests: int, target: float = DEFAULT_TARGET, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Simulate a plan object at its own workload, rate and SLOs; the figures ``plan --simulate``
+    shows, with ``meets_target``."""
+    from solvers import validate
+
+    validate.real("--target", target, lo=0.0, hi=1.0)
+    src = fleet_from_plan(doc)
+    rep = run_simulation(src, model=None, workload=None, rate=None, requests=requests, seed=seed, progress=progress)
+    s = rep.summary
+    keys = ("slo_attainment", "p50_tpot_ms", "p99_tpot_ms", "p50_ttft_ms", "p99_ttft_ms", "cost_per_hour",
+            "energy_per_request_j", "utilisation", "requests", "rejected", "simulated_requests_per_s", "note")
+    return {**{k: s[k] for k in keys}, "target": target, "meets_target": s["slo_attainment"] >= target}
+
+
+def plot_timeline(rep: Any, path: str, bins: int = 120) -> dict[str, Any]:
+    """Write a timeline (arrival rate, requests in the system, TTFT and TPOT over time) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    reqs, raw = rep.requests, rep.raw
+    ok = ~raw.rejected
+    end = float(np.nanmax(raw.finish)) if ok.any() else float(reqs.arrival[-1])
+    edges = np.linspace(0.0, max(end, 1e-9), bins + 1)
+    width = edges[1] - edges[0]
+    arr = np.histogram(reqs.arrival, edges)[0] / width
+    done = np.histogram(raw.finish[ok], edges)[0] / width
+    mid = (edges[:-1] + edges[1:]) / 2
+    in_sys = np.searchsorted(np.sort(reqs.arrival), mid) - np.searchsorted(np.sort(raw.finish[ok]), mid) \
+        - np.searchsorted(np.sort(reqs.arrival[~ok]), mid)
+    ttft = (raw.first_token - reqs.arrival)[ok] * 1e3
+    multi = ok & (reqs.output_len > 1)
+    tpot = (raw.finish - raw.first_token)[multi] / (reqs.output_len[multi] - 1) * 1e3
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
+    axes[0].plot(mid, arr, label="arrivals")
+    axes[0].plot(mid, done, label="completions")
+    axes[0].set_ylabel("req/s")
+    axes[0].legend(fontsize=8)
+    ax2 = axes[0].twinx()
+    ax2.plot(mid, in_sys, color="gray", linestyle=":", label="in system")
+    ax2.set_ylabel("in system", color="gray")
+    axes[1].scatter(reqs.arrival[ok], ttft, s=2, alpha=0.4)
+    axes[1].set_ylabel("TTFT (ms)")
+    axes[1].set_yscale("log")
+    axes[2].scatter(reqs.arrival[multi], tpot, s=2, alpha=0.4, color="tab:green")
+    axes[2].set_ylabel("TPOT (ms)")
+    axes[2].set_xlabel("arrival time (s)")
+    s = rep.summary
+    for ax, key in ((axes[1], "ttft_slo_ms"), (axes[2], "tpot_slo_ms")):
+        if s.get(key):
+            ax.axhline(s[key], color="red", linewidth=1, label="SLO")
+            ax.legend(fontsize=8)
+    fleet = ", ".join(f"{n}x {k}" for k, n in s["fleet"].items())
+    fig.suptitle(f"simulated (MODELED) {s['model']} on {fleet}\n{s['requests']} requests, "
+                 f"SLO attainment {100 * s['slo_attainment']:.1f}%", fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise InputError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+    return {"file": path, "bins": bins}
+
+
+__all__ = ["DEFAULT_TARGET", "FleetSource", "check_plan", "fleet_from_file", "fleet_from_plan", "fleet_from_plan_file",
+           "plot_timeline", "run_simulation"]

@@ -1,0 +1,130 @@
+"""`flotilla simulate` and `flotilla plan --simulate` as a user runs them: one JSON object, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.catalog import default_catalog
+from cluster.shell.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[2]
+FLEET = str(ROOT / "examples" / "fleet.yaml")
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = cli.main(list(args))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def one_line_error(rc: int, out: str, err: str, *words: str) -> None:
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_simulate_the_example_fleet_as_json(capsys) -> None:
+    rc, out, err = run(capsys, "simulate", "--fleet", FLEET, "--workload", "arena", "--rate", "3", "--requests", "2000",
+                       "--tpot-slo-ms", "150", "--ttft-slo-ms", "2000", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    for key in ("slo_attainment", "p99_tpot_ms", "p50_tpot_ms", "p99_ttft_ms", "cost_per_hour", "simulated_requests_per_s"):
+        assert key in doc
+    assert doc["modeled"] is True and "not measured" in doc["note"]
+    assert 0.0 <= doc["slo_attainment"] <= 1.0 and doc["requests"] == 2000
+    cat = default_catalog()
+    assert doc["cost_per_hour"] == pytest.approx(2 * cat.get("rtx4090").price_per_hour + cat.get("a100-80g-sxm").price_per_hour)
+    assert doc["fleet"] == {"a100-80g-sxm": 1, "jetson-agx-orin-64": 2, "rtx4090": 2}
+    assert doc["unpriced_kinds"] == ["jetson-agx-orin-64"]
+
+
+def test_both_engines_agree_through_the_cli(capsys) -> None:
+    docs = []
+    for engine in ("fast", "simpy"):
+        rc, out, err = run(capsys, "simulate", "--fleet", FLEET, "--rate", "4", "--requests", "800", "--arrivals", "gamma:2",
+                           "--seed", "3", "--engine", engine, "--chunked-prefill", "--json")
+        assert rc == 0, err
+        docs.append(json.loads(out))
+    for key in ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms", "mean_e2e_ms", "makespan_s"):
+        assert docs[0][key] == pytest.approx(docs[1][key], rel=1e-9)
+
+
+def test_plan_json_feeds_simulate_plan(capsys, tmp_path: Path) -> None:
+    rc, out, err = run(capsys, "plan", "--model", "llama-3-8b", "--rate", "20", "--tpot-slo-ms", "16", "--json")
+    assert rc == 0, err
+    plan = json.loads(out)
+    f = tmp_path / "plan.json"
+    f.write_text(out)
+    rc, out, err = run(capsys, "simulate", "--plan", str(f), "--requests", "1500", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["fleet"] == {k: n for k, n in plan["allocation"].items() if n > 0}
+    assert doc["model"] == "llama-3-8b" and doc["tpot_slo_ms"] == 16.0 and doc["rate"] == 20.0
+    assert doc["routing"] == "plan"
+    assert doc["cost_per_hour"] == pytest.approx(plan["cost_per_hour"])
+
+
+def test_plan_simulate_reports_attainment_and_warns_below_target(capsys) -> None:
+    args = ("plan", "--model", "llama-3-8b", "--rate", "20", "--tpot-slo-ms", "16", "--simulate", "--sim-requests", "2000")
+    rc, out, err = run(capsys, *args, "--json")
+    assert rc == 0, err
+    sim = json.loads(out)["simulation"]
+    assert sim["meets_target"] == (sim["slo_attainment"] >= 0.99) and sim["target"] == 0.99
+    assert sim["slo_attainment"] < 0.99  # this plan's modeled tables are optimistic at a 16 ms TPOT
+    rc, out, err = run(capsys, *args)
+    assert rc == 0
+    assert "simulated SLO attainment" in out and "below the target 99%" in err
+    rc, out, err = run(capsys, *args, "--target", "0.5")
+    assert rc == 0 and "below the target" not in err
+
+
+def test_trace_replay_and_plot(capsys, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,input_len,output_len\n" + "".join(f"{0.5 * i},{100 + i},{20 + i}\n" for i in range(40)))
+    png = tmp_path / "timeline.png"
+    rc, out, err = run(capsys, "simulate", "--fleet", FLEET, "--workload", str(trace), "--arrivals", "trace",
+                       "--requests", "30", "--plot", str(png), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["requests"] == 30 and doc["rate"] is None and doc["plot"]["file"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_human_output_fits_80_columns(capsys) -> None:
+    rc, out, err = run(capsys, "simulate", "--fleet", FLEET, "--requests", "500")
+    assert rc == 0, err
+    assert "MODELED" in out and "SLO attainment" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ('{"arrival_s": -1, "input_len": 5, "output_len": 2}\n', ("arrival_s", ":1")),
+    ('{"arrival_s": 0, "input_len": 5, "output_len": 2}\n{"arrival_s": -0.5, "input_len": 5, "output_len": 2}\n', ("arrival_s", ":2")),
+    ('{"arrival_s": 0, "input_len": 1.5, "output_len": 2}\n', ("input_len",)),
+    ("\n", ("no requests",)),
+])
+def test_bad_trace_exits_2_naming_the_field(capsys, tmp_path: Path, body: str, words: tuple[str, ...]) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text(body)
+    one_line_error(*run(capsys, "simulate", "--fleet", FLEET, "--workload", str(f), "--arrivals", "trace", "--json"), *words)
+
+
+def test_bad_input_exits_2(capsys, tmp_path: Path) -> None:
+    one_line_error(*run(capsys, "simulate", "--json"), "--fleet / --plan")
+    one_line_error(*run(capsys, "simulate", "--fleet", FLEET, "--plan", "x.json"), "--fleet / --plan")
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text("devices:\n  - kind: rtx9090\n")
+    one_line_error(*run(capsys, "simulate", "--fleet", str(bad)), "devices[0].kind", "rtx9090")
+    one_line_error(*run(capsys, "simulate", "--fleet", FLEET, "--arrivals", "bursty"), "arrivals")
+    one_line_error(*run(capsys, "simulate", "--fleet", FLEET, "--rate", "-1"), "rate")
+    one_line_error(*run(capsys, "simulate", "--fleet", FLEET, "--workload", "arenna"), "workload", "arena")
+    one_line_error(*run(capsys, "simulate", "--fleet", FLEET, "--engine", "warp"), "engine")
+    one_line_error(*run(capsys, "simulate", "--plan", str(tmp_path / "missing.json")), "--plan")
+    notplan = tmp_path / "p.json"
+    notplan.write_text('{"allocation": {"l4": 0}}')
+    one_line_error(*run(capsys, "simulate", "--plan", str(notplan)), "provisions no device")
