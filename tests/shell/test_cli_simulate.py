@@ -128,3 +128,20 @@ def test_bad_input_exits_2(capsys, tmp_path: Path) -> None:
     notplan = tmp_path / "p.json"
     notplan.write_text('{"allocation": {"l4": 0}}')
     one_line_error(*run(capsys, "simulate", "--plan", str(notplan)), "provisions no device")
+
+
+def test_worked_example_of_the_docs(capsys, tmp_path: Path) -> None:
+    """docs/simulation.md's worked example: the figures it quotes (modeled, deterministic)."""
+    rc, out, err = run(capsys, "simulate", "--fleet", FLEET, "--model", "llama-2-7b", "--workload", "arena", "--rate", "3",
+                       "--requests", "2000", "--tpot-slo-ms", "150", "--ttft-slo-ms", "1000", "--seed", "0",
+                       "--plot", str(tmp_path / "t.png"), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["slo_attainment"] == pytest.approx(0.9905)
+    assert (round(doc["p50_ttft_ms"], 1), round(doc["p99_ttft_ms"], 1)) == (29.0, 880.6)
+    assert (round(doc["p50_tpot_ms"], 1), round(doc["p99_tpot_ms"], 1)) == (13.3, 112.0)
+    assert round(doc["cost_per_hour"], 2) == 3.94 and round(doc["energy_per_request_j"], 1) == 263.8
+    assert doc["requests_per_kind"]["a100-80g-sxm"] == 1283
+    text = (ROOT / "docs" / "simulation.md").read_text()
+    for figure in ("29.0 | 880.6", "13.3 | 112.0", "99.05 %", "$3.94/h", "263.8 J", "1283 of the 2000"):
+        assert figure in text, figure
