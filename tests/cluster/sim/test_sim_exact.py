@@ -144,3 +144,15 @@ def test_a_request_larger_than_the_kv_cache_is_rejected(core: str) -> None:
     assert raw.rejected.tolist() == [True, False]
     assert np.isnan(raw.finish[0]) and raw.finish[1] == pytest.approx(
         0.1 + perf.request_latency(MODEL, L4, 100, 10).e2e_s, rel=REL)
+
+
+def test_closed_form_run_sum_matches_brute_force() -> None:
+    from cluster.sim.engine_fast import sum_max_affine
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        af, ag = rng.uniform(0, 0.02, 2)
+        bf, bg = rng.choice([0.0, 1e-6, 3e-5, 1e-4], 2)
+        n = int(rng.integers(0, 400))
+        brute = sum(max(af + bf * i, ag + bg * i) for i in range(n))
+        assert sum_max_affine(af, bf, ag, bg, n) == pytest.approx(brute, rel=1e-12, abs=1e-15)
