@@ -31,6 +31,8 @@ import math
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
+
 
 from cluster.sim.model import EngineConfig, ReplicaSpec, StepCost
 from cluster.sim.requests import Requests
@@ -84,10 +86,12 @@ def sum_max_affine(af: float, bf: float, ag: float, bg: float, n: int) -> float:
     return lo + hi
 
 
-def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine: EngineConfig,
-             progress: Callable[[int, int], None] | None = None) -> RawRun:
+def run_fast(replicas: list[ReplicaSpec], router: Router | list[tuple[float, Router]], reqs: Requests,
+             engine: EngineConfig, progress: Callable[[int, int], None] | None = None) -> RawRun:
     """Simulate ``reqs`` on ``replicas`` (module docstring); ``progress(done, total)`` is called
-    every :data:`PROGRESS_EVERY` arrivals."""
+    every :data:`PROGRESS_EVERY` arrivals. ``router`` may be a time-ordered list of
+    ``(start time, router)`` epochs (an autoscaled fleet): a request goes through the router of
+    the last epoch started at its arrival; replicas outside it drain their work."""
     n, nr = len(reqs), len(replicas)
     res = RawRun.empty(n, nr)
     first = [math.nan] * n
@@ -99,7 +103,16 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
     reps = [_Rep(s.cost) for s in replicas]
     a = reqs.arrival.tolist()
     P, O = reqs.input_len.tolist(), reqs.output_len.tolist()
-    buckets = router.buckets_of(reqs.input_len, reqs.output_len).tolist()
+    epochs = router if isinstance(router, list) else [(-_INF, router)]
+    starts = [e[0] for e in epochs] + [_INF]
+    ep = 0
+    router = epochs[0][1]
+    bounds = np.searchsorted(reqs.arrival, starts, side="left").tolist()  # epoch e: requests [bounds[e], bounds[e+1])
+    bounds[0] = 0
+    buckets = []
+    for e, (_, rt) in enumerate(epochs):
+        lo, hi = bounds[e], bounds[e + 1]
+        buckets.extend(rt.buckets_of(reqs.input_len[lo:hi], reqs.output_len[lo:hi]).tolist())
     T, max_seqs, chunked = engine.max_batched_tokens, engine.max_num_seqs, engine.chunked_prefill
 
     def done(rep: _Rep, r: int, i: int, now: float) -> None:
@@ -246,6 +259,9 @@ def run_fast(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engine
         if progress is not None and j % PROGRESS_EVERY == 0:
             progress(j, n)
         t = a[j]
+        while j >= bounds[ep + 1]:
+            ep += 1
+            router = epochs[ep][1]
         cands = router.candidates(buckets[j])
         for r in cands:
             if wake[r] <= t:

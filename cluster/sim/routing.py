@@ -29,17 +29,24 @@ from cluster.exceptions import InputError
 class Router:
     """Routing state for one simulation run (weighted-turn credits and the ``turn`` counter)."""
 
-    def __init__(self, kinds: Sequence[str], slots: Sequence[int], plan: dict[str, Any] | None = None) -> None:
+    def __init__(self, kinds: Sequence[str], slots: Sequence[int], plan: dict[str, Any] | None = None,
+                 active: Sequence[int] | None = None) -> None:
+        """``kinds`` and ``slots`` of every replica; ``active``: the indices that may take requests
+        (all when None; an autoscaled fleet routes only to its provisioned replicas)."""
         self.kinds = list(kinds)
         self.slots = [float(x) for x in slots]
         if plan is None:
-            plan = {"buckets": [{"kinds": sorted(set(self.kinds))}], "source": "round-robin"}
+            plan = {"buckets": [{"kinds": sorted(set(self.kinds))}], "source": "least loaded"}
         buckets = plan.get("buckets") if isinstance(plan, dict) else None
         if not isinstance(buckets, list) or not buckets:
             raise InputError("plan.buckets: expected a non-empty list of {max_*_tokens?, kinds, weights?}")
         self.buckets = buckets
-        everyone = list(range(len(self.kinds)))
-        by_kind = {k: [i for i, x in enumerate(self.kinds) if x == k] for k in set(self.kinds)}
+        everyone = sorted(set(range(len(self.kinds)) if active is None else active))
+        if not everyone:
+            raise InputError("fleet: no replica to route to")
+        by_kind: dict[str, list[int]] = {}
+        for i in everyone:
+            by_kind.setdefault(self.kinds[i], []).append(i)
         self._by_kind = by_kind
         # per bucket: (kind list with replicas, weights) or a fixed candidate array
         self._choice: list[tuple[list[str], list[float]] | list[int]] = []
