@@ -189,5 +189,99 @@ def plot_timeline(rep: Any, path: str, bins: int = 120) -> dict[str, Any]:
     return {"file": path, "bins": bins}
 
 
+
+
+# ----------------------------------------------------------------------------------- autoscaling
+
+
+def run_autoscale(*, policies: list[str], trace: str | None, workload: str, rate: float, requests: int,
+                  arrivals: str, seed: int, model: str, devices: list[str], baseline_kind: str | None,
+                  tpot_slo_ms: float, ttft_slo_ms: float | None, interval_s: float, window_s: float,
+                  headroom: float, startup_s: float, down_after: int, target_ongoing: int,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Replay one request stream against each policy (:func:`cluster.sim.autoscale.replay`).
+
+    Returns ``(doc, requests, reports)``: the JSON-ready comparison, the stream and the reports."""
+    from cluster.models import get_model
+    from cluster.sim import load_trace, make_requests
+    from cluster.sim.autoscale import POLICIES, AutoscaleConfig, replay
+    from cluster.sim.requests import Requests
+    from solvers import validate
+
+    for p in policies:
+        validate.choice("--policy", p, (*POLICIES, "all"))
+    if "all" in policies:
+        policies = list(POLICIES)
+    validate.real("--tpot-slo-ms", tpot_slo_ms, lo=0.0, lo_open=True)
+    validate.real("--ttft-slo-ms", ttft_slo_ms, lo=0.0, lo_open=True, allow_none=True)
+    validate.integer("--requests", requests, minimum=1)
+    cfg = AutoscaleConfig(interval_s=interval_s, window_s=window_s, headroom=headroom, down_after=down_after,
+                          startup_s=startup_s, target_ongoing=target_ongoing)
+    if trace is not None:
+        tr = load_trace(trace)
+        reqs = Requests(tr.arrival[:requests], tr.input_len[:requests], tr.output_len[:requests])
+        stream = {"trace": trace}
+    else:
+        reqs = make_requests(workload, requests, rate=rate, arrivals=arrivals, seed=seed)
+        stream = {"workload": workload, "rate": rate, "arrivals": arrivals, "seed": seed}
+    shape = get_model(model)
+    reports: dict[str, Any] = {}
+    for p in policies:
+        kinds = [baseline_kind or devices[-1]] if p == "target-ongoing" else devices
+        reports[p] = replay(p, shape, reqs, kinds=kinds, tpot_slo_s=tpot_slo_ms / 1e3,
+                            ttft_slo_s=None if ttft_slo_ms is None else ttft_slo_ms / 1e3, cfg=cfg, progress=progress)
+    keys = ("slo_attainment", "cost_usd", "cost_per_hour", "energy_per_request_j", "mean_power_w", "p50_tpot_ms",
+            "p99_tpot_ms", "p99_ttft_ms", "peak_replicas", "replicas_used", "changes", "decisions", "rejected",
+            "utilisation")
+    doc = {
+        "dry_run": True, "modeled": True,
+        "note": "dry run: policies replayed in the fleet simulator; every latency, cost and energy figure is MODELED "
+                "(cluster/perf), nothing was scaled",
+        "model": shape.name, "requests": len(reqs), "duration_s": float(reqs.arrival[-1] - reqs.arrival[0]),
+        "tpot_slo_ms": tpot_slo_ms, "ttft_slo_ms": ttft_slo_ms, "devices": devices,
+        "baseline_kind": baseline_kind or devices[-1], **stream,
+        "config": {"interval_s": interval_s, "window_s": window_s, "headroom": headroom, "startup_s": startup_s,
+                   "down_after": down_after, "target_ongoing": target_ongoing},
+        "policies": {p: {**{k: r.summary[k] for k in keys}, "timeline": r.timeline} for p, r in reports.items()},
+    }
+    return doc, reqs, reports
+
+
+def plot_autoscale(doc: dict[str, Any], reqs: Any, path: str) -> dict[str, Any]:
+    """Fleet size and cost per hour over time against the load, one line per policy (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
+    a = reqs.arrival
+    edges = np.linspace(a[0], a[-1], 97)
+    load = np.histogram(a, edges)[0] / (edges[1] - edges[0])
+    axes[0].plot((edges[:-1] + edges[1:]) / 2, load, color="black")
+    axes[0].set_ylabel("load (req/s)")
+    for p, d in doc["policies"].items():
+        t = [row["t"] for row in d["timeline"]]
+        axes[1].step(t, [row["replicas"] for row in d["timeline"]], where="post", label=p)
+        axes[2].step(t, [row["cost_per_hour"] for row in d["timeline"]], where="post",
+                     label=f"{p}: ${d['cost_usd']:.2f}, SLO {100 * d['slo_attainment']:.1f}%")
+    axes[1].set_ylabel("replicas")
+    axes[1].legend(fontsize=8)
+    axes[2].set_ylabel("fleet $/h")
+    axes[2].set_xlabel("time (s)")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"autoscaling policies replayed on {doc['requests']} requests of {doc['model']} "
+                 f"(TPOT SLO {doc['tpot_slo_ms']:g} ms), MODELED", fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise InputError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+    return {"file": path}
+
+
 __all__ = ["DEFAULT_TARGET", "FleetSource", "check_plan", "fleet_from_file", "fleet_from_plan", "fleet_from_plan_file",
-           "plot_timeline", "run_simulation"]
+           "plot_autoscale", "plot_timeline", "run_autoscale", "run_simulation"]

@@ -9,6 +9,9 @@ Arrival processes (``rate`` = mean requests per second, ``n`` requests, all from
 * ``onoff:ON:OFF``: Poisson at ``rate (ON + OFF) / ON`` during ON seconds, silent for OFF seconds
   (same mean rate, bursty);
 * ``deterministic``: one request every ``1 / rate`` seconds, starting at 0;
+* ``diurnal:F:PERIOD``: a day-like load, Poisson with intensity
+  ``peak (F + (1 - F) (1 - cos(2 pi t / PERIOD)) / 2)`` (trough ``F peak`` at t = 0, peak at
+  PERIOD / 2), ``peak = 2 rate / (1 + F)`` so the mean over a period is ``rate``; drawn by thinning;
 * ``trace``: the arrival times of a trace file (:func:`load_trace`).
 
 Lengths come from a named workload of :mod:`solvers.workloads` (its log-normal mixture sampled
@@ -38,7 +41,7 @@ from solvers import validate
 from solvers.exceptions import did_you_mean
 from solvers.workloads import WORKLOADS, WorkloadSpec
 
-ARRIVALS = ("poisson", "gamma:CV", "onoff:ON:OFF", "deterministic", "trace")
+ARRIVALS = ("poisson", "gamma:CV", "onoff:ON:OFF", "diurnal:F:PERIOD", "deterministic", "trace")
 TIME_FIELDS = ("arrival_s", "arrival_time", "time")
 
 
@@ -79,7 +82,7 @@ def parse_arrivals(text: str) -> tuple[str, tuple[float, ...]]:
     if not isinstance(text, str) or not text:
         raise InputError(f"arrivals: expected one of {', '.join(ARRIVALS)}, got {text!r}")
     head, *args = text.strip().lower().split(":")
-    want = {"poisson": 0, "deterministic": 0, "trace": 0, "gamma": 1, "onoff": 2}
+    want = {"poisson": 0, "deterministic": 0, "trace": 0, "gamma": 1, "onoff": 2, "diurnal": 2}
     if head not in want:
         raise InputError(f"arrivals: {text!r} is not allowed{did_you_mean(head, want)}; allowed: {', '.join(ARRIVALS)}")
     if len(args) != want[head]:
@@ -90,6 +93,8 @@ def parse_arrivals(text: str) -> tuple[str, tuple[float, ...]]:
         raise InputError(f"arrivals: {text!r}: parameters must be numbers") from None
     for v in vals:
         validate.real(f"arrivals ({text})", v, lo=0.0, lo_open=True)
+    if head == "diurnal" and vals[0] > 1:
+        raise InputError(f"arrivals ({text}): the trough fraction F must be in (0, 1], got {vals[0]:g}")
     return head, vals
 
 
@@ -104,6 +109,19 @@ def arrival_times(kind: str, rate: float, n: int, rng: np.random.Generator, para
         gaps = rng.gamma(1.0 / cv**2, cv**2 / rate, n)
     elif kind == "deterministic":
         return np.arange(n, dtype=np.float64) / rate
+    elif kind == "diurnal":
+        f, period = params
+        peak = 2.0 * rate / (1.0 + f)
+        out: list[np.ndarray] = []
+        t, got = 0.0, 0
+        while got < n:
+            cand = t + np.cumsum(rng.exponential(1.0 / peak, 2 * (n - got) + 16))
+            t = float(cand[-1])
+            lam = f + (1.0 - f) * (1.0 - np.cos(2.0 * np.pi * cand / period)) / 2.0
+            keep = cand[rng.random(len(cand)) < lam]
+            out.append(keep)
+            got += len(keep)
+        return np.concatenate(out)[:n]
     elif kind == "onoff":
         on, off = params
         t_on = np.cumsum(rng.exponential(on / (rate * (on + off)), n))

@@ -145,3 +145,40 @@ def test_worked_example_of_the_docs(capsys, tmp_path: Path) -> None:
     text = (ROOT / "docs" / "simulation.md").read_text()
     for figure in ("29.0 | 880.6", "13.3 | 112.0", "99.05 %", "$3.94/h", "263.8 J", "1283 of the 2000"):
         assert figure in text, figure
+
+
+def test_autoscale_dry_run_compares_policies(capsys, tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    t = np.cumsum(rng.exponential(1 / 6.0, 3000))
+    trace = tmp_path / "day.jsonl"
+    trace.write_text("".join(json.dumps({"arrival_s": float(x), "input_len": int(rng.integers(50, 800)),
+                                         "output_len": int(rng.integers(20, 300))}) + "\n" for x in t))
+    png = tmp_path / "as.png"
+    rc, out, err = run(capsys, "autoscale", "--dry-run", "--trace", str(trace), "--interval-s", "120",
+                       "--window-s", "240", "--plot", str(png), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["dry_run"] is True and doc["modeled"] is True and doc["requests"] == 3000
+    assert set(doc["policies"]) == {"cost", "energy", "target-ongoing"}
+    for p in doc["policies"].values():
+        assert 0 <= p["slo_attainment"] <= 1 and p["cost_usd"] > 0 and p["rejected"] == 0
+        assert p["timeline"] and all(row["replicas"] >= 1 for row in p["timeline"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    rc, out, err = run(capsys, "autoscale", "--dry-run", "--trace", str(trace), "--policy", "cost",
+                       "--interval-s", "120")
+    assert rc == 0 and "cost" in out and "MODELED" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_autoscale_bad_input_exits_2(capsys, tmp_path: Path) -> None:
+    one_line_error(*run(capsys, "autoscale", "--requests", "100"), "--dry-run")
+    one_line_error(*run(capsys, "autoscale", "--dry-run", "--policy", "cheap", "--requests", "100"), "--policy")
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("")
+    one_line_error(*run(capsys, "autoscale", "--dry-run", "--trace", str(empty)), "no requests")
+    neg = tmp_path / "n.jsonl"
+    neg.write_text('{"arrival_s": -3, "input_len": 5, "output_len": 5}\n')
+    one_line_error(*run(capsys, "autoscale", "--dry-run", "--trace", str(neg)), "arrival_s")
+    one_line_error(*run(capsys, "autoscale", "--dry-run", "--devices", "rtx9090", "--requests", "100"), "rtx9090")

@@ -96,6 +96,72 @@ def simulate(
         out.print(f"plot: {plot}")
 
 
+def _render_autoscale(doc: dict[str, Any]) -> None:
+    table = Table(title=f"autoscaling policies, dry run on {doc['requests']} requests "
+                        f"({doc['duration_s'] / 3600:.1f} h), MODELED")
+    for col in ("policy", "SLO", "TPOT99", "TTFT99", "$", "$/h", "J/req", "peak", "chg"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col == "policy")
+    for p, d in doc["policies"].items():
+        table.add_row(p, f"{100 * d['slo_attainment']:.1f}%", fmt(d["p99_tpot_ms"]), fmt(d["p99_ttft_ms"]),
+                      f"{d['cost_usd']:.2f}", f"{d['cost_per_hour']:.2f}", fmt(d["energy_per_request_j"]),
+                      str(d["peak_replicas"]), str(d["changes"]))
+    out.print(table)
+    out.print("SLO: attainment; TPOT99/TTFT99: p99 ms; $: billed cost; peak: most replicas; chg: scalings")
+    out.print(f"TPOT SLO {doc['tpot_slo_ms']:g} ms; re-plan every {doc['config']['interval_s']:g} s from the last "
+              f"{doc['config']['window_s']:g} s; target-ongoing on {doc['baseline_kind']}")
+    out.print(f"[dim]{doc['note']}[/dim]")
+
+
+def autoscale(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Replay the policies in the simulator (the only mode here)."),
+    trace: Optional[str] = typer.Option(None, "--trace", help="A trace file (JSONL/CSV: arrival_s, input_len, output_len)."),
+    policy: list[str] = typer.Option(["all"], "--policy", help="cost | energy | target-ongoing | all (repeatable)."),
+    workload: str = typer.Option("arena", "--workload", help="Without --trace: the workload to generate."),
+    rate: float = typer.Option(10.0, "--rate", help="Without --trace: mean request rate, req/s."),
+    requests: int = typer.Option(50_000, "--requests", help="Requests (a trace: its first N)."),
+    arrivals: str = typer.Option("diurnal:0.2:7200", "--arrivals", help="Without --trace: the arrival process."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    model: str = typer.Option("llama-3-8b", "--model", help="Model shape."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Kinds the cost and energy policies choose from."),
+    baseline_kind: Optional[str] = typer.Option(None, "--baseline-kind", help="The target-ongoing baseline's kind (default: the last of --devices)."),
+    tpot_slo_ms: float = typer.Option(50.0, "--tpot-slo-ms", help="TPOT SLO, ms."),
+    ttft_slo_ms: Optional[float] = typer.Option(None, "--ttft-slo-ms", help="TTFT SLO, ms."),
+    interval_s: float = typer.Option(300.0, "--interval-s", help="Minimum interval between decisions, s."),
+    window_s: float = typer.Option(600.0, "--window-s", help="Sliding window of observed load, s."),
+    headroom: float = typer.Option(0.2, "--headroom", help="Provision for rate x (1 + H)."),
+    startup_s: float = typer.Option(60.0, "--startup-s", help="Seconds before a new replica takes requests."),
+    down_after: int = typer.Option(2, "--down-after", help="Consecutive smaller proposals before scaling down."),
+    target_ongoing: int = typer.Option(16, "--target-ongoing", help="The baseline's target ongoing requests per replica."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write fleet size and cost over time vs load (PNG)."),
+    as_json: bool = json_option(),
+) -> None:
+    """Compare autoscaling policies (cost, energy, Ray Serve-like target-ongoing) on a trace, in the simulator."""
+    from cluster.shell.planner import DEFAULT_DEVICES
+    from cluster.shell.simulator import plot_autoscale, run_autoscale
+
+    if not dry_run:
+        raise InputError("--dry-run: required; this command replays policies in the simulator and scales nothing")
+    kinds = [d.strip() for d in (devices or DEFAULT_DEVICES).split(",") if d.strip()]
+    if not kinds:
+        raise InputError(f"--devices: {devices!r} names no device kind")
+    with progress_bar(requests * 3, "replaying policies") as progress:
+        doc, reqs, _ = run_autoscale(
+            policies=policy, trace=trace, workload=workload, rate=rate, requests=requests, arrivals=arrivals,
+            seed=seed, model=model, devices=kinds, baseline_kind=baseline_kind, tpot_slo_ms=tpot_slo_ms,
+            ttft_slo_ms=ttft_slo_ms, interval_s=interval_s, window_s=window_s, headroom=headroom,
+            startup_s=startup_s, down_after=down_after, target_ongoing=target_ongoing, progress=progress,
+        )
+    if plot is not None:
+        doc["plot"] = plot_autoscale(doc, reqs, plot)
+    if as_json:
+        emit_json(doc)
+        return
+    _render_autoscale(doc)
+    if plot is not None:
+        out.print(f"plot: {plot}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``simulate`` to the ``flotilla`` app."""
+    """Add ``simulate`` and ``autoscale`` (its dry run) to the ``flotilla`` app."""
     app.command("simulate")(simulate)
+    app.command("autoscale")(autoscale)
