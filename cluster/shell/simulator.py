@@ -62,9 +62,8 @@ def fleet_from_plan(doc: Any, where: str = "plan") -> FleetSource:
         if not (isinstance(edges_in, list) and isinstance(edges_out, list)):
             raise InputError(f"{where}.grid: expected input_edges and output_edges lists, got {grid!r:.80}")
         routing = routing_plan(doc, edges_in, edges_out, source="plan")
-    else:  # a plan without its grid (e.g. from a Mélange config): spread by fleet shape
-        routing = {"buckets": [{"kinds": sorted(fleet), "weights": {k: float(v) for k, v in fleet.items()}}],
-                   "source": "fleet shape"}
+    else:  # a plan without its grid (e.g. from a Mélange config): least loaded over the whole fleet
+        routing = None
     wl = doc.get("workload")
     defaults = {
         "model": doc.get("model"),

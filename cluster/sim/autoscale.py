@@ -11,7 +11,10 @@ observes) and proposes a fleet {kind: count} and a routing plan:
   it provisions the least power that meets the SLO;
 * ``target-ongoing``: a Ray Serve-like baseline on one kind: ``ceil(ongoing / target)`` replicas,
   with ``ongoing = rate * e2e`` (Little's law; ``e2e`` the modeled latency of the window's mean
-  request in a batch of ``target``, :func:`cluster.perf.request_latency`).
+  request in a batch of ``target``, :func:`cluster.perf.request_latency`);
+* ``best-single-kind``: no autoscaling: the cheapest fleet of one kind that the ILP's single-kind
+  closed form (:func:`solvers.allocation.single_type_count`) sizes for the busiest window of the
+  whole trace (a clairvoyant static fleet), all day.
 
 Acting (hysteresis), fleets weighed in the policy's currency (USD/h; W for ``energy``): a
 proposal that weighs more than the fleet is applied at once (new replicas take requests after
@@ -44,7 +47,7 @@ from cluster.sim.requests import Requests
 from cluster.sim.routing import Router
 from solvers import validate
 
-POLICIES = ("cost", "energy", "target-ongoing")
+POLICIES = ("cost", "energy", "target-ongoing", "best-single-kind")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,24 @@ class AllocationPolicy:
             self.types.append(DeviceType(name=kind, price_per_hour=float(price), max_rate=tpot.rates,
                                          power_w=spec.power_max_w, max_count=cfg.max_count.get(kind),
                                          ttft_max_rate=None if ttft is None else ttft.rates))
+
+    def best_single(self, rate: float, inp: np.ndarray, out: np.ndarray) -> dict[str, int]:
+        """The cheapest single-kind fleet for this load (InputError when no kind alone can serve it)."""
+        from solvers.allocation import AllocationProblem, Workload, single_type_count
+        from solvers.workloads import bin_requests
+
+        hist = bin_requests(zip(inp.tolist(), out.tolist()), self.grid).histogram
+        problem = AllocationProblem(device_types=tuple(self.types), workload=Workload(hist, rate),
+                                    slice_factor=8, headroom=self.cfg.headroom)
+        best: dict[str, int] = {}
+        best_price = math.inf
+        for t in self.types:
+            n = single_type_count(problem, t.name)
+            if n is not None and max(1, n) * t.price_per_hour < best_price:
+                best, best_price = {t.name: max(1, n)}, max(1, n) * t.price_per_hour
+        if not best:
+            raise InputError(f"autoscale: no single kind meets the SLO at {rate:.2f} req/s")
+        return best
 
     def propose(self, rate: float, inp: np.ndarray, out: np.ndarray) -> tuple[dict[str, int], dict[str, Any] | None]:
         from solvers.allocation import AllocationProblem, Workload, solve
@@ -153,7 +174,8 @@ def replay(policy_name: str, model: ModelShape, reqs: Requests, *, kinds: list[s
         policy: Any = TargetOngoingPolicy(model, kinds[0], cfg, catalog)
     else:
         policy = AllocationPolicy(model, kinds, tpot_slo_s=tpot_slo_s, ttft_slo_s=ttft_slo_s,
-                                  objective=policy_name, cfg=cfg, catalog=catalog)
+                                  objective="energy" if policy_name == "energy" else "cost", cfg=cfg,
+                                  catalog=catalog)
     mean_tokens = float(np.mean(reqs.input_len + reqs.output_len))
     proto = {k: build_replicas({k: 1}, model, engine=engine, catalog=catalog, mean_request_tokens=mean_tokens)[0]
              for k in kinds}
@@ -194,12 +216,21 @@ def replay(policy_name: str, model: ModelShape, reqs: Requests, *, kinds: list[s
         return sum(unit[k] * n for k, n in f.items())
 
     times = [t0 + k * cfg.interval_s for k in range(int((t_last - t0) // cfg.interval_s) + 1)]
-    for k_dec, now in enumerate(times):
+
+    def window(k_dec: int, now: float) -> tuple[int, int, float]:
         lo_t, hi_t = (t0, t0 + cfg.window_s) if k_dec == 0 else (now - cfg.window_s, now)
         lo, hi = np.searchsorted(a, [lo_t, hi_t], side="left")
-        span = min(cfg.window_s, max(hi_t - max(lo_t, t0), 1e-9))
-        rate = (hi - lo) / span
-        if hi > lo:
+        return int(lo), int(hi), (hi - lo) / min(cfg.window_s, max(hi_t - max(lo_t, t0), 1e-9))
+
+    static: dict[str, int] | None = None
+    if policy_name == "best-single-kind":  # sized once, for the busiest window of the whole trace
+        lo, hi, peak = max((window(k, now) for k, now in enumerate(times)), key=lambda w: w[2])
+        static = policy.best_single(peak, reqs.input_len[lo:hi], reqs.output_len[lo:hi])
+    for k_dec, now in enumerate(times):
+        lo, hi, rate = window(k_dec, now)
+        if static is not None:
+            prop, plan = static, None
+        elif hi > lo:
             prop, plan = policy.propose(rate, reqs.input_len[lo:hi], reqs.output_len[lo:hi])
         else:
             prop, plan = {}, None

@@ -161,7 +161,7 @@ def test_autoscale_dry_run_compares_policies(capsys, tmp_path: Path) -> None:
     assert rc == 0, err
     doc = json.loads(out)
     assert doc["dry_run"] is True and doc["modeled"] is True and doc["requests"] == 3000
-    assert set(doc["policies"]) == {"cost", "energy", "target-ongoing"}
+    assert set(doc["policies"]) == {"cost", "energy", "target-ongoing", "best-single-kind"}
     for p in doc["policies"].values():
         assert 0 <= p["slo_attainment"] <= 1 and p["cost_usd"] > 0 and p["rejected"] == 0
         assert p["timeline"] and all(row["replicas"] >= 1 for row in p["timeline"])

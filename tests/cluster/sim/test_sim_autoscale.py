@@ -107,3 +107,28 @@ def test_bad_policy_and_config_are_named() -> None:
         AutoscaleConfig(interval_s=0)
     with pytest.raises(InputError, match="rtx9090"):
         replay("cost", MODEL, reqs, kinds=["rtx9090"], tpot_slo_s=0.05)
+
+
+def test_best_single_kind_is_a_static_fleet_sized_for_the_peak() -> None:
+    reqs = step_trace(2.0, 30.0, 1200.0)
+    cfg = AutoscaleConfig(interval_s=300, window_s=300)
+    rep = replay("best-single-kind", MODEL, reqs, kinds=KINDS, tpot_slo_s=0.05, cfg=cfg)
+    fleets = {tuple(sorted(d["fleet"].items())) for d in rep.decisions}
+    assert len(fleets) == 1 and len(rep.decisions[0]["fleet"]) == 1 and rep.summary["changes"] == 0
+    # no other single kind is cheaper at the peak window: each one's closed form costs at least as much
+    from solvers.allocation import AllocationProblem, Workload, single_type_count
+    from solvers.workloads import bin_requests
+    from cluster.sim.autoscale import AllocationPolicy
+
+    pol = AllocationPolicy(MODEL, KINDS, tpot_slo_s=0.05, ttft_slo_s=None, objective="cost", cfg=cfg, catalog=CAT)
+    peak = max(rep.decisions, key=lambda d: d["rate"])
+    lo, hi = np.searchsorted(reqs.arrival, [peak["t"] - 300, peak["t"]])
+    hist = bin_requests(zip(reqs.input_len[lo:hi].tolist(), reqs.output_len[lo:hi].tolist()), pol.grid).histogram
+    prob = AllocationProblem(tuple(pol.types), Workload(hist, peak["rate"]), slice_factor=8, headroom=cfg.headroom)
+    chosen = sum(CAT.get(k).price_per_hour * n for k, n in rep.decisions[0]["fleet"].items())
+    for t in pol.types:
+        n = single_type_count(prob, t.name)
+        assert n is None or max(1, n) * t.price_per_hour >= chosen - 1e-9
+    # autoscaling on cost never pays more than the static peak fleet on this step
+    cost = replay("cost", MODEL, reqs, kinds=KINDS, tpot_slo_s=0.05, cfg=cfg)
+    assert cost.summary["cost_usd"] <= rep.summary["cost_usd"]
