@@ -182,3 +182,13 @@ def test_autoscale_bad_input_exits_2(capsys, tmp_path: Path) -> None:
     neg.write_text('{"arrival_s": -3, "input_len": 5, "output_len": 5}\n')
     one_line_error(*run(capsys, "autoscale", "--dry-run", "--trace", str(neg)), "arrival_s")
     one_line_error(*run(capsys, "autoscale", "--dry-run", "--devices", "rtx9090", "--requests", "100"), "rtx9090")
+
+
+def test_docs_autoscaling_table_is_the_committed_result() -> None:
+    doc = json.loads((ROOT / "bench" / "results" / "autoscale_dry_run.json").read_text())
+    text = (ROOT / "docs" / "simulation.md").read_text()
+    assert doc["modeled"] is True and doc["requests"] == 1036800
+    for name, p in doc["policies"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
+        assert f"{100 * p['slo_attainment']:.1f} %" in row and f"${p['cost_usd']:.2f}" in row, row
+        assert f"| {p['p99_tpot_ms']:.1f} |" in row and f"| {p['peak_replicas']} | {p['changes']} |" in row, row
