@@ -225,10 +225,12 @@ def run_autoscale(*, policies: list[str], trace: str | None, workload: str, rate
         stream = {"workload": workload, "rate": rate, "arrivals": arrivals, "seed": seed}
     shape = get_model(model)
     reports: dict[str, Any] = {}
-    for p in policies:
+    total = len(reqs) * len(policies)
+    for k, p in enumerate(policies):
         kinds = [baseline_kind or devices[-1]] if p == "target-ongoing" else devices
+        step = None if progress is None else (lambda d, n, k=k: progress(k * n + d, total))
         reports[p] = replay(p, shape, reqs, kinds=kinds, tpot_slo_s=tpot_slo_ms / 1e3,
-                            ttft_slo_s=None if ttft_slo_ms is None else ttft_slo_ms / 1e3, cfg=cfg, progress=progress)
+                            ttft_slo_s=None if ttft_slo_ms is None else ttft_slo_ms / 1e3, cfg=cfg, progress=step)
     keys = ("slo_attainment", "cost_usd", "cost_per_hour", "energy_per_request_j", "mean_power_w", "p50_tpot_ms",
             "p99_tpot_ms", "p99_ttft_ms", "peak_replicas", "replicas_used", "changes", "decisions", "rejected",
             "utilisation")

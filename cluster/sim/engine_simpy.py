@@ -6,7 +6,8 @@ Semantics (both engines implement exactly these; tests/cluster/sim checks they a
   ``input + output`` tokens exceed the replica's whole KV cache is *rejected* there.
 * A replica plans a step when the previous one ends (or, idle, when a request arrives) from what
   is in it at that instant; a request arriving at the exact end of a step is not in that plan
-  (step ends are processed before arrivals at the same time).
+  (step ends are processed before arrivals at the same time), and of simultaneous arrivals at an
+  idle replica the first starts a step alone.
 * Admission is FCFS by KV-cache memory: a request reserves ``input + output`` tokens when admitted
   (no preemption) and at most ``max_num_seqs`` sequences are in the engine.
 * Without chunked prefill (vLLM v0's default): if the head of the queue can be admitted, the step
@@ -157,8 +158,9 @@ def run_simpy(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engin
             if progress is not None and j % PROGRESS_EVERY == 0:
                 progress(j, n)
             t = a[j]
-            if t > env.now:
-                yield env.timeout(t - env.now)
+            # a zero delay too: a replica woken by the previous arrival at the same instant plans
+            # its step (URGENT) before this one is routed, as in the fast engine
+            yield env.timeout(max(0.0, t - env.now))
             r = router.pick(router.candidates(buckets[j]), outstanding)
             res.replica[j] = r
             s = _Seq(j, p_all[j], o_all[j])

@@ -31,7 +31,7 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[int, int], None] 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda done, n: bar.update(task, completed=done)
+        yield lambda done, n: bar.update(task, completed=done, total=n)
 
 
 def _render(s: dict[str, Any]) -> None:
@@ -144,7 +144,7 @@ def autoscale(
     kinds = [d.strip() for d in (devices or DEFAULT_DEVICES).split(",") if d.strip()]
     if not kinds:
         raise InputError(f"--devices: {devices!r} names no device kind")
-    with progress_bar(requests * 3, "replaying policies") as progress:
+    with progress_bar(requests, "replaying policies") as progress:
         doc, reqs, _ = run_autoscale(
             policies=policy, trace=trace, workload=workload, rate=rate, requests=requests, arrivals=arrivals,
             seed=seed, model=model, devices=kinds, baseline_kind=baseline_kind, tpot_slo_ms=tpot_slo_ms,

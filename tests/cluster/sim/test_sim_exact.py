@@ -156,3 +156,13 @@ def test_closed_form_run_sum_matches_brute_force() -> None:
         n = int(rng.integers(0, 400))
         brute = sum(max(af + bf * i, ag + bg * i) for i in range(n))
         assert sum_max_affine(af, bf, ag, bg, n) == pytest.approx(brute, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("core", ENGINES)
+def test_simultaneous_arrivals_at_an_idle_replica(core: str) -> None:
+    # the first starts a prefill step alone; the second waits for it, then prefills; then both decode
+    p1, p2 = 500, 300
+    raw = run("a100-80g-sxm", [1.0, 1.0], [p1, p2], [20, 20], core)
+    t1 = perf.prefill_time(MODEL, A100, 1, p1)
+    assert raw.first_token[0] == pytest.approx(1.0 + t1, rel=REL)
+    assert raw.first_token[1] == pytest.approx(1.0 + t1 + perf.prefill_time(MODEL, A100, 1, p2), rel=REL)
