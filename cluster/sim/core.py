@@ -2,7 +2,7 @@
 
 A fleet is ``{kind: count}``; each device is one replica of ``model``
 (:class:`~cluster.sim.model.ReplicaSpec`). Two engines give the same answer: ``"fast"``
-(:mod:`cluster.sim.engine_fast`, vectorised decode runs) and ``"simpy"``
+(:mod:`cluster.sim.engine_fast`, decode runs in closed form) and ``"simpy"``
 (:mod:`cluster.sim.engine_simpy`, one simpy event per step). Every time, energy and utilisation
 in the report is MODELED from :mod:`cluster.perf`; ``wall_s`` and ``simulated_requests_per_s``
 are measured wall-clock figures of the simulation itself.

@@ -66,7 +66,7 @@ def simulate(
     arrivals: str = typer.Option("poisson", "--arrivals", help="poisson | gamma:CV | onoff:ON_S:OFF_S | deterministic | trace."),
     seed: int = typer.Option(0, "--seed", help="Random seed (arrivals and lengths)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model shape. Default: the plan's, else llama-2-7b."),
-    engine: str = typer.Option("fast", "--engine", help="fast (vectorised) | simpy (reference); same results."),
+    engine: str = typer.Option("fast", "--engine", help="fast (closed-form decode runs) | simpy (reference); same results."),
     chunked_prefill: bool = typer.Option(False, "--chunked-prefill", help="Chunked prefill (mixed steps)."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Most sequences per replica batch."),
     max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens", help="Tokens per step (default 8192; 2048 chunked)."),
