@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cluster.shell.console import emit_json, err, json_option, out
+from cluster.shell.console import emit_json, err, fmt, json_option, out
 from cluster.exceptions import InputError
 from cluster.shell.planner import (
     DEFAULT_DEVICES,
@@ -92,11 +92,11 @@ def _render(doc: dict[str, Any]) -> None:
 
 def _render_simulation(cost: float, sim: dict[str, Any]) -> None:
     out.print(f"${cost:.2f}/h -> simulated SLO attainment {100 * sim['slo_attainment']:.2f}% "
-              f"(p99 TPOT {sim['p99_tpot_ms']:.1f} ms, p99 TTFT {sim['p99_ttft_ms']:.1f} ms; "
+              f"(p99 TPOT {fmt(sim['p99_tpot_ms'])} ms, p99 TTFT {fmt(sim['p99_ttft_ms'])} ms; "
               f"{sim['requests']} requests, MODELED)")
     if not sim["meets_target"]:
         err.print(f"[yellow]warning: simulated SLO attainment {100 * sim['slo_attainment']:.2f}% is below the "
-                  f"target {100 * sim['target']:g}%; add --headroom or a tighter SLO[/yellow]")
+                  f"target {100 * sim['target']:g}%; re-plan with --headroom (e.g. 0.2)[/yellow]")
 
 
 def plan(
