@@ -192,3 +192,13 @@ def test_docs_autoscaling_table_is_the_committed_result() -> None:
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
         assert f"{100 * p['slo_attainment']:.1f} %" in row and f"${p['cost_usd']:.2f}" in row, row
         assert f"| {p['p99_tpot_ms']:.1f} |" in row and f"| {p['peak_replicas']} | {p['changes']} |" in row, row
+
+
+def test_docs_speed_table_is_the_committed_result() -> None:
+    doc = json.loads((ROOT / "bench" / "results" / "simulator.json").read_text())
+    text = (ROOT / "docs" / "simulation.md").read_text()
+    for row in doc["rows"]:
+        line = next(x for x in text.splitlines() if x.startswith(f"| {row['rate_rps']:.0f} | "))
+        assert f"| {row['fast']['per_min_median'] / 1e6:.2f} | {row['fast']['per_min_cpu_median'] / 1e6:.2f} |" in line
+        assert f"| {row['simpy']['per_min'] / 1e3:.0f} | {row['simpy']['per_min_cpu'] / 1e3:.0f} |" in line
+        assert row["engines_agree"] is True
