@@ -171,6 +171,9 @@ def run_simpy(replicas: list[ReplicaSpec], router: Router, reqs: Requests, engin
             outstanding[r] += 1
             waiting[r].append(s)
             if wake[r] is not None and not wake[r].triggered:
+                # Event.succeed() with URGENT priority (succeed() itself schedules NORMAL), as
+                # simpy's own Initialize/Interruption events do: the replica starts before the
+                # next arrival of the same instant is routed
                 wake[r]._ok, wake[r]._value = True, None
                 env.schedule(wake[r], URGENT)
 
