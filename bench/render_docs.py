@@ -124,6 +124,12 @@ def summary() -> str:
                  f"streaming {m['stream']['p50_ms']:.1f} / {m['stream']['p99_ms']:.1f} ms; unary "
                  f"{m['unary']['p50_ms']:.1f} / {m['unary']['p99_ms']:.1f} ms (p50 / p99)",
                  yes(m["unary"]["p50_ms"] < 2 and m["unary"]["p99_ms"] < 10)])
+    sim = _load("simulator.json")
+    fast = " / ".join(f"{r['fast']['per_min_median'] / 1e6:.2f}" for r in sim["rows"])
+    loads = " / ".join(f"{r['rate_rps']:g}" for r in sim["rows"])
+    rows.append(["10", f"fleet simulator, {sum(sim['fleet'].values())} replicas, fast engine, simulated requests per "
+                 "minute of wall time ([simulation.md](simulation.md))", "≥ 1,000,000/min",
+                 f"{fast} M at {loads} req/s", yes(sim["fast_per_min_worst_load"] >= sim["target_per_min"])])
     jb = _load("journal_bytes.json")["rows"]
     rows.append(["13", "Redis bytes per completed request, short vs 32k-character prompt", "bounded",
                  " vs ".join(f"{r['bytes_per_request']:.0f}" for r in jb),

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cluster.shell.console import emit_json, err, json_option, out
+from cluster.shell.console import emit_json, err, fmt, json_option, out
 from cluster.exceptions import InputError
 from cluster.shell.planner import (
     DEFAULT_DEVICES,
@@ -93,6 +93,15 @@ def _render(doc: dict[str, Any]) -> None:
     out.print(f"[dim]{doc['note']}[/dim]")
 
 
+def _render_simulation(cost: float, sim: dict[str, Any]) -> None:
+    out.print(f"${cost:.2f}/h -> simulated SLO attainment {100 * sim['slo_attainment']:.2f}% "
+              f"(p99 TPOT {fmt(sim['p99_tpot_ms'])} ms, p99 TTFT {fmt(sim['p99_ttft_ms'])} ms; "
+              f"{sim['requests']} requests, MODELED)")
+    if not sim["meets_target"]:
+        err.print(f"[yellow]warning: simulated SLO attainment {100 * sim['slo_attainment']:.2f}% is below the "
+                  f"target {100 * sim['target']:g}%; re-plan with --headroom (e.g. 0.2)[/yellow]")
+
+
 def plan(
     model: str = typer.Option("llama-2-7b", "--model", help="Model shape (cluster/perf MODELS)."),
     workload: str = typer.Option("arena", "--workload", help="arena | pubmed | mixed | a JSONL/CSV file of (input_len, output_len)."),
@@ -109,6 +118,9 @@ def plan(
     config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop the solver after S seconds and report the best mix found, with its optimality gap."),
+    simulate: bool = typer.Option(False, "--simulate", help="Check the plan in the fleet simulator (modeled SLO attainment)."),
+    target: float = typer.Option(0.99, "--target", help="With --simulate: warn when the attainment is below this."),
+    sim_requests: int = typer.Option(5000, "--sim-requests", help="With --simulate: requests to simulate."),
     as_json: bool = json_option(),
 ) -> None:
     """The cheapest mix of device types that serves a workload under a latency SLO."""
@@ -138,12 +150,18 @@ def plan(
                  f" / TPOT {desc.get('tpot_slo_ms', '-')} ms — {desc['throughput_source']} throughput tables")
         with err.status(f"solving {len(rates)} rates for the plot…", spinner="dots"):
             doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title)
+    if simulate:
+        from cluster.shell.simulator import check_plan
+
+        doc["simulation"] = check_plan(doc, requests=sim_requests, target=target)
     if as_json:
         emit_json(doc)
         return
     _render(doc)
     if plot is not None:
         out.print(f"plot: {plot}")
+    if simulate:
+        _render_simulation(doc["cost_per_hour"], doc["simulation"])
 
 
 def register(app: typer.Typer) -> None:
