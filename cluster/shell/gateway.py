@@ -36,6 +36,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import threading
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ from cluster.exceptions import (
 from cluster.shell.planner import Planner, PlanIncompleteError, PlanInfeasibleError, PlanQuery, PlanSolverError
 from cluster.shell.proto import flotilla_pb2 as pb
 from cluster.shell.proto import flotilla_pb2_grpc as pb_grpc
+from cluster.shell.solver_process import SolveCancelledError
 
 log = logging.getLogger("flotilla.gateway")
 
@@ -130,6 +132,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, SolveCancelledError):
+        return grpc.StatusCode.CANCELLED
     if isinstance(exc, PlanSolverError):
         return grpc.StatusCode.ABORTED
     if isinstance(exc, (DeadlineExceededError, PlanIncompleteError)):
@@ -266,8 +270,10 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
             if request.HasField("query"):
                 query = PlanQuery.from_pb(request.query)
                 remaining = context.time_remaining()
+                cancel = threading.Event()
+                context.add_callback(cancel.set)  # the RPC ended: cancelled, deadline or done
                 doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None,
-                                       may_apply=self._may_apply(context))
+                                       may_apply=self._may_apply(context), cancel=cancel)
                 allocation = allocation_message(doc)
             version, plan = self.router.plan()  # re-reads the store: an applied plan shows at once
             return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")),
@@ -352,9 +358,9 @@ class Gateway:
         self.max_workers = workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flotilla-rpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs or workers)
-        pb_grpc.add_FlotillaServicer_to_server(
-            FlotillaServicer(router, store, model_name, selector, apply_token=config.apply_token,
-                             max_apply_devices=config.max_apply_devices), self.server)
+        self.servicer = FlotillaServicer(router, store, model_name, selector, apply_token=config.apply_token,
+                                         max_apply_devices=config.max_apply_devices)
+        pb_grpc.add_FlotillaServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (pb.DESCRIPTOR.services_by_name["Flotilla"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -391,6 +397,7 @@ class Gateway:
         self.health.enter_graceful_shutdown()
         self.router.close()
         self.server.stop(grace_s).wait()
+        self.servicer.planner.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)

@@ -293,8 +293,11 @@ def _field_error(exc: InputError) -> InputError:
     return InputError(f"query: {msg}")
 
 
-def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple[Any, dict[str, Any]]:
-    """``(AllocationPlan, description)`` for a query, through ``flotilla plan``'s code path."""
+def solve_query(query: PlanQuery, *, time_limit_s: float | None = None, worker: Any = None,
+                cancel: threading.Event | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(AllocationPlan, description)`` for a query, through ``flotilla plan``'s code path; in
+    ``worker`` (a :class:`~cluster.shell.solver_process.SolverProcess`, killed when ``cancel`` is
+    set) when given, else in this process."""
     from solvers.allocation import solve
     from solvers.exceptions import InfeasibleError, SolveIncompleteError, SolverAnswerError
 
@@ -309,7 +312,10 @@ def solve_query(query: PlanQuery, *, time_limit_s: float | None = None) -> tuple
         raise _field_error(exc) from None
     limit = SOLVE_TIME_LIMIT_S if time_limit_s is None else max(0.5, min(time_limit_s, SOLVE_TIME_LIMIT_S))
     try:
-        plan = solve(problem, solver="cbc", time_limit_s=limit, accept_incumbent=True)
+        if worker is not None:
+            plan = worker.solve(problem, cancel, solver="cbc", time_limit_s=limit, accept_incumbent=True)
+        else:
+            plan = solve(problem, solver="cbc", time_limit_s=limit, accept_incumbent=True)
     except InfeasibleError as exc:
         raise PlanInfeasibleError(str(exc)) from None
     except SolverAnswerError as exc:
@@ -343,12 +349,26 @@ class Planner:
     max_concurrent: int = 2
     #: The most devices an applied plan may ask Ray's autoscaler for.
     max_apply_devices: int = 64
-    _slots: threading.Semaphore = field(init=False, repr=False)
+    _workers: list[Any] = field(init=False, repr=False)
+    _pool_lock: threading.Lock = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._slots = threading.Semaphore(self.max_concurrent)
+        from cluster.shell.solver_process import SolverProcess
 
-    def run(self, query: PlanQuery, *, time_limit_s: float | None = None, may_apply: bool = True) -> dict[str, Any]:
+        self._workers = [SolverProcess() for _ in range(self.max_concurrent)]
+        self._pool_lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> int:
+        """Solves killed because their caller went away."""
+        return sum(w.killed for w in self._workers)
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+
+    def run(self, query: PlanQuery, *, time_limit_s: float | None = None, may_apply: bool = True,
+            cancel: threading.Event | None = None) -> dict[str, Any]:
         """Solve (and apply when asked); the ``flotilla plan --json`` document plus ``applied``.
 
         Applying needs ``may_apply`` (the gateway's apply permission; PermissionDeniedError
@@ -359,12 +379,15 @@ class Planner:
             raise PermissionDeniedError(
                 "query.apply: applying a plan needs the gateway's apply token (start the gateway with "
                 "--apply-token or $FLOTILLA_APPLY_TOKEN and send that token as the bearer token)")
-        if not self._slots.acquire(blocking=False):
+        with self._pool_lock:
+            worker = self._workers.pop() if self._workers else None
+        if worker is None:
             raise CapacityError(f"{self.max_concurrent} plans are being solved already; retry shortly")
         try:
-            plan, desc = solve_query(query, time_limit_s=time_limit_s)
+            plan, desc = solve_query(query, time_limit_s=time_limit_s, worker=worker, cancel=cancel)
         finally:
-            self._slots.release()
+            with self._pool_lock:
+                self._workers.append(worker)
         doc = {**plan.to_json(), **desc, "applied": False}
         if query.apply:
             grid = (tuple(desc["grid"]["input_edges"]), tuple(desc["grid"]["output_edges"]))

@@ -343,3 +343,25 @@ def test_unary_dispatch_for_short_requests_gives_the_streamed_answer(served):
         if max_tokens <= 8:
             assert len(chunks) == 1  # one unary call: the whole text in one chunk
     assert unary.status()["admitted"] == 0 and store.journal_unacked() == []
+
+
+def test_a_solve_nobody_waits_for_is_killed(served):
+    """A client that cancels its Plan call stops the solve (the worker process is killed), so the
+    solver slots are free again at once instead of after the 60 s limit."""
+    gw = served[0]
+    stub = pb_grpc.FlotillaStub(grpc.insecure_channel(gw.address))
+    hard = pb.PlanQuery(rate=32.0, devices=["l4", "a10g", "t4", "l40s", "a100-40g-sxm", "a100-80g-sxm", "h100-sxm",
+                                            "h200-sxm"])
+    before = gw.servicer.planner.cancelled
+    call = stub.Plan.future(pb.PlanRequest(query=hard), timeout=120)
+    time.sleep(2.0)  # the solve is running in its worker
+    assert not call.done()
+    call.cancel()
+    deadline = time.monotonic() + 10
+    while gw.servicer.planner.cancelled == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw.servicer.planner.cancelled == before + 1
+    t0 = time.monotonic()  # both slots are free: an easy plan answers at once
+    quick = [stub.Plan(pb.PlanRequest(query=pb.PlanQuery(rate=6.0, devices=["l4", "a100-80g-sxm"])), timeout=60)
+             for _ in range(2)]
+    assert all(q.allocation.counts for q in quick) and time.monotonic() - t0 < 30
