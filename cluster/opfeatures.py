@@ -103,9 +103,19 @@ def _as_sizes(name: str, values: object) -> np.ndarray:
     return arr
 
 
-def roofline_seconds(m: object, n: object, k: object, elem_bytes: float, device: GemmDevice) -> np.ndarray:
-    """``t_roof = max(2 m n k / P, s (m k + k n + m n) / B)`` seconds, elementwise."""
+def _broadcast(m: object, n: object, k: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mm, nn, kk = _as_sizes("m", m), _as_sizes("n", n), _as_sizes("k", k)
+    try:
+        mm, nn, kk = np.broadcast_arrays(mm, nn, kk)
+    except ValueError:
+        raise InputError(f"m, n, k: expected equal lengths (or single values), got {mm.size}, {nn.size}, "
+                         f"{kk.size}") from None
+    return mm, nn, kk
+
+
+def roofline_seconds(m: object, n: object, k: object, elem_bytes: float, device: GemmDevice) -> np.ndarray:
+    """``t_roof = max(2 m n k / P, s (m k + k n + m n) / B)`` seconds, elementwise (broadcast)."""
+    mm, nn, kk = _broadcast(m, n, k)
     flops = 2.0 * mm * nn * kk
     nbytes = elem_bytes * (mm * kk + kk * nn + mm * nn)
     return np.maximum(flops / device.peak_flops, nbytes / device.mem_bw_bytes_s)
@@ -114,12 +124,10 @@ def roofline_seconds(m: object, n: object, k: object, elem_bytes: float, device:
 def gemm_features(m: object, n: object, k: object, elem_bytes: float, device: GemmDevice) -> np.ndarray:
     """Feature matrix (rows x :data:`FEATURE_NAMES`) of GEMMs ``(m x k) @ (k x n)`` on ``device``.
 
-    ``m``, ``n``, ``k`` are integers or equal-length sequences of them; ``elem_bytes`` is the
+    ``m``, ``n``, ``k`` are integers or equal-length sequences of them (single values broadcast); ``elem_bytes`` is the
     element size (2 for fp16/bf16, 4 for fp32).
     """
-    mm, nn, kk = _as_sizes("m", m), _as_sizes("n", n), _as_sizes("k", k)
-    if not (mm.shape == nn.shape == kk.shape):
-        raise InputError(f"m, n, k: expected equal lengths, got {mm.size}, {nn.size}, {kk.size}")
+    mm, nn, kk = _broadcast(m, n, k)
     s = validate.real("elem_bytes", elem_bytes, lo=0.0, lo_open=True)
     flops = 2.0 * mm * nn * kk
     nbytes = s * (mm * kk + kk * nn + mm * nn)

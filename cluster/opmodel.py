@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +149,12 @@ class OpTimeModel:
 
     def fit(self, data: GemmSamples) -> OpTimeModel:
         """Fit ``f`` on ``log(seconds / t_roof)``; returns self."""
+        from threadpoolctl import threadpool_limits
+
         x, roof = design(data.devices, data.elem_bytes, data.m, data.n, data.k, data.extra)
-        self._est = _learner(self.learner, self.seed).fit(x, np.log(data.seconds / roof))
+        est = _learner(self.learner, self.seed)  # imports sklearn (and its OpenMP) before the limit
+        with threadpool_limits(1):  # no oversubscription on shared cores
+            self._est = est.fit(x, np.log(data.seconds / roof))
         self.covers = frozenset((d.kind, float(s)) for d, s in zip(data.devices, data.elem_bytes))
         return self
 
@@ -156,8 +163,11 @@ class OpTimeModel:
         """Predicted seconds of each GEMM row."""
         if self._est is None:
             raise InputError("OpTimeModel: call fit() before predict()")
+        from threadpoolctl import threadpool_limits
+
         x, roof = design(devices, np.asarray(elem_bytes, float), np.asarray(m), np.asarray(n), np.asarray(k), extra)
-        return roof * np.exp(self._est.predict(x))
+        with threadpool_limits(1):
+            return roof * np.exp(self._est.predict(x))
 
     def predict_data(self, data: GemmSamples) -> np.ndarray:
         """Predicted seconds of the rows of ``data``."""
@@ -225,16 +235,56 @@ def load_vidur(directory: Path | str = OPDATA_DIR) -> LayerRows:
                      np.array(cols["tokens"]), {p: np.array(cols[p]) for p in perf.PROJECTIONS}, shapes)
 
 
+#: Bump when the features or the learner's settings change (invalidates cached fits).
+MODEL_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where fitted models are cached: ``$FLOTILLA_CACHE_DIR``, else ``$XDG_CACHE_HOME/flotilla``."""
+    env = os.environ.get("FLOTILLA_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flotilla"
+
+
+def _data_key() -> str:
+    import sklearn
+
+    h = hashlib.sha256(f"v{MODEL_VERSION} sklearn {sklearn.__version__} features {FEATURE_NAMES}".encode())
+    for name in ("vidur_models.csv", "vidur_linear.csv"):
+        h.update((OPDATA_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def default_model() -> OpTimeModel:
     """The learned model fitted on all shipped Vidur data (A100 80GB SXM, H100 SXM; fp16).
 
-    Fitting takes a few seconds; it happens once per process.
+    Fitting takes a few seconds on one core; the fit is cached on disk (:func:`cache_dir`, keyed by
+    the data, the features and the scikit-learn version) and in the process.
     """
+    path = cache_dir() / f"opmodel-{_data_key()}.pkl"
+    if path.is_file():
+        try:
+            with path.open("rb") as fh:
+                model = pickle.load(fh)
+            if isinstance(model, OpTimeModel):
+                return model
+        except Exception:  # a stale or truncated cache file: refit below
+            pass
     from cluster.catalog import default_catalog
 
     samples, _ = load_vidur().gemms(default_catalog())
-    return OpTimeModel("hgb").fit(samples)
+    model = OpTimeModel("hgb").fit(samples)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(model, fh)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: keep the in-process fit only
+        pass
+    return model
 
 
 def learned_covers(kind: str, dtype: str) -> bool:
@@ -298,10 +348,13 @@ def predict_layer(spec: Any, hidden: int, heads: int, kv_heads: int, ffn: int, t
     ops: dict[str, tuple[float, ...]] = {}
     if learned:
         model, dev = default_model(), gemm_device(spec, "fp16")
-        for p, (n, k) in gemms.items():
-            sec = model.predict([dev] * len(toks), np.full(len(toks), DTYPE_BYTES[dtype]), np.array(toks),
-                                np.full(len(toks), n), np.full(len(toks), k))
-            ops[p] = tuple(float(s) * 1e3 for s in sec)
+        size, names = len(toks), list(gemms)
+        n = np.repeat([gemms[p][0] for p in names], size)
+        k = np.repeat([gemms[p][1] for p in names], size)
+        m = np.tile(np.array(toks), len(names))
+        sec = model.predict([dev] * len(m), np.full(len(m), DTYPE_BYTES[dtype]), m, n, k)
+        for j, p in enumerate(names):
+            ops[p] = tuple(float(s) * 1e3 for s in sec[j * size:(j + 1) * size])
     else:
         for p, (n, k) in gemms.items():
             ops[p] = tuple(perf.gemm_time(t, n, k, spec, dtype, eff) * 1e3 for t in toks)

@@ -181,7 +181,8 @@ def status(
 # --------------------------------------------------------------------------------------- main
 
 #: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
-COMMAND_MODULES: tuple[str, ...] = ("cluster.shell.cli.select", "cluster.shell.cli.plan", "cluster.shell.cli.serve")
+COMMAND_MODULES: tuple[str, ...] = ("cluster.shell.cli.select", "cluster.shell.cli.plan", "cluster.shell.cli.serve",
+                                    "cluster.shell.cli.perf")
 
 
 def _register_commands() -> None:
