@@ -53,15 +53,18 @@ def layer(
 
     validate.choice("--predictor", predictor, PREDICTORS)
     toks = parse_tokens(tokens)
-    spec = probed_catalog().get(device)
+    try:
+        spec = probed_catalog().get(device)
+    except InputError as exc:
+        raise InputError(f"--device: {exc}") from None
     learned = None if predictor == "auto" else predictor == "learned"
     if learned or (learned is None and learned_covers(spec.kind, dtype)):
         err.print("[dim]fitting the learned operator model where it applies (a few seconds)…[/dim]")
     pred = predict_layer(spec, hidden, heads, kv_heads, ffn, toks, gated=gated, tp=tp, dtype=dtype, learned=learned)
     doc = pred.to_dict()
     doc["model"] = {"hidden": hidden, "heads": heads, "kv_heads": kv_heads, "ffn": ffn, "gated": gated, "tp": tp}
-    doc["note"] = ("modeled: " + ("learned operator model fitted on Vidur's measured A100/H100 projection times"
-                                  if pred.predictor == "learned" else "roofline of cluster/perf.py (default efficiencies)")
+    doc["note"] = ("modeled: " + ("learned from Vidur's measured A100/H100 times"
+                                  if pred.predictor == "learned" else "roofline, cluster/perf.py defaults")
                    + "; not a measurement")
     if as_json:
         emit_json(doc)
