@@ -109,3 +109,58 @@ def test_through_main_one_json_object_and_exit_codes():
     human = subprocess.run(base + ["--tokens", "16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert human.returncode == 0 and "modeled" in human.stdout
     assert max(len(line) for line in human.stdout.splitlines()) <= 80
+
+
+# ------------------------------------------------------------------------------- calibrate
+
+
+def _cal_app() -> typer.Typer:
+    from cluster.shell.cli.calibrate import register as register_calibrate
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _root() -> None:
+        """test root"""
+
+    register_calibrate(app)
+    register(app)
+    return app
+
+
+def run_cal(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(_cal_app(), list(args))
+    if isinstance(res.exception, InputError):
+        return 2, res.stdout, f"flotilla: error: {res.exception}"
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.stdout, ""
+
+
+def test_calibrate_reports_before_and_after(tmp_path):
+    code, stdout, _ = run_cal("calibrate", "--profile", "melange-2024", "--write", str(tmp_path / "m.json"), "--json")
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc["name"] == "melange-2024" and doc["modeled"] is True
+    for kind in ("a100-80g-sxm", "a10g"):
+        assert doc["fits"][kind]["error_before"] > 0.1 > 1e-3 > doc["fits"][kind]["error_after"]
+    assert json.loads((tmp_path / "m.json").read_text())["efficiency"] == doc["efficiency"]
+    for args, field in ((["--profile", "x"], "--profile"), (["--tpot-slo-ms", "0"], "--tpot-slo-ms")):
+        code, stdout, stderr = run_cal("calibrate", *args, "--json")
+        assert code == 2 and stdout == "" and stderr.startswith(f"flotilla: error: {field}")
+
+
+def test_perf_layer_with_a_calibration_profile_uses_its_efficiency():
+    from cluster.calibration import load_profile
+
+    code, stdout, _ = run_cal("perf", "layer", "--device", "A10G", *LLAMA7B, "--tokens", "1,512",
+                              "--calibration", "melange-2024", "--json")
+    assert code == 0
+    doc = json.loads(stdout)
+    a10g = default_catalog().get("a10g")
+    eff = load_profile("melange-2024").for_kind("a10g")
+    want = [perf.linear_layer_time(t, 4096, 32, 32, 11008, a10g, gated=True, dtype="fp16", eff=eff) * 1e3 for t in (1, 512)]
+    assert doc["predictor"] == "roofline" and doc["calibration"] == "melange-2024"
+    assert doc["layer_ms"] == pytest.approx(want, rel=1e-12)
+    default = [perf.linear_layer_time(t, 4096, 32, 32, 11008, a10g, gated=True, dtype="fp16") * 1e3 for t in (1, 512)]
+    assert all(c > d for c, d in zip(doc["layer_ms"], default))

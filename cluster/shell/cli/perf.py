@@ -8,6 +8,8 @@ modeled. Bad input raises :class:`~cluster.exceptions.InputError` (exit 2, namin
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 from rich.table import Table
 
@@ -44,6 +46,7 @@ def layer(
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree: times are for one of tp GPUs."),
     dtype: str = typer.Option("fp16", "--dtype", help="Compute dtype (fp16, bf16, fp8, fp32)."),
     predictor: str = typer.Option("auto", "--predictor", help="auto | learned | roofline."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Roofline efficiencies from a calibration profile (name or JSON file)."),
     as_json: bool = json_option(),
 ) -> None:
     """Predict one layer's QKV, O, up/gate and down projection times (ms, modeled) at each token count."""
@@ -60,11 +63,19 @@ def layer(
     learned = None if predictor == "auto" else predictor == "learned"
     if learned or (learned is None and learned_covers(spec.kind, dtype)):
         err.print("[dim]fitting the learned operator model where it applies (a few seconds)…[/dim]")
-    pred = predict_layer(spec, hidden, heads, kv_heads, ffn, toks, gated=gated, tp=tp, dtype=dtype, learned=learned)
+    eff_kw = {}
+    if calibration is not None:
+        from cluster.calibration import load_profile
+
+        eff_kw["eff"] = load_profile(calibration).for_kind(spec.kind)
+    pred = predict_layer(spec, hidden, heads, kv_heads, ffn, toks, gated=gated, tp=tp, dtype=dtype, learned=learned,
+                         **eff_kw)
     doc = pred.to_dict()
     doc["model"] = {"hidden": hidden, "heads": heads, "kv_heads": kv_heads, "ffn": ffn, "gated": gated, "tp": tp}
+    doc["calibration"] = calibration if pred.predictor == "roofline" else None
     doc["note"] = ("modeled: " + ("learned from Vidur's measured A100/H100 times"
-                                  if pred.predictor == "learned" else "roofline, cluster/perf.py defaults")
+                                  if pred.predictor == "learned" else
+                                  f"roofline, {'calibration ' + calibration if calibration else 'cluster/perf.py defaults'}")
                    + "; not a measurement")
     if as_json:
         emit_json(doc)
