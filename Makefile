@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python bench/bench_selection.py --out-dir bench/results/selection
 	$(BIN)/python -m bench.bench_serving --out bench/results/serving.json
 	$(BIN)/python bench/bench_opmodel.py --out bench/results/opmodel.json
+	$(BIN)/python bench/bench_calibration.py --out bench/results/calibration.json
 	$(BIN)/python bench/gpu_device_check.py --out bench/results/gpu_device_check.json
 	$(BIN)/python bench/gpu_attention_check.py
 
