@@ -250,7 +250,8 @@ def cache_dir() -> Path:
 def _data_key() -> str:
     import sklearn
 
-    h = hashlib.sha256(f"v{MODEL_VERSION} sklearn {sklearn.__version__} features {FEATURE_NAMES}".encode())
+    params = sorted(_learner("hgb", 0).get_params().items())
+    h = hashlib.sha256(f"v{MODEL_VERSION} sklearn {sklearn.__version__} features {FEATURE_NAMES} {params}".encode())
     for name in ("vidur_models.csv", "vidur_linear.csv"):
         h.update((OPDATA_DIR / name).read_bytes())
     return h.hexdigest()[:16]
