@@ -199,7 +199,8 @@ def bench_gpperf(path: Path, progress: Progress, quick: bool) -> dict:
             "loso_r2_runtime": _r2(y, loso), "loso_r2_log_runtime": _r2(np.log(y), np.log(np.maximum(loso, 1e-12))),
             "loso_ape": _stats(ape),
             "group_split_r2": {"n": n_splits, "mean": float(np.mean(splits)), "median": float(np.median(splits)),
-                               "min": float(np.min(splits)), "max": float(np.max(splits))},
+                               "min": float(np.min(splits)), "max": float(np.max(splits)),
+                               "below_0.9": int(np.sum(np.array(splits) < 0.9)), "values": splits},
             "worst_shapes": sorted(((float(np.median(ape[groups == s])), s) for s in shapes), reverse=True)[:3],
         }
     return out
