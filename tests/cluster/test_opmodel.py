@@ -183,3 +183,18 @@ def test_roofline_fallback_equals_perf_and_errors_name_the_field():
         opmodel.predict_layer(l4, 4096, 32, 32, 11008, [4], dtype="fp12")
     d = pred.to_dict()
     assert d["modeled"] is True and d["predictor"] == "roofline" and len(d["layer_ms"]) == 2
+
+
+def test_extract_script_regenerates_the_shipped_tables(tmp_path):
+    import importlib.util
+
+    root = opmodel.OPDATA_DIR.parents[2]
+    spec = importlib.util.spec_from_file_location("extract_opdata", root / "scripts" / "extract_opdata.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vidur = mod.shared_data() / "vidur"
+    if not vidur.is_dir():
+        pytest.skip(f"{vidur} not present (the shared data folder)")
+    assert mod.main(["--vidur", str(vidur), "--out", str(tmp_path)]) == 0
+    for name in ("vidur_models.csv", "vidur_linear.csv"):
+        assert (tmp_path / name).read_bytes() == (opmodel.OPDATA_DIR / name).read_bytes(), name
