@@ -302,12 +302,18 @@ def _shipped_kinds() -> frozenset[str]:
 # ------------------------------------------------------------------------------ layer prediction
 
 
+#: The largest token count in the shipped measurements.
+MAX_TOKENS = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class LayerPrediction:
     """One layer's projection times (ms, modeled) per token count, and which model predicted them.
 
     ``predictor`` is ``"learned"`` (:func:`default_model`) or ``"roofline"``
     (:func:`cluster.perf.linear_layer_time`); ``ops_ms`` maps each projection to its times.
+    ``extrapolated`` lists the token counts outside the measured range (1 to :data:`MAX_TOKENS`)
+    where the learned model answers by extrapolation.
     """
 
     device: str
@@ -317,13 +323,14 @@ class LayerPrediction:
     ops_ms: dict[str, tuple[float, ...]]
     predictor: str
     gemms: dict[str, tuple[int, int]]
+    extrapolated: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with ``modeled: true``."""
         return {"device": self.device, "dtype": self.dtype, "tokens": list(self.tokens),
                 "layer_ms": list(self.layer_ms), "ops_ms": {p: list(v) for p, v in self.ops_ms.items()},
                 "gemms_nk": {p: list(v) for p, v in self.gemms.items()}, "predictor": self.predictor,
-                "modeled": True}
+                "extrapolated_tokens": list(self.extrapolated), "modeled": True}
 
 
 def predict_layer(spec: Any, hidden: int, heads: int, kv_heads: int, ffn: int, tokens: Sequence[int],
@@ -360,4 +367,5 @@ def predict_layer(spec: Any, hidden: int, heads: int, kv_heads: int, ffn: int, t
         for p, (n, k) in gemms.items():
             ops[p] = tuple(perf.gemm_time(t, n, k, spec, dtype, eff) * 1e3 for t in toks)
     layer = tuple(sum(ops[p][i] for p in perf.PROJECTIONS) for i in range(len(toks)))
-    return LayerPrediction(spec.kind, dtype, toks, layer, ops, "learned" if learned else "roofline", gemms)
+    outside = tuple(t for t in toks if t > MAX_TOKENS) if learned else ()
+    return LayerPrediction(spec.kind, dtype, toks, layer, ops, "learned" if learned else "roofline", gemms, outside)

@@ -160,6 +160,11 @@ def test_learned_layer_grows_with_tokens_and_is_faster_on_h100():
     h = opmodel.predict_layer(cat.get("h100-sxm"), 5120, 40, 40, 13824, toks, gated=True)
     assert list(a.layer_ms) == sorted(a.layer_ms) and a.layer_ms[-1] > 5 * a.layer_ms[0]
     assert all(hh < aa for hh, aa in zip(h.layer_ms, a.layer_ms))
+    assert a.extrapolated == () and a.to_dict()["extrapolated_tokens"] == []
+    big = opmodel.predict_layer(cat.get("a100-80g-sxm"), 5120, 40, 40, 13824, [4096, 16384], gated=True)
+    assert big.extrapolated == (16384,)
+    # beyond the data the log-ratio stays at its edge, so time keeps scaling with the roofline
+    assert big.layer_ms[1] == pytest.approx(4 * big.layer_ms[0], rel=0.15)
 
 
 def test_roofline_fallback_equals_perf_and_errors_name_the_field():

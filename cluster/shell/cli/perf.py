@@ -87,6 +87,8 @@ def layer(
         table.add_row(str(t), *(f"{pred.ops_ms[p][i]:.4g}" for p in ("qkv", "o", "up", "down")),
                       f"{pred.layer_ms[i]:.4g}")
     out.print(table)
+    if pred.extrapolated:
+        out.print(f"tokens beyond the measured 1-4096: {', '.join(map(str, pred.extrapolated))} (extrapolated)")
     out.print(f"[dim]{doc['note']}[/dim]")
 
 
