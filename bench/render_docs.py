@@ -130,6 +130,27 @@ def summary() -> str:
     rows.append(["10", f"fleet simulator, {sum(sim['fleet'].values())} replicas, fast engine, simulated requests per "
                  "minute of wall time ([simulation.md](simulation.md))", "≥ 1,000,000/min",
                  f"{fast} M at {loads} req/s", yes(sim["fast_per_min_worst_load"] >= sim["target_per_min"])])
+    op = _load("opmodel.json")
+    vid = op["vidur"]["variants"]
+    learned = ", ".join(f"{dev.split('-')[0].upper()} {100 * v['median']:.1f} % / {100 * v['p90']:.1f} %"
+                        for dev, v in vid["hgb"]["by_device"].items())
+    roof = ", ".join(f"{100 * v['median']:.0f} / {100 * v['p90']:.0f} %" for v in vid["roofline"]["by_device"].values())
+    ok_vidur = all(v["median"] <= 0.05 and v["p90"] <= 0.12 for v in vid["hgb"]["by_device"].values())
+    rows.append(["11", "learned operator model: layer projections, Vidur A100/H100, model shape held out "
+                 "(median / p90 abs. rel. error; modeled)", "≤ 5 % / ≤ 12 %", f"{learned} (roofline: {roof})", yes(ok_vidur)])
+    gem = op["gpperf"]["methods"]["hgb"]
+    split = gem["group_split_r2"]
+    rows.append(["11", "learned GEMM model, RTX 4070, (m, n, k) held out: R² of runtime", "≥ 0.9",
+                 f"{gem['loso_r2_runtime']:.3f} leave-one-shape-out; 80/20 shape splits: median {split['median']:.3f}, "
+                 f"{split['below_0.9']} of {split['n']} below 0.9", yes(gem["loso_r2_runtime"] >= 0.9)])
+    cal = _load("calibration.json")
+    mel = cal["melange"]["tpot_120ms"]
+    errs = [abs(v["rate_after_rps"] - cal["melange_capacity_rps"][k]) / cal["melange_capacity_rps"][k] for k, v in mel.items()]
+    f3 = cal["fig3b"]["tpot_120ms"]
+    rows.append(["11", "`melange-2024` calibration vs Mélange's published capacities (fitted to them)", "within 10 %",
+                 "; ".join(f"{k} {v['rate_before_rps']:.2f} → {v['rate_after_rps']:.2f} req/s" for k, v in mel.items())
+                 + f"; held-out Fig. 3b preferences {f3['default']['agree']}/{f3['default']['n']} → "
+                 f"{f3['melange-2024']['agree']}/{f3['melange-2024']['n']}", yes(max(errs) <= 0.10)])
     jb = _load("journal_bytes.json")["rows"]
     rows.append(["13", "Redis bytes per completed request, short vs 32k-character prompt", "bounded",
                  " vs ".join(f"{r['bytes_per_request']:.0f}" for r in jb),

@@ -594,6 +594,13 @@ _CUDA_NAMES: Mapping[str, str] = MappingProxyType(
         "a10g": "a10g",
         "tesla t4": "t4",
         "l40s": "l40s",
+        "a40": "a40",
+        "a10": "a10",
+        "l40": "l40",
+        "rtx a6000": "rtx-a6000",
+        "rtx 6000 ada generation": "rtx6000-ada",
+        "b200": "b200",
+        "gh200 480gb": "gh200",
     }
 )
 
@@ -606,7 +613,7 @@ def kind_from_device_name(cuda_name: str, memory_gib: float | None = None) -> st
 
     Jetson boards all report "Orin"; ``memory_gib`` (total device memory, which CUDA reports a
     little below the nominal size) tells them apart: > 40 -> jetson-agx-orin-64,
-    (20, 40] -> jetson-agx-orin-32, (12, 20] -> None (Orin NX 16GB, not in the catalog),
+    (20, 40] -> jetson-agx-orin-32, (12, 20] -> jetson-orin-nx-16,
     (6, 12] -> jetson-orin-nano-8 (an Orin NX 8GB looks the same), <= 6 -> None (Orin Nano 4GB).
     Without ``memory_gib``, "Orin" means jetson-agx-orin-64, as the alias "Orin" does.
     """
@@ -622,6 +629,8 @@ def kind_from_device_name(cuda_name: str, memory_gib: float | None = None) -> st
             return "jetson-agx-orin-64"
         if memory_gib > 20:
             return "jetson-agx-orin-32"
+        if memory_gib > 12:
+            return "jetson-orin-nx-16"
         if 6 < memory_gib <= 12:
             return "jetson-orin-nano-8"
         return None

@@ -188,6 +188,54 @@ def gemm_time(m: int, n: int, k: int, device: DeviceSpec, dtype: str = "bf16",
     return op_time(2.0 * m * n * k, s * (m * k + k * n + m * n), device, dtype, eff)
 
 
+#: The four projections of one transformer layer, in order.
+PROJECTIONS: tuple[str, ...] = ("qkv", "o", "up", "down")
+
+
+def projection_gemms(hidden: int, heads: int, kv_heads: int, ffn: int, gated: bool = False,
+                     tp: int = 1) -> dict[str, tuple[int, int]]:
+    """``(n, k)`` of each projection's GEMM ``(tokens x k) @ (k x n)`` on one of ``tp`` GPUs.
+
+    With ``d = hidden / heads`` and the weights split over ``tp`` GPUs (Megatron-style)::
+
+        qkv:  k = hidden,            n = (heads + 2 kv_heads) d / tp
+        o:    k = heads d / tp,      n = hidden
+        up:   k = hidden,            n = (2 if gated else 1) ffn / tp   (gate and up fused)
+        down: k = ffn / tp,          n = hidden
+    """
+    for name, value in (("hidden", hidden), ("heads", heads), ("kv_heads", kv_heads), ("ffn", ffn), ("tp", tp)):
+        validate.integer(name, value, minimum=1)
+    if not isinstance(gated, bool):
+        raise InputError(f"gated: expected a bool, got {gated!r}")
+    if hidden % heads:
+        raise InputError(f"heads: {heads} does not divide hidden={hidden}")
+    if heads % kv_heads:
+        raise InputError(f"kv_heads: {kv_heads} does not divide heads={heads}")
+    if kv_heads % tp or ffn % tp:
+        raise InputError(f"tp: {tp} must divide kv_heads={kv_heads} and ffn={ffn}")
+    d = hidden // heads
+    return {
+        "qkv": ((heads + 2 * kv_heads) * d // tp, hidden),
+        "o": (hidden, heads * d // tp),
+        "up": ((2 if gated else 1) * ffn // tp, hidden),
+        "down": (hidden, ffn // tp),
+    }
+
+
+def linear_layer_time(tokens: int, hidden: int, heads: int, kv_heads: int, ffn: int, device: DeviceSpec,
+                      gated: bool = False, tp: int = 1, dtype: str = "bf16",
+                      eff: Efficiency = DEFAULT_EFFICIENCY) -> float:
+    """Roofline seconds of one layer's four projections at ``tokens`` tokens on one of ``tp`` GPUs.
+
+    ``sum over qkv, o, up, down of gemm_time(tokens, n, k)`` (:func:`projection_gemms`); each
+    term carries its kernel overhead ``o_k``. Attention, norms and communication are not included.
+    The learned model (:mod:`cluster.opmodel`) replaces this where the device has measurements.
+    """
+    validate.integer("tokens", tokens, minimum=1)
+    gemms = projection_gemms(hidden, heads, kv_heads, ffn, gated, tp)
+    return sum(gemm_time(tokens, n, k, device, dtype, eff) for n, k in gemms.values())
+
+
 def attention_time(batch: int, n_heads: int, q_len: int, kv_len: int, head_dim: int, device: DeviceSpec,
                    causal: bool = False, dtype: str = "bf16", eff: Efficiency = DEFAULT_EFFICIENCY,
                    n_kv_heads: int | None = None) -> float:

@@ -29,6 +29,8 @@ REQUIRED_KINDS = {
     "jetson-agx-orin-64", "jetson-agx-orin-32", "jetson-orin-nano-8",
     "a100-40g-sxm", "a100-80g-sxm", "a100-80g-pcie", "h100-sxm", "h100-pcie", "h200-sxm",
     "l4", "a10g", "t4", "l40s", "cpu",
+    # issue 11: the common kinds users ask about
+    "a40", "a10", "l40", "rtx-a6000", "rtx6000-ada", "b200", "gh200", "jetson-orin-nx-16",
 }
 TYPED_FIELDS = (
     "memory_gib", "mem_bw_gbs", "tflops_fp16", "tflops_fp8", "power_idle_w", "power_max_w",
@@ -116,6 +118,42 @@ def test_physical_sanity(catalog: Catalog, typed: list[DeviceSpec]) -> None:
     assert catalog.get("t4").link_gbs == 16 and catalog.get("jetson-orin-nano-8").link_gbs == 0.125
 
 
+NEW_KINDS = ("a40", "a10", "l40", "rtx-a6000", "rtx6000-ada", "b200", "gh200", "jetson-orin-nx-16")
+
+
+def test_new_kinds_resolve_and_are_consistent(catalog: Catalog) -> None:
+    g = {k: catalog.get(k) for k in NEW_KINDS}
+    for kind, spec in g.items():
+        assert spec.kind == kind and spec.aliases and all(catalog.resolve(a) == kind for a in spec.aliases)
+        assert spec.figure("tflops_fp16").source and spec.figure("mem_bw_gbs").source
+        assert spec.power_idle_w == pytest.approx(0.1 * spec.power_max_w)  # the catalog's idle estimate
+    # A10 and A10G are different products: the A10 (150 W, 125 TFLOPS) is not AWS's A10G
+    assert g["a10"].tflops_fp16 > catalog.get("a10g").tflops_fp16 and g["a10"].power_max_w < catalog.get("a10g").power_max_w
+    # L40: the FP32-accumulate rate, half the L40S's; same 48 GB and bandwidth
+    assert g["l40"].tflops_fp16 == pytest.approx(catalog.get("l40s").tflops_fp16 / 2, rel=0.01)
+    assert g["l40"].mem_bw_gbs == catalog.get("l40s").mem_bw_gbs and g["l40"].memory_gib == 48
+    # GA102 data-center / workstation parts: 48 GB, no FP8, A6000 clocks a little above the A40
+    assert g["a40"].tflops_fp8 is None and g["rtx-a6000"].tflops_fp8 is None
+    assert g["a40"].tflops_fp16 < g["rtx-a6000"].tflops_fp16 < 1.1 * g["a40"].tflops_fp16
+    assert g["rtx6000-ada"].mem_bw_gbs > g["l40"].mem_bw_gbs > g["rtx-a6000"].mem_bw_gbs > g["a40"].mem_bw_gbs
+    # Blackwell beats Hopper in every roofline figure; GH200 is an H100 with more memory
+    h100, h200 = catalog.get("h100-sxm"), catalog.get("h200-sxm")
+    for field in ("memory_gib", "mem_bw_gbs", "tflops_fp16", "tflops_fp8"):
+        assert getattr(g["b200"], field) > getattr(h200, field) >= getattr(h100, field)
+    assert g["gh200"].tflops_fp16 == h100.tflops_fp16 and g["gh200"].memory_gib > h100.memory_gib
+    assert h100.mem_bw_gbs < g["gh200"].mem_bw_gbs < h200.mem_bw_gbs
+    assert g["gh200"].link_gbs > h100.link_gbs  # NVLink-C2C host link
+    # Orin NX 16GB sits between the Orin Nano 8GB and the AGX Orin 32GB
+    nx, nano, agx32 = g["jetson-orin-nx-16"], catalog.get("jetson-orin-nano-8"), catalog.get("jetson-agx-orin-32")
+    assert nx.category == "edge" and nx.price_per_hour is None and nx.tflops_fp8 is None
+    assert nano.memory_gib < nx.memory_gib < agx32.memory_gib
+    assert nano.tflops_fp16 <= nx.tflops_fp16 + 2 and nx.tflops_fp16 < agx32.tflops_fp16
+    # unverified figures say so
+    for kind, field in (("rtx6000-ada", "tflops_fp16"), ("a10", "price_per_hour"), ("gh200", "price_per_hour")):
+        assert g[kind].figure(field).basis == "unverified"
+        assert "not verified" in g[kind].figure(field).source
+
+
 def test_melange_prices_are_kept_for_reproduction(catalog: Catalog) -> None:
     # Mélange (arXiv 2404.14527) Table 1.
     expected = {"l4": 0.70, "a10g": 1.01, "a100-80g-sxm": 3.67, "h100-sxm": 7.516}
@@ -150,9 +188,11 @@ def test_to_dict_is_json_with_sources(typed: list[DeviceSpec]) -> None:
         ("Orin", "jetson-agx-orin-64"), ("AGX Orin", "jetson-agx-orin-64"), ("Jetson_AGX_Orin", "jetson-agx-orin-64"),
         ("Orin Nano", "jetson-orin-nano-8"), ("AGX Orin 32GB", "jetson-agx-orin-32"),
         ("H100", "h100-sxm"), ("H100 PCIe", "h100-pcie"), ("H200", "h200-sxm"),
-        ("A10G", "a10g"), ("A10", "a10g"), ("L4", "l4"), ("T4", "t4"), ("Tesla T4", "t4"), ("L40S", "l40s"),
+        ("A10G", "a10g"), ("A10", "a10"), ("L4", "l4"), ("T4", "t4"), ("Tesla T4", "t4"), ("L40S", "l40s"),
         ("3090", "rtx3090"), ("4070", "rtx4070"), ("CPU", "cpu"), ("host", "cpu"),
         ("JETSON-AGX-ORIN-64", "jetson-agx-orin-64"),
+        ("A40", "a40"), ("L40", "l40"), ("RTX A6000", "rtx-a6000"), ("A6000", "rtx-a6000"),
+        ("RTX 6000 Ada", "rtx6000-ada"), ("B200", "b200"), ("GH200", "gh200"), ("Orin NX", "jetson-orin-nx-16"),
     ],
 )
 def test_aliases_resolve(catalog: Catalog, name: str, kind: str) -> None:
@@ -197,12 +237,19 @@ def test_unknown_name_lists_kinds_and_suggests(catalog: Catalog) -> None:
         ("NVIDIA A10G", None, "a10g"),
         ("Tesla T4", None, "t4"),
         ("NVIDIA L40S", None, "l40s"),
+        ("NVIDIA A40", None, "a40"),
+        ("NVIDIA A10", None, "a10"),
+        ("NVIDIA L40", None, "l40"),
+        ("NVIDIA RTX A6000", None, "rtx-a6000"),
+        ("NVIDIA RTX 6000 Ada Generation", None, "rtx6000-ada"),
+        ("NVIDIA B200", None, "b200"),
+        ("NVIDIA GH200 480GB", None, "gh200"),
         ("  nvidia  geforce rtx 4090 ", None, "rtx4090"),
         ("Orin", 61.4, "jetson-agx-orin-64"),
         ("Orin", 30.6, "jetson-agx-orin-32"),
         ("Orin", 7.4, "jetson-orin-nano-8"),
         ("Orin", None, "jetson-agx-orin-64"),
-        ("Orin", 15.3, None),  # Orin NX 16GB: not in the catalog
+        ("Orin", 15.3, "jetson-orin-nx-16"),
         ("Orin", 3.5, None),  # Orin Nano 4GB
         ("NVIDIA GeForce RTX 4070 Ti", None, None),
         ("NVIDIA GeForce RTX 4070 SUPER", None, None),
