@@ -99,12 +99,16 @@ def _histogram(workload: str, grid: Any) -> tuple[tuple[tuple[float, ...], ...],
 def build_problem(
     *, model: str, workload: str, rate: float, tpot_slo_ms: float, ttft_slo_ms: float | None,
     devices: str, max_count: list[str], power_budget_w: float | None, headroom: float,
-    slice_factor: int, prices: str,
+    slice_factor: int, prices: str, calibration: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The allocation problem the flags describe, and a JSON-ready description of its inputs."""
+    """The allocation problem the flags describe, and a JSON-ready description of its inputs.
+
+    ``calibration`` names a calibration profile (``melange-2024``, or a profile JSON file): each
+    kind's throughput table is then modeled with that kind's fitted efficiencies."""
+    from cluster.calibration import load_profile
     from cluster.catalog import default_catalog
     from cluster.models import get_model
-    from cluster.tables import modeled_rate_table, paper_grid
+    from cluster.tables import ServingConfig, modeled_rate_table, paper_grid
     from solvers.allocation import AllocationProblem, DeviceType, Workload
 
     if prices not in PRICE_SOURCES:
@@ -130,6 +134,13 @@ def build_problem(
     if not kinds:
         raise InputError(f"--devices: {devices!r} names no device; e.g. {DEFAULT_DEVICES}")
     caps = _parse_caps(max_count, kinds, catalog)
+    if calibration is not None:
+        try:
+            profile = load_profile(calibration)
+        except InputError as exc:
+            raise InputError(f"--calibration: {str(exc).removeprefix('calibration: ')}") from None
+    else:
+        profile = None
     shape = get_model(model)
     grid = paper_grid()
     hist, wl_desc = _histogram(workload, grid)
@@ -144,8 +155,9 @@ def build_problem(
                 f"{'' if prices == 'catalog' else '_melange'} is unset in the catalog); "
                 f"drop it or use --prices {'melange' if prices == 'catalog' else 'catalog'}"
             )
-        tpot = modeled_rate_table(shape, spec, grid, tpot_slo_ms / 1e3)
-        ttft = (modeled_rate_table(shape, spec, grid, 1e6, ttft_slo_ms / 1e3)
+        serving = ServingConfig() if profile is None else ServingConfig(efficiency=profile.for_kind(kind))
+        tpot = modeled_rate_table(shape, spec, grid, tpot_slo_ms / 1e3, config=serving)
+        ttft = (modeled_rate_table(shape, spec, grid, 1e6, ttft_slo_ms / 1e3, config=serving)
                 if ttft_slo_ms is not None else None)
         tables[kind] = [list(r) for r in tpot.rates]
         types.append(solver_call(
@@ -164,6 +176,8 @@ def build_problem(
         "prices_per_hour": {t.name: t.price_per_hour for t in types},
         "grid": {"input_edges": list(grid.in_edges), "output_edges": list(grid.out_edges)},
         "throughput_source": "modeled", "note": MODELED_TABLES_NOTE,
+        "calibration": None if profile is None else {
+            "profile": profile.name, "calibrated_kinds": sorted(k for k in kinds if k in profile.efficiency)},
     }
     return problem, desc
 

@@ -181,3 +181,19 @@ def test_time_limit_reports_status_and_gap(flotilla, capsys):
     for bad in ("0", "-1", "nan"):
         rc, out, err = run(flotilla, capsys, "--time-limit", bad)
         assert rc == 2 and "--time-limit" in err, err
+
+
+def test_calibration_profile_drives_the_tables(flotilla, capsys):
+    args = ("--prices", "melange", "--devices", "a10g,a100-80g-sxm", "--json")
+    rc, out, err = run(flotilla, capsys, *args)
+    plain = json.loads(out)
+    rc, out, err = run(flotilla, capsys, "--calibration", "melange-2024", *args)
+    assert rc == 0, err
+    cal = json.loads(out)
+    assert cal["calibration"] == {"profile": "melange-2024", "calibrated_kinds": ["a100-80g-sxm", "a10g"]}
+    assert plain["calibration"] is None
+    # the paper's measured capacities are lower than the uncalibrated roofline: more devices, more $
+    assert sum(cal["allocation"].values()) > sum(plain["allocation"].values())
+    assert cal["cost_per_hour"] > plain["cost_per_hour"]
+    rc, out, err = run(flotilla, capsys, "--calibration", "nope")
+    assert rc == 2 and err.startswith("flotilla: error: --calibration: no profile 'nope'")

@@ -115,6 +115,7 @@ def plan(
     slice_factor: int = typer.Option(8, "--slice-factor", help="Slices per bucket."),
     solver: str = typer.Option("cbc", "--solver", help="cbc | highs."),
     prices: str = typer.Option("catalog", "--prices", help="catalog (today's) | melange (the paper's)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration profile for the modeled tables: melange-2024, vidur-2024 or a profile JSON file."),
     config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop the solver after S seconds and report the best mix found, with its optimality gap."),
@@ -137,7 +138,7 @@ def plan(
         problem, desc = build_problem(
             model=model, workload=workload, rate=rate, tpot_slo_ms=tpot_slo_ms, ttft_slo_ms=ttft_slo_ms,
             devices=devices, max_count=max_count, power_budget_w=power_budget_w, headroom=headroom,
-            slice_factor=slice_factor, prices=prices,
+            slice_factor=slice_factor, prices=prices, calibration=calibration,
         )
     result = solver_call(solve, problem, solver=solver, time_limit_s=time_limit, accept_incumbent=time_limit is not None)
     doc = {**result.to_json(), **desc}
