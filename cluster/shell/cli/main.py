@@ -52,12 +52,17 @@ def devices(
         table.add_column(col, justify="left" if col in ("kind", "class") else "right")
     for s in specs:
         table.add_row(
-            s.kind, s.category, _fmt(s.memory_gib, ".0f"), _fmt(s.mem_bw_gbs, ".0f"), _fmt(s.tflops_fp16, ".3g"),
-            _fmt(s.tflops_fp8, ".3g"), _fmt(s.power_max_w, ".0f"), _fmt(s.price_per_hour, ".2f"),
+            s.kind, s.category, _fmt(s.memory_gib, ".0f"), _fmt(s.mem_bw_gbs, ".0f"), _tflops(s.tflops_fp16),
+            _tflops(s.tflops_fp8), _fmt(s.power_max_w, ".0f"), _fmt(s.price_per_hour, ".2f"),
         )
     out.print(table)
     out.print("TFLOPS: dense fp16/bf16 tensor (GeForce: FP32 accumulate); 'cpu' is measured on this host (fp32 GEMM).")
     out.print("Names, interconnects, sources and dates of every figure: flotilla devices KIND --json.")
+
+
+def _tflops(v: float | None) -> str:
+    """3 significant digits without an exponent (2250, 989, 121, 0.54)."""
+    return _fmt(v, ",.0f" if v is not None and v >= 100 else ".3g")
 
 
 # ----------------------------------------------------------------------------------------- up
