@@ -87,3 +87,26 @@ def exit_code_for(exc: BaseException) -> int:
         return 2
     print(f"flotilla: failed: {exc}", file=sys.stderr)
     return 1
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str) -> Iterator[Any]:
+    """Progress on stderr: a rich bar in a terminal, else one line per step (so a log shows it).
+    Yields ``advance(done, note="")``."""
+    import time
+
+    if err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[note]}"), console=err, transient=True) as bar:
+            task = bar.add_task(label, total=total, note="")
+            yield lambda done, note="": bar.update(task, completed=done, note=note)
+        return
+    start = time.monotonic()
+
+    def line(done: int, note: str = "") -> None:
+        print(f"{label}: {done}/{total} ({time.monotonic() - start:.0f} s){' ' + note if note else ''}",
+              file=sys.stderr, flush=True)
+
+    yield line

@@ -99,7 +99,7 @@ def _histogram(workload: str, grid: Any) -> tuple[tuple[tuple[float, ...], ...],
 def build_problem(
     *, model: str, workload: str, rate: float, tpot_slo_ms: float, ttft_slo_ms: float | None,
     devices: str, max_count: list[str], power_budget_w: float | None, headroom: float,
-    slice_factor: int, prices: str, calibration: str | None = None,
+    slice_factor: int, prices: str, calibration: str | None = None, tables: tuple[str, ...] = (),
 ) -> tuple[Any, dict[str, Any]]:
     """The allocation problem the flags describe, and a JSON-ready description of its inputs.
 
@@ -141,6 +141,7 @@ def build_problem(
             raise InputError(f"--calibration: {str(exc).removeprefix('calibration: ')}") from None
     else:
         profile = None
+    measured = _measured_tables(tables, kinds, catalog, tpot_slo_ms)
     shape = get_model(model)
     grid = paper_grid()
     hist, wl_desc = _histogram(workload, grid)
@@ -159,9 +160,14 @@ def build_problem(
         tpot = modeled_rate_table(shape, spec, grid, tpot_slo_ms / 1e3, config=serving)
         ttft = (modeled_rate_table(shape, spec, grid, 1e6, ttft_slo_ms / 1e3, config=serving)
                 if ttft_slo_ms is not None else None)
-        tables[kind] = [list(r) for r in tpot.rates]
+        rates = tpot.rates
+        if kind in measured:  # measured where profiled, modeled elsewhere
+            m = measured[kind]
+            rates = tuple(tuple(mr if lim != "unprofiled" else r for r, mr, lim in zip(row, mrow, lrow))
+                          for row, mrow, lrow in zip(tpot.rates, m["rates"], m["limits"]))
+        tables[kind] = [list(r) for r in rates]
         types.append(solver_call(
-            DeviceType, name=kind, price_per_hour=price, max_rate=tpot.rates, power_w=spec.power_max_w,
+            DeviceType, name=kind, price_per_hour=price, max_rate=rates, power_w=spec.power_max_w,
             max_count=caps.get(kind), ttft_max_rate=None if ttft is None else ttft.rates,
         ))
     problem = solver_call(
@@ -175,11 +181,40 @@ def build_problem(
         "headroom": headroom, "slice_factor": slice_factor, "prices": prices,
         "prices_per_hour": {t.name: t.price_per_hour for t in types},
         "grid": {"input_edges": list(grid.in_edges), "output_edges": list(grid.out_edges)},
-        "throughput_source": "modeled", "note": MODELED_TABLES_NOTE,
+        "rate_tables": tables,
+        "throughput_source": "modeled+measured" if measured else "modeled",
+        "note": MODELED_TABLES_NOTE + ("; measured where a --tables file profiled the bucket" if measured else ""),
+        "measured": {k: {"file": m["file"], "engine": m.get("engine"), "model": m.get("model"), "host": m.get("host"),
+                         "date": m.get("date"), "measured_buckets": sum(lim != "unprofiled" for row in m["limits"] for lim in row)}
+                     for k, m in measured.items()},
         "calibration": None if profile is None else {
             "profile": profile.name, "calibrated_kinds": sorted(k for k in kinds if k in profile.efficiency)},
     }
     return problem, desc
+
+
+def _measured_tables(paths: tuple[str, ...], kinds: list[str], catalog: Any, tpot_slo_ms: float) -> dict[str, Any]:
+    """``{kind: table doc}`` of ``flotilla profile --table`` files, checked against the plan."""
+    from cluster.shell.profiler import load_table
+    from cluster.tables import paper_grid
+
+    grid = paper_grid()
+    out: dict[str, Any] = {}
+    for path in paths:
+        doc = load_table(path)
+        kind = catalog.resolve(doc["kind"])
+        if kind not in kinds:
+            raise InputError(f"--tables: {path!r} measures {kind!r}, which is not in --devices {kinds}")
+        if kind in out:
+            raise InputError(f"--tables: two tables for {kind!r} ({out[kind]['file']!r} and {path!r})")
+        if doc["grid"] != {"input_edges": list(grid.in_edges), "output_edges": list(grid.out_edges)}:
+            raise InputError(f"--tables: {path!r} is on another bucket grid than the plan's")
+        slo = doc.get("slo_ms", {}).get("tpot")
+        if slo is not None and abs(slo - tpot_slo_ms) > 1e-9:
+            raise InputError(f"--tables: {path!r} was reduced under a TPOT SLO of {slo:g} ms, the plan asks "
+                             f"{tpot_slo_ms:g} ms; reduce the sweep again with --tpot-slo-ms {tpot_slo_ms:g}")
+        out[kind] = {**doc, "file": path}
+    return out
 
 
 def problem_from_config(path: str) -> tuple[Any, dict[str, Any]]:

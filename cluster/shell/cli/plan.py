@@ -115,6 +115,7 @@ def plan(
     slice_factor: int = typer.Option(8, "--slice-factor", help="Slices per bucket."),
     solver: str = typer.Option("cbc", "--solver", help="cbc | highs."),
     prices: str = typer.Option("catalog", "--prices", help="catalog (today's) | melange (the paper's)."),
+    tables: list[str] = typer.Option([], "--tables", help="A measured rate table (`flotilla profile --table`) for one kind; used where it profiled a bucket (repeatable)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration profile for the modeled tables: melange-2024, vidur-2024 or a profile JSON file."),
     config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
@@ -138,7 +139,7 @@ def plan(
         problem, desc = build_problem(
             model=model, workload=workload, rate=rate, tpot_slo_ms=tpot_slo_ms, ttft_slo_ms=ttft_slo_ms,
             devices=devices, max_count=max_count, power_budget_w=power_budget_w, headroom=headroom,
-            slice_factor=slice_factor, prices=prices, calibration=calibration,
+            slice_factor=slice_factor, prices=prices, calibration=calibration, tables=tuple(tables),
         )
     result = solver_call(solve, problem, solver=solver, time_limit_s=time_limit, accept_incumbent=time_limit is not None)
     doc = {**result.to_json(), **desc}
