@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"Vidur, model shape held out: |pred/measured - 1| of the layer's projections (modeled)")
+    print("Vidur, model shape held out: |pred/measured - 1| of the layer's projections (modeled)")
     for v, res in result["vidur"]["variants"].items():
         cells = ", ".join(f"{d} med {s['median']:.1%} p90 {s['p90']:.1%}" for d, s in res["by_device"].items())
         print(f"  {v:16s} {cells}")

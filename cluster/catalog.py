@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping

@@ -110,3 +110,19 @@ def progress(total: int, label: str) -> Iterator[Any]:
               file=sys.stderr, flush=True)
 
     yield line
+
+
+def save_figure(fig: Any, path: str, flag: str = "--plot") -> None:
+    """Write a matplotlib figure (tight layout, 110 dpi) and close it; InputError naming ``flag``
+    when the file cannot be written."""
+    import matplotlib.pyplot as plt
+
+    from cluster.exceptions import InputError
+
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise InputError(f"{flag} {path!r}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.exceptions import InputError
+from cluster.shell.console import save_figure
 
 #: The attainment below which ``flotilla plan --simulate`` warns (the issue's 99 %).
 DEFAULT_TARGET = 0.99
@@ -178,13 +179,7 @@ def plot_timeline(rep: Any, path: str, bins: int = 120) -> dict[str, Any]:
     fleet = ", ".join(f"{n}x {k}" for k, n in s["fleet"].items())
     fig.suptitle(f"simulated (MODELED) {s['model']} on {fleet}\n{s['requests']} requests, "
                  f"SLO attainment {100 * s['slo_attainment']:.1f}%", fontsize=9)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise InputError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return {"file": path, "bins": bins}
 
 
@@ -274,13 +269,7 @@ def plot_autoscale(doc: dict[str, Any], reqs: Any, path: str) -> dict[str, Any]:
     axes[2].legend(fontsize=8)
     fig.suptitle(f"autoscaling policies replayed on {doc['requests']} requests of {doc['model']} "
                  f"(TPOT SLO {doc['tpot_slo_ms']:g} ms), MODELED", fontsize=9)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise InputError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return {"file": path}
 
 

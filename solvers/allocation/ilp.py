@@ -69,7 +69,7 @@ import math
 from typing import Any
 
 from solvers.allocation.model import INTEGRALITY_TOLERANCE, SOLVERS, Instance, ceil_devices
-from solvers.exceptions import SolveIncompleteError, SolverAnswerError, SolverUnavailableError, did_you_mean
+from solvers.exceptions import SolverAnswerError, SolverUnavailableError, did_you_mean
 
 
 # ----------------------------------------------------------------------------------- the ILP

@@ -9,9 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid

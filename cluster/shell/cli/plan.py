@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cluster.shell.console import emit_json, err, fmt, json_option, out
+from cluster.shell.console import emit_json, err, fmt, json_option, out, save_figure
 from cluster.exceptions import InputError
 from cluster.shell.planner import (
     DEFAULT_DEVICES,
@@ -63,13 +63,7 @@ def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], 
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise InputError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return {"file": path, "rates": rates, "mix": mix, "single": single}
 
 
