@@ -150,6 +150,9 @@ def test_workload_file_and_plot(flotilla, capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot = doc["plot"]
     assert 4.0 in plot["rates"] and len(plot["mix"]) == len(plot["rates"])
+    assert plot["requested_rate"] == 4.0
+    # a kind labelled infeasible alone has no cost at any plotted rate, and every other kind has one
+    assert set(plot["infeasible_alone"]) == {n for n, v in plot["single"].items() if all(x is None for x in v)}
     i = plot["rates"].index(4.0)
     assert plot["mix"][i] == pytest.approx(doc["cost_per_hour"])
     for name, costs in plot["single"].items():  # the mix is never dearer than a single type
@@ -197,3 +200,8 @@ def test_calibration_profile_drives_the_tables(flotilla, capsys):
     assert cal["cost_per_hour"] > plain["cost_per_hour"]
     rc, out, err = run(flotilla, capsys, "--calibration", "nope")
     assert rc == 2 and err.startswith("flotilla: error: --calibration: no profile 'nope'")
+
+
+def test_config_refuses_flags_it_would_ignore(flotilla, capsys):
+    rc, out, err = run(flotilla, capsys, "--config", "examples/melange_config.json", "--rate", "5", "--devices", "l4")
+    assert rc == 2 and "--rate, --devices would be ignored" in err

@@ -24,8 +24,11 @@ from cluster.shell.planner import (
     solver_call,
 )
 
-def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], title: str) -> dict[str, Any]:
-    """Draw cost/h against total rate for the mix and each single type; returns the data plotted."""
+def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], title: str,
+                      requested: float | None = None) -> dict[str, Any]:
+    """Draw cost/h against total rate for the mix and each single type, as steps (devices are
+    bought whole, so cost jumps between the rates solved); the requested rate is marked and a kind
+    that cannot serve the workload alone at any plotted rate is labelled so. Returns the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,18 +56,25 @@ def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], 
             single[n].append(plan.baselines.get(n))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     nan = float("nan")
+    infeasible = [n for n in names if all(v is None for v in single[n])]
     for n in names:
-        ax.plot(rates, [nan if v is None else v for v in single[n]], marker=".", linestyle="--",
+        if n in infeasible:  # nothing to draw: say so in the legend
+            ax.plot([], [], linestyle="none", marker="x", color="grey", label=f"{n} only: infeasible")
+            continue
+        ax.step(rates, [nan if v is None else v for v in single[n]], where="pre", marker=".", linestyle="--",
                 label=f"{n} only")
-    ax.plot(rates, [nan if v is None else v for v in mix], marker="o", color="black", linewidth=2.2,
+    ax.step(rates, [nan if v is None else v for v in mix], where="pre", marker="o", color="black", linewidth=2.2,
             label="cheapest mix")
+    if requested is not None:
+        ax.axvline(requested, color="tab:red", linewidth=1, linestyle=":", label=f"requested {requested:g} req/s")
     ax.set_xlabel("total request rate (req/s)")
     ax.set_ylabel("cost ($/h)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
-    return {"file": path, "rates": rates, "mix": mix, "single": single}
+    return {"file": path, "rates": rates, "mix": mix, "single": single, "infeasible_alone": infeasible,
+            "requested_rate": requested}
 
 
 def _render(doc: dict[str, Any]) -> None:
@@ -97,6 +107,7 @@ def _render_simulation(cost: float, sim: dict[str, Any]) -> None:
 
 
 def plan(
+    ctx: typer.Context,
     model: str = typer.Option("llama-2-7b", "--model", help="Model shape (cluster/perf MODELS)."),
     workload: str = typer.Option("arena", "--workload", help="arena | pubmed | mixed | a JSONL/CSV file of (input_len, output_len)."),
     rate: float = typer.Option(4.0, "--rate", help="Total request rate, req/s."),
@@ -128,6 +139,13 @@ def plan(
         raise InputError(f"--time-limit: {time_limit!r}; allowed: a number of seconds > 0")
 
     if config is not None:
+        ignored = [f"--{name.replace('_', '-')}" for name in ("model", "workload", "rate", "tpot_slo_ms", "ttft_slo_ms",
+                                                               "devices", "max_count", "power_budget_w", "headroom",
+                                                               "slice_factor", "prices", "calibration", "tables")
+                   if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+        if ignored:
+            raise InputError(f"--config: the config file sets the problem; {', '.join(ignored)} would be ignored "
+                             "(drop them, or drop --config)")
         problem, desc = problem_from_config(config)
     else:
         problem, desc = build_problem(
@@ -145,7 +163,7 @@ def plan(
         title = (f"{desc.get('model', 'config')} / {desc.get('workload', {}).get('name', desc.get('config'))}"
                  f" / TPOT {desc.get('tpot_slo_ms', '-')} ms — {desc['throughput_source']} throughput tables")
         with err.status(f"solving {len(rates)} rates for the plot…", spinner="dots"):
-            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title)
+            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title, requested=r)
     if simulate:
         from cluster.shell.simulator import check_plan
 
