@@ -425,8 +425,12 @@ class Router:
             final = yield from self._dispatch(rid, req, deadline)
             # Durable before the caller sees the end: a finished request is never replayed, and a
             # retry (here, after a restart, or on another gateway) gets this result.
-            self.store.journal_complete(rid, final, ttl_s=self.config.result_ttl_s)
+            stored = self.store.journal_complete(rid, final, ttl_s=self.config.result_ttl_s)
             completed = True
+            try:  # one count per stored completion; a second run of a completed id would be "twice"
+                self.store.incr("router.completed" if stored else "router.completed_twice")
+            except Exception:  # noqa: BLE001 - the result is stored; only the counter missed it
+                log.warning("request %s: completion not counted", rid, exc_info=True)
             pending.result = final
             self._remember(rid, pending.fingerprint, final)
             yield final
@@ -516,7 +520,6 @@ class Router:
                         final = dict(ev, attempts=attempt, request_id=rid)
                         final.pop("type", None)
                         final["type"] = "done"
-                        self.store.incr("router.completed")
                         return final
             except Exception as exc:  # noqa: BLE001 - sorted below
                 if (_is_actor_death(exc) or _is_transient(exc)) and not self._closed:
@@ -554,7 +557,6 @@ class Router:
             raise DeadlineExceededError(f"request {rid}: deadline passed before the reply") from None
         final = dict(ev, attempts=attempt, request_id=rid)
         final["type"] = "done"
-        self.store.incr("router.completed")
         return final
 
     # ------------------------------------------------------------------ replica pool

@@ -106,3 +106,22 @@ def throwaway_redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def make_redis_server(tmp_path):
+    """A factory of :class:`ThrowawayRedis` servers (``persistent=True`` for an fsync'd
+    append-only file), all stopped afterwards. Not started: call ``start()``."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server binary")
+    made: list[ThrowawayRedis] = []
+
+    def make(*, persistent: bool = False) -> ThrowawayRedis:
+        server = ThrowawayRedis(str(tmp_path / f"redis-{len(made)}"), persistent=persistent)
+        (tmp_path / f"redis-{len(made)}").mkdir()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
