@@ -253,6 +253,7 @@ def real_http(ray_session):
     from actors.routing import Replica
     from actors.router import Router
     from cluster.catalog import default_catalog
+    from cluster.shell.metrics import Metrics
     from cluster.shell.openai_api import ChatTemplate, HttpConfig, HttpServer, OpenAIApp
     from cluster.state import open_store
 
@@ -264,8 +265,9 @@ def real_http(ray_session):
     router = Router(store, [Replica(f"{kind}-0", kind, exp, 1)])
     router.start()
     template = ChatTemplate.for_model(None)
-    http = HttpServer(HttpConfig(port=0)).start(OpenAIApp(router, "smollm2-135m", template=template))
-    yield http, template
+    metrics = Metrics(router)
+    http = HttpServer(HttpConfig(port=0)).start(OpenAIApp(router, "smollm2-135m", template=template, metrics=metrics))
+    yield http, template, metrics
     http.stop()
     router.close()
     ray.get(exp.stop.remote())
@@ -274,7 +276,9 @@ def real_http(ray_session):
 
 
 def test_real_chat_model_through_the_template(real_http):
-    http, template = real_http
+    from prometheus_client.parser import text_string_to_metric_families
+
+    http, template, metrics = real_http
     messages = [{"role": "system", "content": "You answer with one word."},
                 {"role": "user", "content": "What is the capital of France?"}]
     with openai.OpenAI(base_url=http.base_url, api_key="EMPTY", max_retries=0, timeout=120) as c:
@@ -287,3 +291,8 @@ def test_real_chat_model_through_the_template(real_http):
     ids = template.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert r.usage.prompt_tokens == len(ids["input_ids"])
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == r.choices[0].message.content
+    # both requests (same tokens) added their modeled energy to the labelled counter
+    samples = {s.name: s.value for fam in text_string_to_metric_families(metrics.render()[0].decode()) for s in fam.samples
+               if s.labels.get("device_kind") == "a100-80g-sxm" and s.labels.get("modeled") == "true"}
+    energy = r.model_extra["flotilla"]["modeled"]["energy_j"]
+    assert energy > 0 and samples["flotilla_modeled_energy_joules_total"] == pytest.approx(2 * energy, rel=1e-9)

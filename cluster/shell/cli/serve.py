@@ -37,6 +37,8 @@ def serve(
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (or RAY_ADDRESS) instead of embedding one."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
     port: int = typer.Option(50051, "--port", help="gRPC port (0 picks a free one)."),
+    http_port: int = typer.Option(8000, "--http-port", help="OpenAI-compatible HTTP API and /metrics port (0 disables it)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics on a port of its own (for gRPC only)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="FLOTILLA_TOKEN", help="Require this bearer token."),
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local HF model directory."),
     max_concurrency: int = typer.Option(2, "--max-concurrency", help="Requests served at once per expert."),
@@ -45,15 +47,22 @@ def serve(
     unary_max_tokens: int = typer.Option(1, "--unary-max-tokens",
                                          help="Requests with max_tokens up to this get one unary actor call (text in one chunk; lower latency) instead of a stream; 0: always stream."),
 ) -> None:
-    """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
+    """Serve the model over gRPC and the OpenAI HTTP API: fleet -> experts -> journaling router -> gateways. Ctrl-C stops it."""
     from actors.router import RouterConfig
     from cluster.config import load_config
+    from cluster.exceptions import InputError
     from cluster.shell.gateway import GatewayConfig
+    from cluster.shell.openai_api import HttpConfig
     from cluster.shell.serving import ServeConfig, run_until_stopped
 
     cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
+    if not 0 <= http_port <= 65535:
+        raise InputError(f"--http-port: {http_port}; allowed: 1..65535, or 0 to disable the HTTP server")
+    if metrics_port is not None and not 1 <= metrics_port <= 65535:
+        raise InputError(f"--metrics-port: {metrics_port}; allowed: 1..65535")
+    http = HttpConfig(host=host, port=http_port, token=token) if http_port else None
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
-                     model=model, gateway=GatewayConfig(host=host, port=port, token=token),
+                     model=model, gateway=GatewayConfig(host=host, port=port, token=token), http=http, metrics_port=metrics_port,
                      router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
 
