@@ -19,6 +19,16 @@ from cluster.shell.gateway import Gateway, GatewayConfig
 from cluster.shell.openai_api import HttpConfig
 
 
+def example_fleet() -> str:
+    """The packaged example fleet (``cluster/data/example_fleet.yaml``, a copy of
+    ``examples/fleet.yaml``): what ``flotilla serve`` and ``flotilla demo`` use without ``--fleet``."""
+    from pathlib import Path
+
+    import cluster
+
+    return str(Path(cluster.__file__).resolve().parent / "data" / "example_fleet.yaml")
+
+
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """Everything ``flotilla serve`` starts. Precedence: file < environment < flags (cluster.config)."""

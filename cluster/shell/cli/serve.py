@@ -10,6 +10,7 @@ exits 2 with the gRPC status and message on stderr; a server that cannot be reac
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Optional
 
@@ -30,8 +31,21 @@ def _fail(exc: Any) -> typer.Exit:
     return typer.Exit(2 if code in REJECTED else 1)
 
 
+def with_default_fleet(cfg: Any) -> Any:
+    """``cfg`` with the packaged example fleet when it names no fleet and no Ray cluster to join
+    (``--address`` or ``RAY_ADDRESS``): zero-config ``flotilla serve`` from any directory."""
+    import os
+
+    from cluster.shell.serving import example_fleet
+
+    if cfg.fleet or cfg.ray_address or os.environ.get("RAY_ADDRESS", "").strip():
+        return cfg
+    err.print(f"no --fleet: serving the packaged example fleet ({example_fleet()})")
+    return dataclasses.replace(cfg, fleet=example_fleet())
+
+
 def serve(
-    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (embedded Ray); e.g. examples/fleet.yaml."),
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (embedded Ray); default: the packaged example fleet unless joining a cluster."),
     redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...); in-memory when omitted."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (or RAY_ADDRESS) instead of embedding one."),
@@ -55,7 +69,7 @@ def serve(
     from cluster.shell.openai_api import HttpConfig
     from cluster.shell.serving import ServeConfig, run_until_stopped
 
-    cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
+    cfg = with_default_fleet(load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet))
     if not 0 <= http_port <= 65535:
         raise InputError(f"--http-port: {http_port}; allowed: 1..65535, or 0 to disable the HTTP server")
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
@@ -117,20 +131,28 @@ def generate(
 
 
 def gateway_status(server: str | None, token: str | None, as_json: bool) -> None:
-    """Print a gateway's ClusterStatus (for ``flotilla status --server``); exits like generate."""
+    """Print a gateway's ClusterStatus (``flotilla status``; ``server`` None: ``$FLOTILLA_SERVER`` or
+    127.0.0.1:50051, as ``generate``); exits like generate."""
     from google.protobuf.json_format import MessageToDict
 
     from cluster.shell.client import Client, RpcError
 
+    from cluster.shell.client import default_server
+
+    address = server or default_server()
     try:
-        with Client(server, token=token) as client:
+        with Client(address, token=token) as client:
             st = client.status()
     except RpcError as exc:
+        if exc.code == "UNAVAILABLE":
+            print(f"flotilla: failed: UNAVAILABLE: no gateway answers at {address}; start one with `flotilla serve`, "
+                  "or pass --server HOST:PORT (or --redis URL for the state store)", file=sys.stderr)
+            raise typer.Exit(1) from None
         raise _fail(exc) from None
     if as_json:
         emit_json(MessageToDict(st, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
         return
-    table = Table(title=f"gateway {server or 'default'}: model {st.model}, {st.admitted}/{st.max_queue} admitted")
+    table = Table(title=f"gateway {address}: model {st.model}, {st.admitted}/{st.max_queue} admitted")
     for col in ("replica", "kind", "active", "capacity", "alive"):
         table.add_column(col)
     for r in st.replicas:
@@ -141,15 +163,16 @@ def gateway_status(server: str | None, token: str | None, as_json: bool) -> None
 
 
 def demo(
-    fleet: str = typer.Option("examples/fleet.yaml", "--fleet", help="Fleet YAML (simulated kinds)."),
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (simulated kinds); default: the packaged example fleet."),
     requests: int = typer.Option(10, "--requests", help="How many requests of mixed sizes."),
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local model directory."),
     as_json: bool = json_option(),
 ) -> None:
     """Embedded fleet -> gateway -> a batch of mixed requests through the gRPC client -> a table per device kind."""
     from cluster.shell.job import run_demo
+    from cluster.shell.serving import example_fleet
 
-    run_demo(fleet=fleet, n_requests=requests, model=model, as_json=as_json)
+    run_demo(fleet=fleet or example_fleet(), n_requests=requests, model=model, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:
