@@ -379,8 +379,11 @@ class OpenAIApp:
             req = request_dict(body, self.model_name, chat=chat, template=self.template, request_id=rid)
             stream = bool(body.get("stream"))
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            gen = self.router.stream(req)
-            first = await self._run(next, gen)  # errors before the first event get their HTTP status
+            if not stream:  # one thread hop for the whole request
+                final = await self._run(self._generate, req, timer)
+            else:
+                gen = self.router.stream(req)
+                first = await self._run(next, gen)  # errors before the first event get their HTTP status
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             if gen is not None:
                 await self._run(gen.close)
@@ -391,30 +394,26 @@ class OpenAIApp:
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
         created = int(time.time())
         if not stream:
-            return await self._whole(gen, first, ident, created, chat, timer)
+            return self._whole(final, ident, created, chat, timer)
         return StreamingResponse(self._events(gen, first, ident, created, chat, include_usage, timer),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def _whole(self, gen: Any, first: dict[str, Any], ident: str, created: int, chat: bool, timer: Any) -> Any:
-        from fastapi.responses import JSONResponse
-
-        def drain() -> dict[str, Any]:
-            ev = first
-            while ev["type"] != "done":
+    def _generate(self, req: dict[str, Any], timer: Any) -> dict[str, Any]:
+        """Run one request to its final dict (in a worker thread)."""
+        gen = self.router.stream(req)
+        try:
+            for ev in gen:
+                if ev["type"] == "done":
+                    return ev
                 if timer is not None:
                     timer.first()
-                ev = next(gen)
+        finally:
             gen.close()  # releases the router's admission slot now
-            return ev
+        raise RuntimeError("the router's stream ended without a final event")
 
-        try:
-            final = await self._run(drain)
-        except Exception as exc:  # noqa: BLE001
-            await self._run(gen.close)
-            status, err_body = _error_of(exc)
-            if timer is not None:
-                timer.fail(status)
-            return JSONResponse(err_body, status_code=status)
+    def _whole(self, final: dict[str, Any], ident: str, created: int, chat: bool, timer: Any) -> Any:
+        from fastapi.responses import JSONResponse
+
         if timer is not None:
             timer.done(final, 200)
         text, finish = final["text"], final["finish_reason"]
