@@ -296,3 +296,21 @@ def test_real_chat_model_through_the_template(real_http):
                if s.labels.get("device_kind") == "a100-80g-sxm" and s.labels.get("modeled") == "true"}
     energy = r.model_extra["flotilla"]["modeled"]["energy_j"]
     assert energy > 0 and samples["flotilla_modeled_energy_joules_total"] == pytest.approx(2 * energy, rel=1e-9)
+
+
+def test_responses_are_not_held_by_nagle(served):
+    """Keep-alive requests answer in well under the 40 ms that Nagle + delayed ACKs would add
+    (the listening socket must be IPPROTO_TCP for asyncio to set TCP_NODELAY on connections)."""
+    import http.client
+    import statistics
+    import time
+
+    conn = http.client.HTTPConnection("127.0.0.1", served["http"].port, timeout=10)
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    assert statistics.median(times) < 0.030
