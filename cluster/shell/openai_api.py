@@ -300,16 +300,21 @@ class OpenAIApp:
         self.threads = threads
         self.created = int(time.time())
         self._expected = f"Bearer {token}".encode() if token else None
-        self._limiter: Any = None
+        # Two thread pools: requests starting (which may wait for a free replica) and streams already
+        # running (which hold a replica until their next step). With one pool, starters waiting for
+        # a replica could take every thread while the streams holding the replicas wait for one to
+        # take their next step: a deadlock until the deadline.
+        self._limiters: dict[str, Any] = {}
         self.app = self._build()
 
     # -- helpers
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Any, *args: Any, pool: str = "start") -> Any:
         import anyio
 
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.threads)
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        limiter = self._limiters.get(pool)
+        if limiter is None:
+            limiter = self._limiters[pool] = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     def _authorized(self, request: Any) -> bool:
         if self._expected is None:
@@ -368,35 +373,43 @@ class OpenAIApp:
             if timer is not None:
                 timer.fail(401)
             return self._unauthorized()
-        gen = None
         try:
             raw = await request.body()
             try:
                 body = json.loads(raw)
             except ValueError as exc:
                 raise InputError(f"body: not valid JSON ({exc})") from None
+            if not isinstance(body, dict):
+                raise InputError(f"body: expected a JSON object, got {type(body).__name__}")
             rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-            req = request_dict(body, self.model_name, chat=chat, template=self.template, request_id=rid)
             stream = bool(body.get("stream"))
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            if not stream:  # one thread hop for the whole request
-                final = await self._run(self._generate, req, timer)
-            else:
-                gen = self.router.stream(req)
-                first = await self._run(next, gen)  # errors before the first event get their HTTP status
+            # one thread hop: validation and the template (Jinja) off the event loop, then the whole
+            # request, or a stream's first event (so its errors still get their HTTP status)
+            gen, first = await self._run(self._start, body, chat, rid, stream, timer)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
-            if gen is not None:
-                await self._run(gen.close)
             status, err_body = _error_of(exc)
             if timer is not None:
                 timer.fail(status)
             return JSONResponse(err_body, status_code=status)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
         created = int(time.time())
-        if not stream:
-            return self._whole(final, ident, created, chat, timer)
+        if gen is None:
+            return self._whole(first, ident, created, chat, timer)
         return StreamingResponse(self._events(gen, first, ident, created, chat, include_usage, timer),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def _start(self, body: dict[str, Any], chat: bool, rid: str, stream: bool, timer: Any) -> tuple[Any, dict[str, Any]]:
+        """(None, final dict) of a whole request, or (router stream, its first event) (in a worker thread)."""
+        req = request_dict(body, self.model_name, chat=chat, template=self.template, request_id=rid)
+        if not stream:
+            return None, self._generate(req, timer)
+        gen = self.router.stream(req)
+        try:
+            return gen, next(gen)
+        except BaseException:
+            gen.close()
+            raise
 
     def _generate(self, req: dict[str, Any], timer: Any) -> dict[str, Any]:
         """Run one request to its final dict (in a worker thread)."""
@@ -461,7 +474,7 @@ class OpenAIApp:
                         yield _sse({**head, "choices": [], "usage": _usage(ev)})
                     ended = True
                     break
-                ev = await self._run(step)
+                ev = await self._run(step, pool="step")
             if not ended:
                 raise RuntimeError("the router's stream ended without a final event")
             yield b"data: [DONE]\n\n"
@@ -474,7 +487,7 @@ class OpenAIApp:
             if not ended and timer is not None:
                 timer.fail(499)  # the client went away (nginx's "client closed request")
             with anyio.CancelScope(shield=True):
-                await self._run(gen.close)
+                await self._run(gen.close, pool="step")
 
 
 # ------------------------------------------------------------------------------ the server

@@ -54,7 +54,7 @@ def served(ray_session, redis_url):
     gw = Gateway(router, store, GatewayConfig(port=0, token=TOKEN), "echo", metrics=metrics).start()
     http = HttpServer(HttpConfig(port=0, token=TOKEN))
     http.start(OpenAIApp(router, "echo", token=TOKEN, metrics=metrics, template=ChatTemplate.for_model("echo")))
-    yield {"http": http, "gateway": gw, "store": store, "metrics": metrics, "router": router}
+    yield {"http": http, "gateway": gw, "store": store, "metrics": metrics, "router": router, "experts": exps}
     http.stop()
     gw.stop(0.5)
     store.clear()
@@ -314,3 +314,32 @@ def test_responses_are_not_held_by_nagle(served):
         times.append(time.perf_counter() - t0)
     conn.close()
     assert statistics.median(times) < 0.030
+
+
+def test_streams_in_progress_never_wait_behind_requests_waiting_for_a_replica(served):
+    """One replica slot, one thread per pool, more streams than slots: each stream's next step
+    must not wait for a thread held by a request that waits for the slot that stream holds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.routing import Replica
+    from actors.router import Router, RouterConfig
+    from cluster.shell.openai_api import HttpConfig, HttpServer, OpenAIApp
+    from cluster.state import open_store
+
+    router = Router(open_store(None), [Replica(f"{KIND}-0", KIND, served["experts"][0], 1)],
+                    RouterConfig(max_queue=16, default_deadline_s=60))
+    http = HttpServer(HttpConfig(port=0)).start(OpenAIApp(router, "echo", threads=1))
+    words = " ".join(f"w{i}" for i in range(300))
+    try:
+        with openai.OpenAI(base_url=http.base_url, api_key="EMPTY", max_retries=0, timeout=30) as c:
+            def one(_: int) -> str:
+                chunks = c.chat.completions.create(model="echo", messages=[{"role": "user", "content": words}],
+                                                   max_tokens=300, stream=True)
+                return "".join(ch.choices[0].delta.content or "" for ch in chunks)
+
+            with ThreadPoolExecutor(4) as pool:
+                texts = list(pool.map(one, range(4)))
+        assert texts == [words] * 4
+    finally:
+        http.stop()
+        router.close()
