@@ -149,7 +149,7 @@ def _load_in_process(target: str, variant: str, rate: float, seconds: float) -> 
     return doc
 
 
-def bench(rates: list[float], seconds: float, p99_ms: float) -> dict[str, Any]:
+def bench(rates: list[float], seconds: float, p99_ms: float, variants: tuple[str, ...] = (*VARIANTS, REFERENCE)) -> dict[str, Any]:
     import ray
     from rich.progress import Progress
 
@@ -177,7 +177,6 @@ def bench(rates: list[float], seconds: float, p99_ms: float) -> dict[str, Any]:
         http = HttpServer(HttpConfig(port=0, threads=256)).start(OpenAIApp(router, "echo", metrics=metrics, threads=256))
         runs: list[dict[str, Any]] = []
         try:
-            variants = (*VARIANTS, REFERENCE)
             saturated: set[str] = set()  # past 3x the p99 bound (or failing): higher rates are not run
             with Progress(transient=True) as progress:
                 task = progress.add_task("rates x variants", total=len(rates) * len(variants))
@@ -195,7 +194,7 @@ def bench(rates: list[float], seconds: float, p99_ms: float) -> dict[str, Any]:
             http.stop()
             gw.stop(0.5)
         summary = {}
-        for variant in (*VARIANTS, REFERENCE):
+        for variant in variants:
             good = [r["rate_rps"] for r in runs if r["variant"] == variant and not r["errors"]
                     and r["p99_ms"] is not None and r["p99_ms"] <= p99_ms]
             summary[variant] = {"max_rate_at_p99": max(good) if good else None}
@@ -210,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--p99-ms", type=float, default=100.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default=",".join((*VARIANTS, REFERENCE)), help="Comma-separated subset to run.")
     ap.add_argument("--load-against", default=None, help=argparse.SUPPRESS)  # the client process
     ap.add_argument("--variant", default="whole", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -217,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     if not rates or any(not 0 < r <= 100_000 for r in rates):
         print(f"bench_http: error: --rates: {args.rates!r}; expected positive numbers, comma-separated", file=sys.stderr)
         return 2
+    variants = tuple(v for v in args.variants.split(",") if v)
+    if not variants or any(v not in (*VARIANTS, REFERENCE) for v in variants):
+        print(f"bench_http: error: --variants: {args.variants!r}; allowed: {', '.join((*VARIANTS, REFERENCE))}", file=sys.stderr)
+        return 2
     if args.load_against:
         print(json.dumps(asyncio.run(_load(args.load_against, args.variant, rates[0], args.seconds))))
         return 0
     result = {"machine": _machine(), "command": "python -m bench.bench_http " + " ".join(argv or sys.argv[1:]),
-              **bench(sorted(rates), args.seconds, args.p99_ms)}
+              **bench(sorted(rates), args.seconds, args.p99_ms, variants)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

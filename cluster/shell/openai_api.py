@@ -305,6 +305,7 @@ class OpenAIApp:
         # a replica could take every thread while the streams holding the replicas wait for one to
         # take their next step: a deadlock until the deadline.
         self._limiters: dict[str, Any] = {}
+        self._pumps: set[Any] = set()
         self.app = self._build()
 
     # -- helpers
@@ -440,7 +441,7 @@ class OpenAIApp:
 
     async def _events(self, gen: Any, first: dict[str, Any], ident: str, created: int, chat: bool, include_usage: bool,
                       timer: Any) -> Any:
-        import anyio
+        import asyncio
 
         obj = "chat.completion.chunk" if chat else "text_completion"
         head = {"id": ident, "object": obj, "created": created, "model": self.model_name}
@@ -453,8 +454,37 @@ class OpenAIApp:
                 delta["content"] = text
             return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
 
-        def step() -> dict[str, Any] | None:
-            return next(gen, None)
+        # One thread (of the "step" pool) pumps the router's events into a queue for the whole
+        # stream: one thread hop per stream instead of one per event. Told to stop (the client went
+        # away), it closes the router's stream after the event it is waiting for.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the server's loop is gone
+                pass
+
+        def pump() -> None:
+            try:
+                for item in gen:
+                    put(item)
+                    if item["type"] == "done" or stop.is_set():
+                        break
+            except Exception as exc:  # noqa: BLE001 - handed to the response
+                put(exc)
+            finally:
+                gen.close()
+                put(None)
+
+        if first["type"] == "done":
+            gen.close()  # nothing left to pump
+        else:
+            task = asyncio.ensure_future(self._run(pump, pool="step"))
+            self._pumps.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._pumps.discard)
 
         ended = False
         try:
@@ -474,7 +504,9 @@ class OpenAIApp:
                         yield _sse({**head, "choices": [], "usage": _usage(ev)})
                     ended = True
                     break
-                ev = await self._run(step, pool="step")
+                ev = await queue.get()
+                if isinstance(ev, Exception):
+                    raise ev
             if not ended:
                 raise RuntimeError("the router's stream ended without a final event")
             yield b"data: [DONE]\n\n"
@@ -484,10 +516,9 @@ class OpenAIApp:
                 timer.fail(status)
             yield _sse(err_body)
         finally:
+            stop.set()
             if not ended and timer is not None:
                 timer.fail(499)  # the client went away (nginx's "client closed request")
-            with anyio.CancelScope(shield=True):
-                await self._run(gen.close, pool="step")
 
 
 # ------------------------------------------------------------------------------ the server
