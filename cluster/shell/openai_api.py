@@ -487,34 +487,40 @@ class OpenAIApp:
             task.add_done_callback(self._pumps.discard)
 
         ended = False
+        # Events already waiting are sent in one write (fewer sends and chunks on the wire).
+        out = [_sse({**head, "choices": [choice("", None, role=True)]})] if chat else []
         try:
-            if chat:
-                yield _sse({**head, "choices": [choice("", None, role=True)]})
-            ev: dict[str, Any] | None = first
-            while ev is not None:
+            ev: Any = first
+            while True:
+                if ev is None:
+                    raise RuntimeError("the router's stream ended without a final event")
+                if isinstance(ev, Exception):
+                    raise ev
                 if ev["type"] == "chunk":
                     if timer is not None:
                         timer.first()
-                    yield _sse({**head, "choices": [choice(ev["text"], None)]})
+                    out.append(_sse({**head, "choices": [choice(ev["text"], None)]}))
                 else:
                     if timer is not None:
                         timer.done(ev, 200)
-                    yield _sse({**head, "choices": [choice(None if chat else "", ev["finish_reason"])]})
+                    out.append(_sse({**head, "choices": [choice(None if chat else "", ev["finish_reason"])]}))
                     if include_usage:
-                        yield _sse({**head, "choices": [], "usage": _usage(ev)})
+                        out.append(_sse({**head, "choices": [], "usage": _usage(ev)}))
+                    out.append(b"data: [DONE]\n\n")
                     ended = True
+                    yield b"".join(out)
                     break
-                ev = await queue.get()
-                if isinstance(ev, Exception):
-                    raise ev
-            if not ended:
-                raise RuntimeError("the router's stream ended without a final event")
-            yield b"data: [DONE]\n\n"
+                if queue.empty():
+                    yield b"".join(out)
+                    out = []
+                    ev = await queue.get()
+                else:
+                    ev = queue.get_nowait()
         except Exception as exc:  # noqa: BLE001 - the status line is sent already: one error event
             status, err_body = _error_of(exc)
             if timer is not None:
                 timer.fail(status)
-            yield _sse(err_body)
+            yield b"".join(out) + _sse(err_body)
         finally:
             stop.set()
             if not ended and timer is not None:

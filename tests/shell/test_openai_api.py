@@ -12,6 +12,7 @@ import urllib.request
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 KIND = "rtx4090"
 TOKEN = "s3cret-http-token"
@@ -276,8 +277,6 @@ def real_http(ray_session):
 
 
 def test_real_chat_model_through_the_template(real_http):
-    from prometheus_client.parser import text_string_to_metric_families
-
     http, template, metrics = real_http
     messages = [{"role": "system", "content": "You answer with one word."},
                 {"role": "user", "content": "What is the capital of France?"}]
@@ -343,3 +342,53 @@ def test_streams_in_progress_never_wait_behind_requests_waiting_for_a_replica(se
     finally:
         http.stop()
         router.close()
+
+
+def test_a_client_that_goes_away_frees_its_replica_and_counts_499(served):
+    """Mid-stream disconnect: the router's stream is closed (admission and replica slot freed,
+    journal acknowledged) and the request is counted with code 499."""
+    import socket
+    import time
+
+    import ray
+
+    from actors.device import spawn
+    from actors.expert import ExpertConfig, spawn_expert
+    from actors.routing import Replica
+    from actors.router import Router
+    from cluster.catalog import default_catalog
+    from cluster.shell.metrics import Metrics
+    from cluster.shell.openai_api import HttpConfig, HttpServer, OpenAIApp
+    from cluster.state import open_store
+
+    kind = "jetson-agx-orin-64"
+    dev = spawn(default_catalog().get(kind), f"{kind}-9")
+    exp = spawn_expert(dev, kind, f"{kind}-9", ExpertConfig(model="echo", echo_delay_s=0.02, stream_interval_s=0.0))
+    store = open_store(None, namespace=f"test-http-gone-{uuid.uuid4().hex[:8]}")
+    router = Router(store, [Replica(f"{kind}-9", kind, exp, 1)])
+    metrics = Metrics(router)
+    http = HttpServer(HttpConfig(port=0)).start(OpenAIApp(router, "echo", metrics=metrics))
+    try:
+        body = json.dumps({"model": "echo", "stream": True, "max_tokens": 500,
+                           "messages": [{"role": "user", "content": " ".join(["word"] * 500)}]}).encode()
+        with socket.create_connection(("127.0.0.1", http.port), timeout=10) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            got = b""
+            while got.count(b"data: ") < 3:  # the role chunk and two words
+                got += s.recv(4096)
+            assert router.status()["admitted"] == 1
+        deadline = time.monotonic() + 10  # 500 words x 20 ms = 10 s if nobody stopped it
+        while router.status()["admitted"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert router.status()["admitted"] == 0 and time.monotonic() < deadline - 5
+        assert [r["active"] for r in router.replicas()] == [0]
+        assert store.journal_unacked() == []
+        samples = {(s.name, s.labels.get("code")): s.value for fam in text_string_to_metric_families(metrics.render()[0].decode())
+                   for s in fam.samples if s.name == "flotilla_requests_total"}
+        assert samples == {("flotilla_requests_total", "499"): 1.0}
+    finally:
+        http.stop()
+        router.close()
+        for a in (exp, dev):
+            ray.kill(a)
