@@ -26,6 +26,10 @@ DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE, PlanIn
 PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED. Anything else is
 INTERNAL with a generic message, logged; the server keeps serving.
 
+Validation is :func:`validate_generate`, shared with the OpenAI-compatible HTTP server
+(:mod:`cluster.shell.openai_api`); ``Generate`` records into the same Prometheus metrics
+(:mod:`cluster.shell.metrics`) when the gateway is given them.
+
 :func:`cluster.shell.serving.start_serving` composes the whole path around it.
 """
 
