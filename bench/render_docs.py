@@ -151,6 +151,11 @@ def summary() -> str:
                  "; ".join(f"{k} {v['rate_before_rps']:.2f} → {v['rate_after_rps']:.2f} req/s" for k, v in mel.items())
                  + f"; held-out Fig. 3b preferences {f3['default']['agree']}/{f3['default']['n']} → "
                  f"{f3['melange-2024']['agree']}/{f3['melange-2024']['n']}", yes(max(errs) <= 0.10)])
+    hs = _load("http.json")["summary"]
+    rows.append(["14", "OpenAI HTTP path, echo model, highest offered rate with p99 ≤ 100 ms (gRPC streaming beside it)",
+                 "400 req/s, streaming and not", f"non-streamed {hs['whole']['max_rate_at_p99']:g}, streamed "
+                 f"{hs['stream']['max_rate_at_p99']:g}, gRPC streamed {hs['grpc_stream']['max_rate_at_p99']:g} req/s",
+                 yes(min(hs["whole"]["max_rate_at_p99"], hs["stream"]["max_rate_at_p99"]) >= 400)])
     jb = _load("journal_bytes.json")["rows"]
     rows.append(["13", "Redis bytes per completed request, short vs 32k-character prompt", "bounded",
                  " vs ".join(f"{r['bytes_per_request']:.0f}" for r in jb),
@@ -158,8 +163,26 @@ def summary() -> str:
     return _table(["issue", "what", "target", "measured", "met?"], rows)
 
 
+def http() -> str:
+    d = _load("http.json")
+    by = {(r["variant"], r["rate_rps"]): r for r in d["runs"]}
+    rates = sorted({r["rate_rps"] for r in d["runs"]})
+
+    def cell(variant: str, rate: float) -> str:
+        r = by.get((variant, rate))
+        if r is None:
+            return "—"
+        bad = sum((r.get("errors") or {}).values()) + r.get("refused", 0)
+        return f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}" + (f" ({bad} failed)" if bad else "")
+
+    rows = [[f"{rate:g}", cell("whole", rate), cell("stream", rate), cell("grpc_stream", rate)] for rate in rates]
+    return _table(["rate req/s", "HTTP non-streamed p50 / p99 ms", "HTTP streamed p50 / p99 ms",
+                   "gRPC streamed p50 / p99 ms"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "summary": summary,
+    "http": http,
     "allocation": allocation, "attention-time": attention_time, "attention-capacity": attention_capacity,
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,
     "gpu-check": gpu_check,

@@ -28,6 +28,10 @@ answer failed its checks) -> ABORTED, a request id used by another request -> AL
 applying a plan without the apply token -> PERMISSION_DENIED. Anything else is INTERNAL with a
 generic message, logged; the server keeps serving.
 
+Validation is :func:`validate_generate`, shared with the OpenAI-compatible HTTP server
+(:mod:`cluster.shell.openai_api`); ``Generate`` records into the same Prometheus metrics
+(:mod:`cluster.shell.metrics`) when the gateway is given them.
+
 :func:`cluster.shell.serving.start_serving` composes the whole path around it.
 """
 
@@ -149,44 +153,74 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 REQUEST_ID_METADATA = "x-request-id"
 
 
-def caller_of(context: Any) -> str:
-    """The caller's identity for binding request ids: a hash of its bearer token ('' without)."""
+def caller_of_token(authorization: str) -> str:
+    """The caller's identity for binding request ids: a hash of its ``Authorization`` value
+    ('' without one); the same for a caller on gRPC and on HTTP."""
     import hashlib
 
-    token = dict(context.invocation_metadata() or ()).get("authorization", "")
-    return hashlib.sha256(token.encode()).hexdigest()[:32] if token else ""
+    return hashlib.sha256(authorization.encode()).hexdigest()[:32] if authorization else ""
+
+
+def caller_of(context: Any) -> str:
+    """:func:`caller_of_token` of a gRPC call's ``authorization`` metadata."""
+    return caller_of_token(dict(context.invocation_metadata() or ()).get("authorization", ""))
 
 
 def _finite(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name}: expected a number, got {value!r:.80}")
     if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
         bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
         raise InputError(f"{name}: {value!r} is out of range; allowed: {bound}")
     return float(value)
 
 
+class UnknownModelError(InputError):
+    """A request names a model this server does not serve (gRPC INVALID_ARGUMENT, HTTP 404)."""
+
+
+def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None = None, temperature: float = 0.0,
+                      top_p: float | None = None, model: str = "", seed: int | None = None, stop: Any = (),
+                      chat: bool = True, request_id: str = "") -> dict[str, Any]:
+    """The validated request dict the router takes; shared by the gRPC and HTTP gateways.
+
+    ``max_tokens`` None means the server default (:data:`DEFAULT_MAX_TOKENS`), ``top_p`` None
+    means 1. Raises InputError naming the field (UnknownModelError for ``model``).
+    """
+    from actors.llm.generate import MAX_TOKENS_LIMIT
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt: must be a non-empty string")
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise InputError(f"max_tokens: {max_tokens!r} is out of range; allowed: 1..{MAX_TOKENS_LIMIT}")
+    temperature = _finite("temperature", temperature, 0.0, 100.0)
+    top_p = _finite("top_p", 1.0 if top_p is None else top_p, 0.0, 1.0, lo_open=True)
+    if model and model.lower() != served_model.lower():
+        raise UnknownModelError(f"model: unknown model {model!r:.60}; this server serves {served_model!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InputError(f"seed: {seed!r} is out of range; allowed: 0..2**63-1")
+    req: dict[str, Any] = {
+        "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+        "seed": seed, "stop": list(stop), "chat": chat,
+    }
+    if request_id:
+        req["request_id"] = request_id
+    return req
+
+
 def generate_request(msg: Any, served_model: str) -> dict[str, Any]:
     """A validated request dict from a ``GenerateRequest`` (InputError naming the field)."""
     from actors.llm.generate import MAX_TOKENS_LIMIT
 
-    if not msg.prompt.strip():
-        raise InputError("prompt: must be a non-empty string")
-    max_tokens = msg.max_tokens or DEFAULT_MAX_TOKENS
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+    if msg.max_tokens > MAX_TOKENS_LIMIT:  # 0 on the wire is "the server default"
         raise InputError(f"max_tokens: {msg.max_tokens} is out of range; allowed: 1..{MAX_TOKENS_LIMIT} (0 = {DEFAULT_MAX_TOKENS})")
-    temperature = _finite("temperature", msg.temperature, 0.0, 100.0)
-    top_p = _finite("top_p", msg.top_p or 1.0, 0.0, 1.0, lo_open=True)
-    if msg.model and msg.model.lower() != served_model.lower():
-        raise InputError(f"model: unknown model {msg.model!r:.60}; this server serves {served_model!r}")
-    seed = msg.seed if msg.HasField("seed") else None
-    if seed is not None and seed >= 2**63:
-        raise InputError(f"seed: {seed} is out of range; allowed: 0..2**63-1")
-    req: dict[str, Any] = {
-        "prompt": msg.prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-        "seed": seed, "stop": list(msg.stop), "chat": not msg.raw,
-    }
-    if msg.request_id:
-        req["request_id"] = msg.request_id
-    return req
+    return validate_generate(
+        served_model, prompt=msg.prompt, max_tokens=msg.max_tokens or None, temperature=msg.temperature,
+        top_p=msg.top_p or None, model=msg.model, seed=msg.seed if msg.HasField("seed") else None,
+        stop=list(msg.stop), chat=not msg.raw, request_id=msg.request_id,
+    )
 
 
 def final_message(ev: dict[str, Any]) -> Any:
@@ -232,9 +266,10 @@ def _bucket_msg(b: dict[str, Any]) -> Any:
 class FlotillaServicer(pb_grpc.FlotillaServicer):
     """Validates and forwards to the router; errors become status codes (see the module docstring)."""
 
-    def __init__(self, router: Router, store: Any, model_name: str, selector: Any = None, *,
+    def __init__(self, router: Router, store: Any, model_name: str, selector: Any = None, metrics: Any = None, *,
                  apply_token: str | None = None, max_apply_devices: int = 64) -> None:
         self.router = router
+        self.metrics = metrics  # cluster.shell.metrics.Metrics or None
         self.store = store
         self.model_name = model_name
         self.planner = Planner(store, max_apply_devices=max_apply_devices)
@@ -249,6 +284,7 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
         context.abort(code, str(exc))
 
     def Generate(self, request: Any, context: Any) -> Any:
+        timer = self.metrics.request("grpc", "Generate") if self.metrics is not None else None
         try:
             req = generate_request(request, self.model_name)
             remaining = context.time_remaining()
@@ -258,10 +294,16 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                 if ev["type"] == "accepted":  # the id reaches the client before dispatch
                     context.send_initial_metadata(((REQUEST_ID_METADATA, ev["request_id"]),))
                 elif ev["type"] == "chunk":
+                    if timer is not None:
+                        timer.first()
                     yield pb.GenerateResponse(chunk=pb.Chunk(index=ev["index"], text=ev["text"]))
                 else:
+                    if timer is not None:
+                        timer.done(ev, "OK")
                     yield final_message(ev)
         except Exception as exc:  # noqa: BLE001 - mapped to a status code
+            if timer is not None:
+                timer.fail(status_for(exc).name)
             self._fail(context, exc)
 
     def Plan(self, request: Any, context: Any) -> Any:
@@ -346,7 +388,8 @@ class _AuthInterceptor(grpc.ServerInterceptor):
 class Gateway:
     """A running gRPC server around a router."""
 
-    def __init__(self, router: Router, store: Any, config: GatewayConfig, model_name: str, selector: Any = None) -> None:
+    def __init__(self, router: Router, store: Any, config: GatewayConfig, model_name: str, selector: Any = None,
+                 metrics: Any = None) -> None:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
@@ -358,7 +401,7 @@ class Gateway:
         self.max_workers = workers
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flotilla-rpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs or workers)
-        self.servicer = FlotillaServicer(router, store, model_name, selector, apply_token=config.apply_token,
+        self.servicer = FlotillaServicer(router, store, model_name, selector, metrics, apply_token=config.apply_token,
                                          max_apply_devices=config.max_apply_devices)
         pb_grpc.add_FlotillaServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()

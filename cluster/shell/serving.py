@@ -1,4 +1,6 @@
-"""Serving composition: fleet -> DeviceActors -> ExpertActors -> Router -> gRPC gateway.
+"""Serving composition: fleet -> DeviceActors -> ExpertActors -> Router -> gRPC gateway, and the
+OpenAI-compatible HTTP server (:mod:`cluster.shell.openai_api`) and Prometheus metrics
+(:mod:`cluster.shell.metrics`) next to it.
 
 :func:`start_serving` builds the whole path for ``flotilla serve`` and
 ``python -m cluster.shell.job serve``; :func:`run_until_stopped` runs it until SIGINT/SIGTERM.
@@ -14,6 +16,17 @@ from typing import Any
 from actors.router import Router, RouterConfig
 from cluster.shell.console import err
 from cluster.shell.gateway import Gateway, GatewayConfig
+from cluster.shell.openai_api import HttpConfig
+
+
+def example_fleet() -> str:
+    """The packaged example fleet (``cluster/data/example_fleet.yaml``, a copy of
+    ``examples/fleet.yaml``): what ``flotilla serve`` and ``flotilla demo`` use without ``--fleet``."""
+    from pathlib import Path
+
+    import cluster
+
+    return str(Path(cluster.__file__).resolve().parent / "data" / "example_fleet.yaml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,10 @@ class ServeConfig:
     max_context: int = 2048
     #: A selection instance (JSON of ``flotilla experts build``) for SelectExperts; None: not served.
     experts: str | None = None
+    #: The OpenAI-compatible HTTP server (with /metrics); None: not started.
+    http: HttpConfig | None = None
+    #: A port of its own for the Prometheus metrics (for a gRPC-only server); None: none.
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -44,12 +61,19 @@ class Serving:
     experts: dict[str, Any]
     replayed: int = 0
     supervisor: Any = None  # actors.supervisor.Supervisor
+    http: Any = None  # cluster.shell.openai_api.HttpServer or None
+    metrics: Any = None  # cluster.shell.metrics.Metrics
+    metrics_port: int | None = None
 
     def shutdown(self) -> None:
         import ray
 
         if self.supervisor is not None:
             self.supervisor.stop()
+        if self.http is not None:
+            self.http.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         self.gateway.stop(1.0)
         for actor in self.experts.values():
             try:
@@ -62,8 +86,14 @@ class Serving:
 
 
 def start_serving(cfg: ServeConfig) -> Serving:
-    """Fleet -> one ExpertActor per device -> Router (replaying its journal) -> gRPC gateway."""
+    """Fleet -> one ExpertActor per device -> Router (replaying its journal) -> gRPC gateway (+ HTTP).
+
+    The HTTP and metrics ports are bound first, so a busy one is reported before Ray starts.
+    """
     import ray
+
+    from cluster.shell.metrics import Metrics
+    from cluster.shell.openai_api import ChatTemplate, HttpServer, OpenAIApp
 
     from actors.expert import ExpertConfig, spawn_expert
     from actors.llm.loader import ensure_cached, resolve_source
@@ -79,11 +109,28 @@ def start_serving(cfg: ServeConfig) -> Serving:
 
         selector = ExpertSelector.from_file(cfg.experts)  # fails fast on a bad file, before any actor starts
     source = resolve_source(cfg.model)
-    if source.kind == "bundled":
-        ensure_cached(source)  # dequantise once here, not in every actor at the same time
-    store = open_store(cfg.redis_url, namespace=cfg.namespace)
-    fleet = load_fleet(cfg.fleet) if cfg.fleet else None
-    running = bring_up(fleet, store, address=cfg.ray_address)
+    http = HttpServer(cfg.http) if cfg.http is not None else None
+    metrics = Metrics()
+    try:
+        metrics_port = metrics.serve(cfg.gateway.host, cfg.metrics_port) if cfg.metrics_port is not None else None
+        if source.kind == "bundled":
+            ensure_cached(source)  # dequantise once here, not in every actor at the same time
+        template = ChatTemplate.for_model(cfg.model) if http is not None else None
+        store = open_store(cfg.redis_url, namespace=cfg.namespace)
+    except BaseException:
+        if http is not None:
+            http.stop()
+        metrics.close()
+        raise
+    try:
+        fleet = load_fleet(cfg.fleet) if cfg.fleet else None
+        running = bring_up(fleet, store, address=cfg.ray_address)
+    except BaseException:
+        if http is not None:
+            http.stop()
+        metrics.close()
+        store.close()
+        raise
     experts: dict[str, Any] = {}
     supervisor = None
     try:
@@ -98,6 +145,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
         ray.get([h.start.remote() for h in handles.values()])
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
         router = Router(store, replicas, cfg.router)
+        metrics.attach(router)
         replayed = router.start()
 
         def respawn(device_id: str) -> Any:
@@ -116,17 +164,22 @@ def start_serving(cfg: ServeConfig) -> Serving:
             return handle
 
         supervisor = Supervisor(router, respawn).start()
-        gateway = Gateway(router, store, cfg.gateway, source.name, selector).start()
+        gateway = Gateway(router, store, cfg.gateway, source.name, selector, metrics).start()
+        if http is not None:
+            http.start(OpenAIApp(router, source.name, token=cfg.gateway.token, metrics=metrics, template=template))
         running.start_heartbeats()  # devices stay in the store's registry while serving
     except BaseException:
         if supervisor is not None:
             supervisor.stop()
+        if http is not None:
+            http.stop()
+        metrics.close()
         for h in experts.values():
             ray.kill(h)
         running.shutdown()
         store.close()
         raise
-    return Serving(gateway, router, running, store, experts, replayed, supervisor)
+    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port)
 
 
 def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
@@ -139,7 +192,12 @@ def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
             signal.signal(sig, lambda *_: stop.set())
     kinds = sorted({r["kind"] for r in serving.router.replicas()})
     err.print(f"flotilla gateway on {serving.gateway.address}: {len(serving.experts)} experts ({', '.join(kinds)}), "
-              f"replaying {serving.replayed} journaled requests; Ctrl-C to stop")
+              f"replaying {serving.replayed} journaled requests")
+    if serving.http is not None:
+        err.print(f"OpenAI-compatible API on {serving.http.base_url} (metrics: /metrics)")
+    if serving.metrics_port is not None:
+        err.print(f"Prometheus metrics on http://{sc.gateway.host}:{serving.metrics_port}/metrics")
+    err.print("Ctrl-C to stop")
     if ready is not None:
         ready.set()
     try:

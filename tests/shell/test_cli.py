@@ -70,9 +70,9 @@ def test_unreachable_redis_names_the_url() -> None:
     assert "Traceback" not in res.stderr
 
 
-def test_status_without_a_store_is_bad_input() -> None:
-    res = flotilla("status", env={"FLOTILLA_REDIS_URL": ""})
-    assert res.returncode == 2 and "--redis" in res.stderr
+def test_status_without_a_source_asks_the_default_gateway() -> None:
+    res = flotilla("status", env={"FLOTILLA_REDIS_URL": "", "FLOTILLA_SERVER": "127.0.0.1:1"})
+    assert res.returncode == 1 and "no gateway answers at 127.0.0.1:1" in res.stderr and "--redis" in res.stderr
 
 
 def test_unknown_flag_exits_2() -> None:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cluster.shell.console import MODELED_NOTE, emit_json, err, exit_code_for, json_option, out, reserve_stdout_for_json
 from cluster.shell.console import fmt as _fmt
-from cluster.exceptions import FlotillaError, InputError
+from cluster.exceptions import FlotillaError
 
 app = typer.Typer(
     name="flotilla",
@@ -28,6 +28,25 @@ app = typer.Typer(
 )
 
 JsonOpt = json_option()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("flotilla")
+        except PackageNotFoundError:  # run from a checkout without an install
+            v = "unknown (not installed)"
+        out.print(f"flotilla {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Serve LLMs on a mixed fleet of GPUs and edge boards, on Ray."""
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -142,21 +161,16 @@ def status(
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show the cluster: a gateway's replicas and counters (--server), or the state store's live devices, plan and counters (--redis)."""
+    """Show the cluster: a gateway's replicas and counters (--server; default the local gateway), or the state store's live devices, plan and counters (--redis)."""
     from cluster.config import load_config
     from cluster.state import open_store
 
     cfg = load_config(redis_url=redis, namespace=namespace)
-    if server and not redis:
+    if (server and not redis) or not cfg.redis_url or cfg.redis_url.startswith("memory"):
         from cluster.shell.cli.serve import gateway_status
 
-        gateway_status(server, token, as_json)
+        gateway_status(server, token, as_json)  # no --server: $FLOTILLA_SERVER or 127.0.0.1:50051, as generate
         return
-    if not cfg.redis_url or cfg.redis_url.startswith("memory"):
-        raise InputError(
-            "status needs a source: --server HOST:PORT (a running gateway) or --redis URL / "
-            "FLOTILLA_REDIS_URL (the shared state store)"
-        )
     store = open_store(cfg.redis_url, namespace=cfg.namespace)
     try:
         devs = store.devices()

@@ -10,6 +10,7 @@ exits 2 with the gRPC status and message on stderr; a server that cannot be reac
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Optional
 
@@ -30,13 +31,28 @@ def _fail(exc: Any) -> typer.Exit:
     return typer.Exit(2 if code in REJECTED else 1)
 
 
+def with_default_fleet(cfg: Any) -> Any:
+    """``cfg`` with the packaged example fleet when it names no fleet and no Ray cluster to join
+    (``--address`` or ``RAY_ADDRESS``): zero-config ``flotilla serve`` from any directory."""
+    import os
+
+    from cluster.shell.serving import example_fleet
+
+    if cfg.fleet or cfg.ray_address or os.environ.get("RAY_ADDRESS", "").strip():
+        return cfg
+    err.print(f"no --fleet: serving the packaged example fleet ({example_fleet()})")
+    return dataclasses.replace(cfg, fleet=example_fleet())
+
+
 def serve(
-    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (embedded Ray); e.g. examples/fleet.yaml."),
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (embedded Ray); default: the packaged example fleet unless joining a cluster."),
     redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...); in-memory when omitted."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Cluster namespace in the state store."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (or RAY_ADDRESS) instead of embedding one."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
     port: int = typer.Option(50051, "--port", help="gRPC port (0 picks a free one)."),
+    http_port: int = typer.Option(8000, "--http-port", help="OpenAI-compatible HTTP API and /metrics port (0 disables it)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics on a port of its own (for gRPC only)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="FLOTILLA_TOKEN", help="Require this bearer token (prefer $FLOTILLA_TOKEN: arguments show in ps)."),
     apply_token: Optional[str] = typer.Option(None, "--apply-token", envvar="FLOTILLA_APPLY_TOKEN",
                                               help="Bearer token that may also apply plans (Plan apply); none: applying is refused."),
@@ -52,22 +68,29 @@ def serve(
     unary_max_tokens: int = typer.Option(1, "--unary-max-tokens",
                                          help="Requests with max_tokens up to this get one unary actor call (text in one chunk; lower latency) instead of a stream; 0: always stream."),
 ) -> None:
-    """Serve the model over gRPC: fleet -> experts -> journaling router -> gateway. Ctrl-C stops it."""
+    """Serve the model over gRPC and the OpenAI HTTP API: fleet -> experts -> journaling router -> gateways. Ctrl-C stops it."""
     from actors.router import RouterConfig
     from cluster.config import load_config
+    from cluster.exceptions import InputError
     from cluster.shell.gateway import GatewayConfig
-    from cluster.shell.serving import ServeConfig, run_until_stopped
-
+    from cluster.shell.openai_api import HttpConfig
     from cluster.shell.secrets import read_secret
+    from cluster.shell.serving import ServeConfig, run_until_stopped
 
     if token_file:
         token = read_secret(token_file, "--token-file")
     if apply_token_file:
         apply_token = read_secret(apply_token_file, "--apply-token-file")
-    cfg = load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet)
+    cfg = with_default_fleet(load_config(redis_url=redis, namespace=namespace, ray_address=address, fleet=fleet))
+    if not 0 <= http_port <= 65535:
+        raise InputError(f"--http-port: {http_port}; allowed: 1..65535, or 0 to disable the HTTP server")
+    if metrics_port is not None and not 1 <= metrics_port <= 65535:
+        raise InputError(f"--metrics-port: {metrics_port}; allowed: 1..65535")
+    http = HttpConfig(host=host, port=http_port, token=token) if http_port else None
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
                      model=model, gateway=GatewayConfig(host=host, port=port, token=token, apply_token=apply_token,
-                                                             max_apply_devices=max_apply_devices, tls_cert=tls_cert, tls_key=tls_key),
+                                                        max_apply_devices=max_apply_devices, tls_cert=tls_cert, tls_key=tls_key),
+                     http=http, metrics_port=metrics_port,
                      router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
     run_until_stopped(sc)
 
@@ -123,20 +146,28 @@ def generate(
 
 
 def gateway_status(server: str | None, token: str | None, as_json: bool) -> None:
-    """Print a gateway's ClusterStatus (for ``flotilla status --server``); exits like generate."""
+    """Print a gateway's ClusterStatus (``flotilla status``; ``server`` None: ``$FLOTILLA_SERVER`` or
+    127.0.0.1:50051, as ``generate``); exits like generate."""
     from google.protobuf.json_format import MessageToDict
 
     from cluster.shell.client import Client, RpcError
 
+    from cluster.shell.client import default_server
+
+    address = server or default_server()
     try:
-        with Client(server, token=token) as client:
+        with Client(address, token=token) as client:
             st = client.status()
     except RpcError as exc:
+        if exc.code == "UNAVAILABLE":
+            print(f"flotilla: failed: UNAVAILABLE: no gateway answers at {address}; start one with `flotilla serve`, "
+                  "or pass --server HOST:PORT (or --redis URL for the state store)", file=sys.stderr)
+            raise typer.Exit(1) from None
         raise _fail(exc) from None
     if as_json:
         emit_json(MessageToDict(st, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
         return
-    table = Table(title=f"gateway {server or 'default'}: model {st.model}, {st.admitted}/{st.max_queue} admitted")
+    table = Table(title=f"gateway {address}: model {st.model}, {st.admitted}/{st.max_queue} admitted")
     for col in ("replica", "kind", "active", "capacity", "alive"):
         table.add_column(col)
     for r in st.replicas:
@@ -147,15 +178,16 @@ def gateway_status(server: str | None, token: str | None, as_json: bool) -> None
 
 
 def demo(
-    fleet: str = typer.Option("examples/fleet.yaml", "--fleet", help="Fleet YAML (simulated kinds)."),
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (simulated kinds); default: the packaged example fleet."),
     requests: int = typer.Option(10, "--requests", help="How many requests of mixed sizes."),
     model: Optional[str] = typer.Option(None, "--model", help="smollm2-135m (default), echo, or a local model directory."),
     as_json: bool = json_option(),
 ) -> None:
     """Embedded fleet -> gateway -> a batch of mixed requests through the gRPC client -> a table per device kind."""
     from cluster.shell.job import run_demo
+    from cluster.shell.serving import example_fleet
 
-    run_demo(fleet=fleet, n_requests=requests, model=model, as_json=as_json)
+    run_demo(fleet=fleet or example_fleet(), n_requests=requests, model=model, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:
