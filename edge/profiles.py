@@ -91,10 +91,13 @@ class ExpertProfile:
     dtype: str
     energy_j: float
     latency_ms: tuple[tuple[str, float], ...]
+    #: energy per query on each category (J); ``energy_j`` is their question-weighted mean
+    energy_by_category: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "model": self.model, "device": self.device, "dtype": self.dtype,
-                "energy_j": self.energy_j, "latency_ms": dict(self.latency_ms), "modeled": True}
+                "energy_j": self.energy_j, "latency_ms": dict(self.latency_ms),
+                "energy_j_by_category": dict(self.energy_by_category), "modeled": True}
 
 
 def query_cost(model, device, prompt_tokens: int, output_tokens: int, payload_bytes: float,
@@ -131,7 +134,7 @@ def build_profiles(data, placements: list[Placement] | tuple[Placement, ...], ca
                 f"experts: {p.model} in {p.dtype} ({shape.weight_bytes / 2**30:.1f} GiB of weights) does not fit "
                 f"on {spec.kind} ({spec.memory_gib:g} GiB); try {p.model}@{p.device}:int4 or a larger device")
         col = data.models.index(p.model)
-        lat, energy = {}, 0.0
+        lat, energy, ecat = {}, 0.0, {}
         for c in categories:
             rows = cats == c
             pchars = float(data.prompt_chars[rows].mean())
@@ -140,8 +143,10 @@ def build_profiles(data, placements: list[Placement] | tuple[Placement, ...], ca
             otok = int(round(ochars / config.chars_per_token))
             t, e = query_cost(shape, spec, ptok, otok, pchars + ochars, config.batch)
             lat[c] = t * 1e3
+            ecat[c] = e
             energy += weights[c] * e
-        out.append(ExpertProfile(p.name, p.model, spec.kind, p.dtype, energy, tuple(lat.items())))
+        out.append(ExpertProfile(p.name, p.model, spec.kind, p.dtype, energy, tuple(lat.items()),
+                                 tuple(ecat.items())))
     return out
 
 

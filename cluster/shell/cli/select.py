@@ -144,3 +144,12 @@ def register(app: typer.Typer) -> None:
     """Add ``select`` and the ``experts`` group to the ``flotilla`` app."""
     app.command("select")(select)
     app.add_typer(experts_app, name="experts")
+
+
+def _add_evaluate() -> None:
+    from cluster.shell.cli.experts import register as register_evaluate
+
+    register_evaluate(experts_app)
+
+
+_add_evaluate()
