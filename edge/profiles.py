@@ -11,9 +11,11 @@ For expert ``n`` (model ``m`` on device ``d``) and query category ``c``:
     E_{n,c}    = request_latency(...).energy_j + P_idle(d) * t_tx              (joules: power x time)
     E_n        = sum_c w_c E_{n,c},  w_c = share of the questions in c        (one figure per expert)
 
-A deployment S runs its experts in parallel on every query (MoE²), so its latency on category c
-is ``max_{n in S} t_{n,c} + a`` (a = aggregation time) and its energy per query ``sum_{n in S} E_n``
-(see solvers/selection.py). Every figure here is *modeled* from the roofline in cluster/perf,
+``E_{n,c}`` is kept too (``energy_by_category``). Two deployment semantics use these figures
+(docs/edge-experts.md): when S runs all its experts on every query (the oracle objective), its
+latency on category c is ``max_{n in S} t_{n,c} + a`` (a = aggregation time) and its energy per query
+``sum_{n in S} E_n``; when each query is routed to ONE expert (``flotilla experts evaluate``, the gate
+objective with top-1), a query of category c routed to n costs ``E_{n,c}`` and ``t_{n,c}``. Every figure here is *modeled* from the roofline in cluster/perf,
 not measured; prompt and output lengths come from the data (characters / ``chars_per_token``).
 """
 
