@@ -385,7 +385,7 @@ def routed_table(scores, predicted, energy, latency=None, *, max_experts: int = 
     (Q x n): the router's score per expert, e.g. out-of-fold predictions, so the accuracy is a held-out
     estimate. ``energy`` and ``latency`` (Q x n, >= 0, or length-n vectors): cost of expert i on
     query q. A depth-first walk over subsets updates the routed expert of every query with one
-    comparison per added expert: O(2^n Q) work, about a second for n = 14, Q = 10^4.
+    comparison per added expert: O(2^n Q) work, about 4 s for n = 14, Q = 9,500 on a shared 2-vCPU VM.
     """
     s = np.asarray(scores, dtype=float)
     if s.ndim != 2 or s.size == 0:
