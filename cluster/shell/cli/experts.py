@@ -47,8 +47,7 @@ def evaluate(
     plot: Optional[str] = typer.Option(None, "--plot", help="Write accuracy (95% CI) against modeled energy here (PNG)."),
     as_json: bool = json_option(),
 ) -> None:
-    """Choose router and expert subset per energy budget without touching the test questions; report
-    held-out accuracy with bootstrap intervals against the best single expert (modeled energy)."""
+    """Held-out accuracy (95% CI) of routed expert subsets per energy budget, vs the best single expert."""
     from edge.evaluate import evaluate_experts
 
     if not Path(data).is_dir():
