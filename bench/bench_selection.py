@@ -18,6 +18,11 @@ split. Two objectives:
 * ``oracle``: all questions; f(S) = share of questions some expert of S answers (an upper bound
   that no router reaches); reported for the solvers, not as a deployable accuracy.
 Random subset: a random maximal feasible subset, mean over 10 seeds. All costs are modeled.
+
+Caveat (issue 15): the ``gate`` sweep here selects on in-sample gate scores (the gate scored on
+its own training questions) and charges every expert of S on every query while routing each query
+to one; its accuracy figures are superseded by ``flotilla experts evaluate`` (edge/evaluate.py:
+out-of-fold selection, one energy semantics, bootstrap intervals). Part 1 (solver scaling) stands.
 Writes ``results.json`` and four PNG plots to ``--out-dir`` and prints a markdown summary.
 """
 

@@ -105,6 +105,15 @@ def summary() -> str:
                  yes(a16["median_s"] < 2)])
     h4, h16 = highs[("aggregated", 4)], highs[("aggregated", 16)]
     rows.append(["3", "same with HiGHS: 4 / 16 types, median", "—", f"{h4['median_s']:.3f} s / {h16['median_s']:.2f} s", "—"])
+    ev = _load("experts_evaluate.json")
+    top = ev["budgets"][-1]  # no energy limit
+    rows.append(["4, 15", "edge experts: routed subset vs the best single expert, held-out test questions "
+                 "(`flotilla experts evaluate`; modeled energy)", "≥ best single at less energy (paper: +14.4 %)",
+                 f"{top['router']} (chosen on validation): {top['test_accuracy']:.3f} vs {top['best_single_accuracy']:.3f}, "
+                 f"gain {100 * top['gain_vs_best_single']:+.1f} [{100 * top['gain_ci95'][0]:+.1f}, {100 * top['gain_ci95'][1]:+.1f}] "
+                 f"points at {top['energy_j']:.0f} vs {top['best_single_energy_j']:.0f} J/query",
+                 yes(top["gain_vs_best_single"] >= 0 and top["energy_j"] < top["best_single_energy_j"])
+                 + " (not +14.4 %)"])
     att = _load("bench_attention.json")
     t = {r["method"].split(" (")[0]: r for r in att["time"]}
     fused = t["blockwise fused"]

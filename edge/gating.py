@@ -152,8 +152,12 @@ def mixture_loss(weights, p, eps: float = 1e-3):
 
 
 def train_gate(emb: np.ndarray, scores: np.ndarray, experts: tuple[str, ...] | list[str] | None = None,
-               config: GateConfig = GateConfig()) -> Gate:
-    """Fit the gate on (embeddings, per-expert correctness) by minimising :func:`mixture_loss`."""
+               config: GateConfig = GateConfig(), callback=None) -> Gate:
+    """Fit the gate on (embeddings, per-expert correctness) by minimising :func:`mixture_loss`.
+
+    ``callback(epoch, gate)``, when given, runs after every epoch (1-based) with the gate as it is
+    then (in eval mode for the call): cross-validation reads several epoch counts from one run.
+    """
     import torch
 
     emb = np.asarray(emb, dtype=np.float32)
@@ -187,6 +191,10 @@ def train_gate(emb: np.ndarray, scores: np.ndarray, experts: tuple[str, ...] | l
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            if callback is not None:
+                net.eval()
+                callback(len(losses), Gate(net, names, tuple(losses)))
+                net.train()
     finally:
         torch.set_num_threads(threads)
     net.eval()

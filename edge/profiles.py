@@ -11,9 +11,11 @@ For expert ``n`` (model ``m`` on device ``d``) and query category ``c``:
     E_{n,c}    = request_latency(...).energy_j + P_idle(d) * t_tx              (joules: power x time)
     E_n        = sum_c w_c E_{n,c},  w_c = share of the questions in c        (one figure per expert)
 
-A deployment S runs its experts in parallel on every query (MoE²), so its latency on category c
-is ``max_{n in S} t_{n,c} + a`` (a = aggregation time) and its energy per query ``sum_{n in S} E_n``
-(see solvers/selection.py). Every figure here is *modeled* from the roofline in cluster/perf,
+``E_{n,c}`` is kept too (``energy_by_category``). Two deployment semantics use these figures
+(docs/edge-experts.md): when S runs all its experts on every query (the oracle objective), its
+latency on category c is ``max_{n in S} t_{n,c} + a`` (a = aggregation time) and its energy per query
+``sum_{n in S} E_n``; when each query is routed to ONE expert (``flotilla experts evaluate``, the gate
+objective with top-1), a query of category c routed to n costs ``E_{n,c}`` and ``t_{n,c}``. Every figure here is *modeled* from the roofline in cluster/perf,
 not measured; prompt and output lengths come from the data (characters / ``chars_per_token``).
 """
 
@@ -91,10 +93,13 @@ class ExpertProfile:
     dtype: str
     energy_j: float
     latency_ms: tuple[tuple[str, float], ...]
+    #: energy per query on each category (J); ``energy_j`` is their question-weighted mean
+    energy_by_category: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "model": self.model, "device": self.device, "dtype": self.dtype,
-                "energy_j": self.energy_j, "latency_ms": dict(self.latency_ms), "modeled": True}
+                "energy_j": self.energy_j, "latency_ms": dict(self.latency_ms),
+                "energy_j_by_category": dict(self.energy_by_category), "modeled": True}
 
 
 def query_cost(model, device, prompt_tokens: int, output_tokens: int, payload_bytes: float,
@@ -131,7 +136,7 @@ def build_profiles(data, placements: list[Placement] | tuple[Placement, ...], ca
                 f"experts: {p.model} in {p.dtype} ({shape.weight_bytes / 2**30:.1f} GiB of weights) does not fit "
                 f"on {spec.kind} ({spec.memory_gib:g} GiB); try {p.model}@{p.device}:int4 or a larger device")
         col = data.models.index(p.model)
-        lat, energy = {}, 0.0
+        lat, energy, ecat = {}, 0.0, {}
         for c in categories:
             rows = cats == c
             pchars = float(data.prompt_chars[rows].mean())
@@ -140,8 +145,10 @@ def build_profiles(data, placements: list[Placement] | tuple[Placement, ...], ca
             otok = int(round(ochars / config.chars_per_token))
             t, e = query_cost(shape, spec, ptok, otok, pchars + ochars, config.batch)
             lat[c] = t * 1e3
+            ecat[c] = e
             energy += weights[c] * e
-        out.append(ExpertProfile(p.name, p.model, spec.kind, p.dtype, energy, tuple(lat.items())))
+        out.append(ExpertProfile(p.name, p.model, spec.kind, p.dtype, energy, tuple(lat.items()),
+                                 tuple(ecat.items())))
     return out
 
 

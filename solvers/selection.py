@@ -53,11 +53,19 @@ Methods (each returns the subset, f(S), the budgets used and the number of disti
                 non-decreasing. When f is not (the ``gate`` objective can violate it), the result is
                 a feasible set but not guaranteed optimal: check with :func:`monotonicity_violations`.
 
-Objectives
-    :func:`oracle_objective`  f(S) = mean_q max_{i in S} s_{q,i} (0 for empty S); non-decreasing.
-    :func:`gate_objective`    f(S) = mean_q sum_{i in top_k(g_q, S)} g~_{q,i} s_{q,i}: the gate's
-                              top-k experts inside S with weights renormalised over them; may
-                              decrease when an expert is added (the gate may prefer a worse one).
+Objectives live in :mod:`solvers.objectives` (re-exported here): ``oracle`` (proven
+non-decreasing), ``gate`` and ``routed`` (not monotone in general).
+
+What ``exact`` means: ``exhaustive`` is exact for any f. ``monotonic`` is exact only when f is
+non-decreasing, which is *proven* for ``oracle`` only; for ``gate``/``routed`` a caller can run
+:func:`monotonicity_violations`, which checks every pair (S, i) when there are few and otherwise a
+seeded *sample*: a sample without violations is "monotonicity checked on a sample", not a proof,
+and the result must not be called exact on that basis (see :func:`edge.instance.solve_instance`).
+
+Energy semantics: :class:`SelectionProblem` charges every expert of S on every query (they all
+run: ``E(S) = sum e_i``). For routing each query to ONE expert, where energy, latency and accuracy
+all follow the routed expert, see :mod:`solvers.selection_routed` (``E(S)`` = mean energy of the
+routed expert; not additive, not down-closed, so every subset is scored).
 """
 
 from __future__ import annotations
@@ -65,55 +73,31 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from solvers.exceptions import SolverError, did_you_mean
+from solvers.exceptions import did_you_mean
+from solvers.objectives import (
+    OBJECTIVES,
+    MonotonicityReport,
+    gate_objective,
+    make_objective,
+    monotonicity_violations,
+    oracle_objective,
+    routed_objective,
+)
+from solvers.selection_base import (
+    TOL,
+    Objective,
+    SelectionInputError,
+    _Counter,
+    _finite_nonneg,
+    mask_of,
+    members,
+)
+from solvers.selection_routed import RoutedTable, routed_table
 
 #: Methods :func:`solve` accepts.
 METHODS = ("monotonic", "exhaustive", "greedy")
-#: Objective names understood by :func:`make_objective`.
-OBJECTIVES = ("oracle", "gate")
-#: Two objective values closer than this are equal (f values are means of scores in [0, 1]).
-TOL = 1e-12
-
-Objective = Callable[[int], float]
-
-
-class SelectionInputError(SolverError, ValueError):
-    """A malformed selection problem or objective input; names the field, value and allowed range."""
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-
-def _finite_nonneg(name: str, value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    if not ok:
-        raise SelectionInputError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def mask_of(indices: Sequence[int]) -> int:
-    """Bitmask of a collection of expert indices."""
-    m = 0
-    for i in indices:
-        m |= 1 << i
-    return m
-
-
-def members(mask: int) -> tuple[int, ...]:
-    """Expert indices of a bitmask, ascending."""
-    out = []
-    i = 0
-    while mask:
-        if mask & 1:
-            out.append(i)
-        mask >>= 1
-        i += 1
-    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------- problem
@@ -237,27 +221,6 @@ class SelectionResult:
         }
 
 
-class _Counter:
-    """Memoises f on bitmasks and counts distinct evaluations."""
-
-    __slots__ = ("f", "cache")
-
-    def __init__(self, f: Objective) -> None:
-        self.f = f
-        self.cache: dict[int, float] = {}
-
-    def __call__(self, mask: int) -> float:
-        v = self.cache.get(mask)
-        if v is None:
-            v = float(self.f(mask))
-            self.cache[mask] = v
-        return v
-
-    @property
-    def count(self) -> int:
-        return len(self.cache)
-
-
 def _result(problem: SelectionProblem, method: str, mask: int, value: float, ev: _Counter, t0: float,
             exact: bool) -> SelectionResult:
     idx = members(mask)
@@ -379,157 +342,6 @@ def solve(problem: SelectionProblem, f: Objective, method: str = "monotonic", *,
                               f"allowed: {', '.join(METHODS)}")
 
 
-# ----------------------------------------------------------------------------------- objectives
-
-
-def _check_scores(scores: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    s = np.asarray(scores, dtype=float)
-    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
-        raise SelectionInputError(f"scores: expected a non-empty queries x experts matrix, got shape {s.shape}")
-    if not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
-        q, i = np.argwhere(~np.isfinite(s) | (s < 0) | (s > 1))[0]
-        raise SelectionInputError(f"scores[{q}][{i}]: expected a number in [0, 1], got {s[q, i]!r}")
-    return s
-
-
-def oracle_objective(scores: np.ndarray | Sequence[Sequence[float]]) -> Objective:
-    """f(S) = mean over queries of max_{i in S} scores[q, i]; f(empty) = 0. Non-decreasing.
-
-    0/1 scores are evaluated on bitsets (one Python int per expert, popcount of the OR), others
-    with a numpy max over the selected columns.
-    """
-    s = _check_scores(scores)
-    q, n = s.shape
-    if np.all((s == 0) | (s == 1)):
-        bits = []
-        for i in range(n):
-            col = s[:, i].astype(np.uint8)
-            bits.append(int.from_bytes(np.packbits(col).tobytes(), "big"))  # same packing for all: OR/popcount agree
-
-        def f_bits(mask: int) -> float:
-            acc, i = 0, 0
-            while mask:
-                if mask & 1:
-                    acc |= bits[i]
-                mask >>= 1
-                i += 1
-            return acc.bit_count() / q
-
-        return f_bits
-
-    def f_dense(mask: int) -> float:
-        idx = members(mask)
-        return float(s[:, list(idx)].max(axis=1).mean()) if idx else 0.0
-
-    return f_dense
-
-
-def gate_objective(scores: np.ndarray | Sequence[Sequence[float]], gate: np.ndarray | Sequence[Sequence[float]],
-                   top_k: int = 1) -> Objective:
-    """f(S) = mean_q sum_{i in K_q(S)} g_{q,i} s_{q,i} / sum_{i in K_q(S)} g_{q,i}; f(empty) = 0.
-
-    ``K_q(S)`` = the ``min(top_k, |S|)`` experts of S with the largest gate weight g_{q,i} (ties:
-    lower index). The weights of the kept experts are renormalised to sum to 1 (uniform when they
-    are all 0). Not monotone in general.
-    """
-    s = _check_scores(scores)
-    g = np.asarray(gate, dtype=float)
-    if g.shape != s.shape:
-        raise SelectionInputError(f"gate: expected shape {s.shape} (like scores), got {g.shape}")
-    if not np.all(np.isfinite(g)) or g.min() < 0:
-        raise SelectionInputError("gate: weights must be finite and >= 0")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise SelectionInputError(f"top_k: expected an integer >= 1, got {top_k!r}")
-    n = s.shape[1]
-    # rank experts per query by weight, ties to the lower index (stable sort of -g)
-    order = np.argsort(-g, axis=1, kind="stable")
-
-    def f_gate(mask: int) -> float:
-        idx = members(mask)
-        if not idx:
-            return 0.0
-        inside = np.zeros(n, dtype=bool)
-        inside[list(idx)] = True
-        k = min(top_k, len(idx))
-        in_order = inside[order]  # queries x n: whether the r-th ranked expert is in S
-        ranks = np.cumsum(in_order, axis=1)
-        keep_sorted = in_order & (ranks <= k)
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=1)
-        w = np.where(keep, g, 0.0)
-        tot = w.sum(axis=1, keepdims=True)
-        w = np.where(tot > 0, w / np.where(tot > 0, tot, 1.0), keep / k)
-        return float((w * s).sum(axis=1).mean())
-
-    return f_gate
-
-
-def make_objective(name: str, scores, gate=None, top_k: int = 1) -> Objective:
-    """``oracle`` or ``gate`` (which needs ``gate``)."""
-    if name == "oracle":
-        return oracle_objective(scores)
-    if name == "gate":
-        if gate is None:
-            raise SelectionInputError("gate: objective 'gate' needs a gate matrix (queries x experts)")
-        return gate_objective(scores, gate, top_k)
-    raise SelectionInputError(f"objective: unknown objective {name!r}{did_you_mean(str(name), OBJECTIVES)}; "
-                              f"allowed: {', '.join(OBJECTIVES)}")
-
-
-# --------------------------------------------------------------------------------- monotonicity
-
-
-@dataclass(frozen=True, slots=True)
-class MonotonicityReport:
-    """Pairs (S, i) checked and those with f(S + i) < f(S) - tol (worst drop first, at most 20 kept)."""
-
-    pairs_checked: int
-    violations: int
-    exhaustive: bool
-    worst: tuple[tuple[tuple[int, ...], int, float], ...]
-
-    @property
-    def monotone(self) -> bool:
-        return self.violations == 0
-
-    @property
-    def violation_rate(self) -> float:
-        return self.violations / self.pairs_checked if self.pairs_checked else 0.0
-
-
-def monotonicity_violations(f: Objective, n: int, *, max_pairs: int = 20_000, seed: int = 0,
-                            tol: float = 1e-12) -> MonotonicityReport:
-    """Check f(S ∪ {i}) >= f(S) on every pair (S, i not in S) when there are at most ``max_pairs``
-    (``n 2^(n-1)`` pairs), else on ``max_pairs`` pairs drawn at random (seeded)."""
-    if not isinstance(n, int) or n < 1:
-        raise SelectionInputError(f"n: expected an integer >= 1, got {n!r}")
-    total = n * (1 << (n - 1))
-    ev = _Counter(f)
-    drops: list[tuple[tuple[int, ...], int, float]] = []
-    if total <= max_pairs:
-        pairs = ((mask, i) for mask in range(1 << n) for i in range(n) if not mask >> i & 1)
-        exhaustive = True
-    else:
-        rng = random.Random(seed)
-
-        def draw():
-            for _ in range(max_pairs):
-                i = rng.randrange(n)
-                mask = rng.getrandbits(n) & ~(1 << i)
-                yield mask, i
-        pairs = draw()
-        exhaustive = False
-    checked = 0
-    for mask, i in pairs:
-        checked += 1
-        d = ev(mask | 1 << i) - ev(mask)
-        if d < -tol:
-            drops.append((members(mask), i, d))
-    drops.sort(key=lambda x: x[2])
-    return MonotonicityReport(pairs_checked=checked, violations=len(drops), exhaustive=exhaustive,
-                              worst=tuple(drops[:20]))
-
-
 # ------------------------------------------------------------------------------------ baselines
 
 
@@ -564,5 +376,5 @@ __all__ = [
     "METHODS", "OBJECTIVES", "MonotonicityReport", "Objective", "SelectionInputError", "SelectionProblem",
     "SelectionResult", "best_single", "gate_objective", "make_objective", "mask_of", "members",
     "monotonicity_violations", "oracle_objective", "random_maximal", "solve", "solve_exhaustive",
-    "solve_greedy", "solve_monotonic",
+    "solve_greedy", "solve_monotonic", "routed_objective", "TOL", "RoutedTable", "routed_table",
 ]

@@ -116,7 +116,9 @@ class ExpertSelector:
         self._f = instance.objective_fn()
         self.monotone = True
         if instance.objective == "gate":
-            self.monotone = monotonicity_violations(self._f, len(instance.experts)).monotone
+            rep = monotonicity_violations(self._f, len(instance.experts))
+            # a clean *sample* is not a proof: only an exhaustive check makes the answer exact
+            self.monotone = rep.monotone and rep.exhaustive
         self._cache: collections.OrderedDict[tuple[float, float], Any] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.solves = 0

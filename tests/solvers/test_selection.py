@@ -221,3 +221,67 @@ def test_bad_objectives_name_the_field() -> None:
         make_objective("orcle", [[1.0]])
     with pytest.raises(SelectionInputError, match="allowed: monotonic, exhaustive, greedy"):
         solve(SelectionProblem(names=("a",), energy=(1.0,)), oracle_objective([[1.0]]), "anneal")
+
+
+# ------------------------------------------------------------- module split and routed selection
+
+
+def test_objectives_module_and_selection_reexports_are_the_same_objects() -> None:
+    import solvers.objectives as obj
+    import solvers.selection as sel
+
+    for name in ("oracle_objective", "gate_objective", "routed_objective", "make_objective",
+                 "monotonicity_violations", "MonotonicityReport", "OBJECTIVES"):
+        assert getattr(sel, name) is getattr(obj, name)
+
+
+def _brute_routed(s, p, e, mask):
+    """Reference: route each query to argmax_{i in S} p (lowest index on ties), by plain loops."""
+    idx = members(mask)
+    acc = en = 0.0
+    for q in range(len(s)):
+        best = idx[0]
+        for i in idx[1:]:
+            if p[q][i] > p[q][best]:
+                best = i
+        acc += s[q][best]
+        en += e[q][best]
+    return acc / len(s), en / len(s)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_routed_table_matches_brute_force_on_every_subset(seed: int) -> None:
+    from solvers.selection import routed_objective, routed_table
+
+    rng = np.random.default_rng(seed)
+    q, n = 40, 6
+    s = (rng.random((q, n)) < 0.5).astype(float)
+    p = np.round(rng.random((q, n)), 1)  # rounding makes ties, which must go to the lower index
+    e = rng.uniform(1, 10, (q, n))
+    tab = routed_table(s, p, e)
+    f = routed_objective(s, p)
+    for mask in range(1, 1 << n):
+        acc, en = _brute_routed(s.tolist(), p.tolist(), e.tolist(), mask)
+        assert tab.accuracy[mask - 1] == pytest.approx(acc, abs=1e-12)
+        assert tab.energy[mask - 1] == pytest.approx(en, abs=1e-12)
+        assert f(mask) == pytest.approx(acc, abs=1e-12)
+
+
+def test_routed_table_best_respects_the_budget_and_is_not_additive() -> None:
+    from solvers.selection import routed_table
+
+    # expert 0: cheap, right on the first half; expert 1: expensive, right on the second half;
+    # a perfect router sends each query to the right one, so {0, 1} costs the MEAN of the two energies
+    s = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)
+    tab = routed_table(s, s, np.array([1.0, 3.0]))
+    assert tab.energy[0b11 - 1] == pytest.approx(2.0)  # not 1 + 3 = 4
+    assert tab.accuracy[0b11 - 1] == 1.0
+    assert tab.best(None) == 0b11
+    assert tab.best(2.0) == 0b11
+    assert tab.best(1.5) == 0b01
+    assert tab.best(0.5) == 0
+    assert tab.best(None, allowed=0b10) == 0b10
+    with pytest.raises(SelectionInputError, match="energy_budget"):
+        tab.best(-1.0)
+    with pytest.raises(SelectionInputError, match="predicted"):
+        routed_table(s, s[:, :1], [1.0, 3.0])

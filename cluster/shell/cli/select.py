@@ -77,13 +77,15 @@ def build(
     objective: str = typer.Option("oracle", "--objective", help="oracle | gate (trains the gate on a split)."),
     top_k: int = typer.Option(1, "--top-k", help="Experts the gate routes each query to."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N questions."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", help="With --objective gate: held-out share."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="With --objective gate: held-out share, left out of the instance."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Embedding cache (default ~/.cache/flotilla/embeddings)."),
     out_path: str = typer.Option(..., "--out", help="Where to write the instance JSON."),
     as_json: bool = json_option(),
 ) -> None:
     """Make a selection instance from real per-question results and the perf model (modeled costs)."""
     import json
+
+    import numpy as np
 
     from edge.dataset import load_mmlu_pro
     from edge.instance import build_instance
@@ -107,22 +109,31 @@ def build(
     gate_w = None
     target = ds
     if objective == "gate":
-        from edge.gating import Embedder, train_gate
+        from edge.gating import Embedder
+        from edge.routers import MLPRouter, Features, out_of_fold
 
-        train, test = ds.split(test_fraction, seed=0)
-        err.print(f"embedding {ds.n_questions} questions (cached) and training the gate on {train.n_questions}…")
+        # Selection must not score subsets on the questions it reports on, nor on questions the gate
+        # was trained on: the instance holds the TRAINING split with out-of-fold gate weights (each
+        # question's weights come from a gate trained on the other folds, epochs by 5-fold CV); the
+        # test split stays out of the instance (held-out figures: `flotilla experts evaluate`).
+        train, _test = ds.split(test_fraction, seed=0)
+        err.print(f"embedding {ds.n_questions} questions (cached); out-of-fold gate on {train.n_questions}…")
         emb_all = Embedder(cache_dir).embed(ds.texts)
         pos = {q: i for i, q in enumerate(ds.question_ids)}
         cols = [ds.models.index(p.model) for p in profiles]
-        tr_rows = [pos[q] for q in train.question_ids]
-        te_rows = [pos[q] for q in test.question_ids]
-        gate = train_gate(emb_all[tr_rows], ds.correct[tr_rows][:, cols], [p.name for p in profiles])
-        gate_w = gate.weights(emb_all[te_rows])
-        target = test
+        tr_rows = np.asarray([pos[q] for q in train.question_ids])
+        x = Features(ds.categories, emb_all)
+        s_cols = ds.correct[:, cols]
+        router = MLPRouter().fit(x.rows(tr_rows), s_cols[tr_rows])
+        gate_w = out_of_fold(router, x, s_cols, tr_rows)
+        target = train
     inst = build_instance(target, profiles, energy_budget=energy_budget, latency_budget=_latency_budgets(latency_budget),
                           objective=objective, gate=gate_w, top_k=top_k, aggregation_ms=cfg.aggregation_ms)
     doc = inst.to_dict()
     doc["note"] = f"energy_j and latency_ms are modeled ({MODELED_NOTE}); scores are real MMLU-Pro results"
+    if objective == "gate":
+        doc["note"] += ("; gate weights are out-of-fold on the training split (the test split is not in the "
+                        "instance: held-out figures come from `flotilla experts evaluate`)")
     Path(out_path).write_text(json.dumps(doc))
     summary = {"out": out_path, "experts": [p.to_dict() for p in profiles], "n_queries": len(inst.query_categories),
                "objective": objective, "note": doc["note"]}
@@ -144,3 +155,12 @@ def register(app: typer.Typer) -> None:
     """Add ``select`` and the ``experts`` group to the ``flotilla`` app."""
     app.command("select")(select)
     app.add_typer(experts_app, name="experts")
+
+
+def _add_evaluate() -> None:
+    from cluster.shell.cli.experts import register as register_evaluate
+
+    register_evaluate(experts_app)
+
+
+_add_evaluate()
