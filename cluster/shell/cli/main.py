@@ -182,7 +182,7 @@ def status(
 
 #: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
 COMMAND_MODULES: tuple[str, ...] = ("cluster.shell.cli.select", "cluster.shell.cli.plan", "cluster.shell.cli.serve",
-                                    "cluster.shell.cli.simulate")
+                                    "cluster.shell.cli.simulate", "cluster.shell.cli.shards")
 
 
 def _register_commands() -> None:
