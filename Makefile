@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python -m bench.bench_serving --part overhead --reps 2 --seconds 5 --out bench/results/serving_overhead.json
 	@scripts/with-redis $(BIN)/python bench/bench_journal_bytes.py --out bench/results/journal_bytes.json
 	$(BIN)/python bench/bench_simulator.py --out bench/results/simulator.json
+	$(BIN)/python bench/bench_shards.py --out bench/results/shards.json
 	$(BIN)/python bench/gpu_device_check.py --out bench/results/gpu_device_check.json
 	$(BIN)/python bench/gpu_attention_check.py
 	$(BIN)/python bench/render_docs.py
