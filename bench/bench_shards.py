@@ -7,8 +7,14 @@
     of 6 to 16 tokens so every integer split can be enumerated) the solver's optimum against the
     best of all (devices, strategy, split) triples, for both objectives; matches counted.
 All latency/energy figures in (a) and (b) are MODELED; only the solve times are measured.
+(c) ``--context-parallel``: MEASURED wall time of a 2048-token SmolLM2-135M prefill, single process
+    (one torch thread) vs context-parallel on 2 Ray actors (one thread each, two cores shared),
+    ring and zigzag with equal speeds, interleaved over ``--reps`` rounds; greedy first tokens
+    checked equal. Written to its own file.
 
-Run: ``.venv/bin/python bench/bench_shards.py --out bench/results/shards.json`` (about a minute).
+Run: ``.venv/bin/python bench/bench_shards.py --out bench/results/shards.json`` (about a minute);
+``.venv/bin/python bench/bench_shards.py --context-parallel --reps 3 --out
+bench/results/context_parallel.json`` (a few minutes).
 """
 
 from __future__ import annotations
@@ -97,12 +103,67 @@ def part_b(instances: int, bar) -> dict:
             "infeasible_both": infeasible, "max_relative_gap": worst}
 
 
+def part_c(reps: int, bar) -> dict:
+    import ray
+    import torch
+
+    from actors.context_parallel import ContextParallelGroup
+    from actors.llm.llama import LocalAttention, load_bundled
+    from tests.actors.test_llama import long_text
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    model, path = load_bundled()
+    ids = AutoTokenizer.from_pretrained(str(path))(long_text(220))["input_ids"][:2048]
+    ray.init(address="local", num_cpus=4, resources={"device:rtx4090": 2}, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
+    groups = {s: ContextParallelGroup(["rtx4090", "rtx4090"]) for s in ("ring", "zigzag")}
+    times = {"single": [], "ring": [], "zigzag": []}
+    rank_s = {"ring": [], "zigzag": []}
+    task = bar.add_task("context-parallel prefill", total=reps)
+    first = {}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            h = model.hidden(torch.tensor([ids]), torch.arange(len(ids)), LocalAttention(30))
+            first["single"] = int(model.logits(h[0, -1]).argmax())
+        times["single"].append(time.perf_counter() - t0)
+        for s, g in groups.items():
+            t0 = time.perf_counter()
+            r = g.generate(ids, 1, strategy=s)
+            times[s].append(time.perf_counter() - t0)
+            rank_s[s].append(max(r.prefill_seconds))
+            first[s] = r.tokens[0]
+        bar.advance(task)
+    for g in groups.values():
+        g.shutdown()
+    ray.shutdown()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"prompt_tokens": len(ids), "model": "smollm2-135m", "dtype": "fp32", "reps": reps,
+            "wall_s": times, "median_wall_s": med,
+            "median_slowest_rank_s": {k: statistics.median(v) for k, v in rank_s.items()},
+            "ratio_vs_single": {k: med[k] / med["single"] for k in ("ring", "zigzag")},
+            "first_token_equal": len(set(first.values())) == 1}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results/shards.json")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--instances", type=int, default=60)
+    ap.add_argument("--context-parallel", action="store_true", help="run (c) only")
     args = ap.parse_args()
+    if args.context_parallel:
+        with Progress(transient=True) as bar:
+            c = part_c(args.reps, bar)
+        doc = {"benchmark": "context-parallel prefill vs single process (MEASURED)",
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(),
+               "command": f"python bench/bench_shards.py --context-parallel --reps {args.reps} --out {args.out}",
+               "machine": platform.platform(), "cpus": os.cpu_count(),
+               "load_average_1m": os.getloadavg()[0], **c}
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+        print(json.dumps({k: doc[k] for k in ("median_wall_s", "ratio_vs_single", "first_token_equal")}))
+        return
     with Progress(transient=True) as bar:
         a = part_a(args.reps, bar)
         b = part_b(args.instances, bar)
