@@ -175,6 +175,32 @@ class ContextParallelResult:
     decode_agree: bool
 
 
+def shares_plan(strategy: str, shares: Sequence[int]) -> ShardPlan:
+    """The :class:`ShardPlan` giving rank ``r`` exactly ``shares[r]`` rows (e.g. the shares of
+    :func:`solvers.shards.solve`): contiguous in rank order for ring, ulysses, hybrid and gather_kv;
+    for zigzag rank ``r`` holds chunk ``r`` (``ceil(n_r / 2)`` rows) and chunk ``2P - 1 - r`` (the
+    rest), chunks laid out in the order ``0, 1, ..., P-1, P-1, ..., 0``."""
+    check_strategy(strategy)
+    shares = [int(n) for n in shares]
+    if not shares or any(n < 1 for n in shares) or (strategy == "zigzag" and any(n < 2 for n in shares)):
+        least = 2 if strategy == "zigzag" else 1
+        raise InputError(f"shares: expected one integer >= {least} per rank, got {shares}")
+    p, pos = len(shares), 0
+    if strategy != "zigzag":
+        segs = []
+        for n in shares:
+            segs.append(((pos, pos + n),))
+            pos += n
+        return ShardPlan(pos, tuple(segs))
+    first = [(n + 1) // 2 for n in shares]
+    chunks: list[list[tuple[int, int]]] = [[] for _ in range(p)]
+    for r in [*range(p), *reversed(range(p))]:
+        n = first[r] if not chunks[r] else shares[r] - first[r]
+        chunks[r].append((pos, pos + n))
+        pos += n
+    return ShardPlan(pos, tuple(tuple(c) for c in chunks))
+
+
 def check_strategy(strategy: str) -> str:
     if strategy not in CP_STRATEGIES:
         raise InputError(

@@ -1,7 +1,8 @@
 """Context-parallel prefill + tree decoding across Ray actors equals single-process generation.
 
 One 2048-token prompt; groups of 2 (ring), 3 (zigzag) and 4 (hybrid: Ulysses pairs x ring) ranks
-placed on ``device:<kind>`` units, with unequal speeds so the shares are unequal. Each group is a
+placed on ``device:<kind>`` units, with unequal speeds (zigzag: explicit shares 700/400/948) so
+the shares are unequal. Each group is a
 fresh set of actors (one collective group per actor process).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.context_parallel import ContextParallelGroup, check_strategy
+from actors.context_parallel import ContextParallelGroup, check_strategy, shares_plan
 from actors.llm.llama import LocalAttention, load_bundled
 from cluster.exceptions import InputError
 from tests.actors.test_llama import long_text
@@ -47,7 +48,9 @@ def test_context_parallel_equals_single_process(ray_session, reference, world, s
     group = ContextParallelGroup(KINDS[:world])
     try:
         speeds = [1.0 + 0.7 * r for r in range(world)]
-        res = group.generate(ids, NEW_TOKENS, strategy=strategy, speeds=speeds)
+        # zigzag takes explicit shares (as solvers.shards.solve gives them), the others speeds
+        plan = shares_plan("zigzag", [700, 400, 948]) if strategy == "zigzag" else None
+        res = group.generate(ids, NEW_TOKENS, strategy=strategy, speeds=speeds, plan=plan)
     finally:
         group.shutdown()
     lengths = [res.plan.length(r) for r in range(world)]
@@ -66,3 +69,19 @@ def test_bad_strategy_names_the_field():
     with pytest.raises(InputError, match="strategy: expected one of .*got 'rnig'.*ring"):
         check_strategy("rnig")
     assert check_strategy("zigzag") == "zigzag"
+
+
+@pytest.mark.parametrize("strategy", ["ring", "zigzag", "ulysses", "hybrid"])
+def test_shares_plan_gives_each_rank_its_share(strategy):
+    shares = [5, 2, 9, 4]
+    plan = shares_plan(strategy, shares)
+    assert plan.seq_len == 20 and [plan.length(r) for r in range(4)] == shares
+    if strategy == "zigzag":  # rank r: chunk r and chunk 2P-1-r
+        assert plan.segments == (((0, 3), (18, 20)), ((3, 4), (17, 18)), ((4, 9), (13, 17)),
+                                 ((9, 11), (11, 13)))
+        starts = sorted((seg[0], r) for r, segs in enumerate(plan.segments) for seg in segs)
+        assert [r for _, r in starts] == [0, 1, 2, 3, 3, 2, 1, 0]
+    else:
+        assert all(len(s) == 1 for s in plan.segments)
+    with pytest.raises(InputError, match="shares"):
+        shares_plan(strategy, [3, 0])
