@@ -125,6 +125,16 @@ def summary() -> str:
     best = max((r for r in att["capacity"] if r["workers"] == 4), key=lambda r: r["ratio_vs_vanilla"])
     rows.append(["5", f"capacity under a {att['settings']['cap_mib']} MiB cap per worker, 4 workers vs vanilla",
                  "paper: ~40×", f"{best['ratio_vs_vanilla']:.1f}× ({best['method']})", yes(best["ratio_vs_vanilla"] >= 40)])
+    sh = _load("shards.json")
+    worst = max(r["solve_ms_median"] for r in sh["solve_time"] if r["devices"] == 8)
+    vs = sh["vs_exhaustive"]
+    rows.append(["12", "shard placement solver, 8 devices: solve time (median, worst case) and optimum vs an "
+                 "exhaustive sweep", "< 100 ms, same optimum", f"≤ {worst:.0f} ms; {vs['matched']} of {vs['compared']} "
+                 f"optima equal", yes(worst < 100 and vs["matched"] == vs["compared"])])
+    cp = _load("context_parallel.json")
+    ratios = ", ".join(f"{k} {v:.2f}×" for k, v in cp["ratio_vs_single"].items())
+    rows.append(["12", f"context-parallel prefill of {cp['prompt_tokens']} tokens on 2 actors vs 1 process (measured)",
+                 "≤ 1.3×", ratios, yes(all(v <= 1.3 for v in cp["ratio_vs_single"].values()))])
     dec = _load("serving_decode.json")["decode"]
     rows.append(["6", "ExpertActor decode loop vs transformers `generate` (ratio of medians)", "≥ 0.9×",
                  f"{dec['ratio_of_medians']:.2f}×", yes(dec["ratio_of_medians"] >= 0.9)])

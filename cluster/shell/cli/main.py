@@ -202,7 +202,8 @@ def status(
 #: Modules that add their own commands with ``register(app)`` (each area's CLI lives next to it).
 COMMAND_MODULES: tuple[str, ...] = ("cluster.shell.cli.select", "cluster.shell.cli.plan", "cluster.shell.cli.serve",
                                     "cluster.shell.cli.simulate",
-                                    "cluster.shell.cli.perf", "cluster.shell.cli.calibrate", "cluster.shell.cli.profile")
+                                    "cluster.shell.cli.perf", "cluster.shell.cli.calibrate", "cluster.shell.cli.profile",
+                                    "cluster.shell.cli.shards")
 
 
 def _register_commands() -> None:
