@@ -7,7 +7,9 @@ Each :meth:`AutoscaleLoop.step`:
 2. **Re-solve** (at most once per ``interval_s``): the policy of :mod:`cluster.sim.autoscale`
    (``cost``, ``energy`` or ``target-ongoing``; the very objects ``flotilla autoscale --dry-run``
    replays) proposes a fleet {kind: count} and a routing plan; counts are capped per kind
-   (``max_count``); an empty proposal keeps one device of the cheapest kind, as in the replay.
+   (``max_count``, a constraint of the solve; when no fleet within the caps meets the SLO, the
+   proposal is every device the caps allow); an empty proposal keeps one device of the cheapest
+   kind, as in the replay.
 3. **Hysteresis**, as in the replay: a proposal heavier than the fleet (USD/h; W for ``energy``)
    is applied at once; a lighter one only after ``down_after`` lighter proposals in a row (the
    heaviest of them).
@@ -116,7 +118,13 @@ class AutoscaleLoop:
         from cluster.load import read_window
 
         rate, inp, out = read_window(self.store, self.cfg.window_s, now=now)
-        prop, routing = self.policy.propose(rate, inp, out) if inp.size else ({}, None)
+        try:
+            prop, routing = self.policy.propose(rate, inp, out) if inp.size else ({}, None)
+        except InputError:  # no fleet within the caps meets the SLO: the most the caps allow
+            if not self.cfg.max_count:
+                raise
+            prop, routing = {k: n for k, n in self.cfg.max_count.items() if n > 0}, None
+            self.store.incr("autoscale.infeasible")
         prop = {k: min(n, self.cfg.max_count.get(k, n)) for k, n in prop.items() if n > 0}
         prop = {k: n for k, n in prop.items() if n > 0}
         if not prop:  # as in the replay: one device of the cheapest kind always serves

@@ -117,6 +117,10 @@ def drive(address: str, out_path: str) -> None:
             return bool(loop.target) and all(kinds.count(k) == n for k, n in loop.target.items()) \
                 and set(kinds) <= set(loop.target)
 
+        t0 = time.time()  # the loop's first decision starts the floor fleet; traffic starts once it serves
+        while not router.replicas():
+            assert time.time() - t0 < 60, "the first node never joined"
+            time.sleep(0.2)
         phase("low", 1.0, 0, lambda: settled() and len(results) >= 5, 60)
         low_target = dict(loop.target)
         phase("high", 2.0, 4, lambda: loop.target != low_target and settled() and any(
