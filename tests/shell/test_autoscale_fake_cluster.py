@@ -123,8 +123,8 @@ def drive(address: str, out_path: str) -> None:
             time.sleep(0.2)
         phase("low", 1.0, 0, lambda: settled() and len(results) >= 5, 60)
         low_target = dict(loop.target)
-        phase("high", 2.0, 4, lambda: loop.target != low_target and settled() and any(
-            r["device"] and not r["device"].startswith(tuple(low_target)) for r in results), 60)
+        phase("high", 2.0, 4, lambda: "a100-80g-sxm" in loop.target and settled() and any(
+            (r["device"] or "").startswith("a100-80g-sxm") for r in results), 60)
         high_target = dict(loop.target)
         gone = set(high_target) - set(low_target)
         phase("down", 1.0, 0, lambda: loop.target != high_target and settled()
@@ -185,9 +185,10 @@ def test_step_up_launches_planned_kinds_and_step_down_releases_them(fake_cluster
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert "failed" not in doc, json.dumps(doc)[-3000:]
-    # the plans: the cost policy's choice for short requests, then for a quarter of long ones
+    # the plans: the cost policy's choice for short requests (one A10G), then, with a quarter of
+    # long ones, a fleet with an A100 (the one kind whose modeled TPOT meets the SLO for them)
     assert doc["low_target"] == {"a10g": 1}
-    assert doc["high_target"] == {"a100-80g-sxm": 1}
+    assert "a100-80g-sxm" in doc["high_target"]
     # the autoscaler launched nodes of exactly the planned kinds, and only those (the first
     # decision, on an empty window, keeps one device of the cheapest kind, as the replay does)
     seen = {k for row in doc["timeline"] for k, n in row["nodes"].items() if n}
@@ -208,7 +209,7 @@ def test_step_up_launches_planned_kinds_and_step_down_releases_them(fake_cluster
     assert doc["completed_counter"] == doc["sent"]
     assert doc["unacked"] == 0
     kinds_served = {r["device"].rsplit("-as", 1)[0] for r in doc["results"]}
-    assert kinds_served == {"a10g", "a100-80g-sxm"}
+    assert {"a10g", "a100-80g-sxm"} <= kinds_served <= planned
 
 
 if __name__ == "__main__":
