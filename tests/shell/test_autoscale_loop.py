@@ -260,3 +260,16 @@ def test_cli_live_loop_bad_input_exits_2(capsys):
     rc = cli.main(["autoscale"])
     cap = capsys.readouterr()
     assert rc == 2 and "--address" in cap.err and "--dry-run" in cap.err
+
+
+def test_docs_policy_table_is_the_committed_result():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    doc = json.loads((root / "bench" / "results" / "autoscale_dry_run.json").read_text())
+    text = (root / "docs" / "autoscaling.md").read_text()
+    assert doc["modeled"] is True and "bench/results/autoscale_dry_run.json" in text
+    for name, p in doc["policies"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
+        assert f"| {100 * p['slo_attainment']:.1f} % | {p['p99_tpot_ms']:.1f} | ${p['cost_usd']:.2f} | " \
+               f"{p['peak_replicas']} | {p['changes']} |" in row, row
