@@ -32,6 +32,11 @@ MAX_BIN = 20
 PREFIX = "load."
 
 
+def public_counters(counters: dict[str, float]) -> dict[str, float]:
+    """``counters`` without the load window's (what status displays show)."""
+    return {k: v for k, v in counters.items() if not k.startswith(PREFIX)}
+
+
 def length_bin(n: int) -> int:
     """The bin of a length of ``n`` tokens: the smallest ``i`` with ``n <= 2**i`` (0 for n <= 1)."""
     return min(MAX_BIN, max(0, math.ceil(math.log2(max(n, 1)))))
@@ -74,4 +79,4 @@ def read_window(store: Any, window_s: float, *, now: float | None = None) -> tup
     return len(inp) / span, np.asarray(inp, dtype=np.int64), np.asarray(out, dtype=np.int64)
 
 
-__all__ = ["MAX_BIN", "SLOT_S", "length_bin", "read_window", "record_request"]
+__all__ = ["MAX_BIN", "SLOT_S", "length_bin", "public_counters", "read_window", "record_request"]

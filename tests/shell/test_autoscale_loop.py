@@ -273,3 +273,13 @@ def test_docs_policy_table_is_the_committed_result():
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
         assert f"| {100 * p['slo_attainment']:.1f} % | {p['p99_tpot_ms']:.1f} | ${p['cost_usd']:.2f} | " \
                f"{p['peak_replicas']} | {p['changes']} |" in row, row
+
+
+def test_status_counters_leave_out_the_load_window():
+    from cluster.load import public_counters
+
+    store = open_store(None)
+    store.incr("router.completed")
+    record_request(store, 10, 10)
+    assert public_counters(store.counters()) == {"router.completed": 1.0}
+    assert len(store.counters()) == 2

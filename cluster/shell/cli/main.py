@@ -152,11 +152,13 @@ def status(
             "status needs a source: --server HOST:PORT (a running gateway) or --redis URL / "
             "FLOTILLA_REDIS_URL (the shared state store)"
         )
+    from cluster.load import public_counters
+
     store = open_store(cfg.redis_url, namespace=cfg.namespace)
     try:
         devs = store.devices()
         plan = store.get_plan()
-        counters = store.counters()
+        counters = public_counters(store.counters())  # the autoscaler's load window is not shown
     finally:
         store.close()
     if as_json:
