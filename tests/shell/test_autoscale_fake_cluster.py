@@ -208,6 +208,14 @@ def test_step_up_launches_planned_kinds_and_step_down_releases_them(fake_cluster
     assert all(r["ok"] for r in doc["results"])
     assert doc["completed_counter"] == doc["sent"]
     assert doc["unacked"] == 0
+    # ... and kept completing while the fleet changed: between the decision that took an A100 and
+    # the A100's first answer (its node was launching), and between the decision that dropped it
+    # and the end (its replica drained, its node released)
+    t_up = next(d["t"] for d in doc["decisions"] if "a100-80g-sxm" in d["fleet"])
+    t_a100 = min(r["t"] for r in doc["results"] if r["device"].startswith("a100-80g-sxm"))
+    t_down = next(d["t"] for d in doc["decisions"] if d["action"] == "scale down")
+    assert any(t_up < r["t"] < t_a100 for r in doc["results"])
+    assert any(r["t"] > t_down for r in doc["results"])
     kinds_served = {r["device"].rsplit("-as", 1)[0] for r in doc["results"]}
     assert {"a10g", "a100-80g-sxm"} <= kinds_served <= planned
 
