@@ -20,7 +20,8 @@ Each :meth:`AutoscaleLoop.step`:
    a node once it is idle (``idle_timeout_minutes``), i.e. once its replica is released (5).
 5. **Fleet** (with a router in this process, e.g. in the serving process): for each kind, while
    the router has fewer replicas than the target and Ray has a free ``device:<kind>`` (a node
-   joined), an ExpertActor is started on it and added to the router. Once every kind has its
+   joined), a DeviceActor and an ExpertActor are started on it (as ``flotilla serve`` does) and
+   the expert is added to the router. Once every kind has its
    target, the surplus replicas are drained (the router sends them nothing new; their requests
    in flight finish), then their actors are released: make before break, in both directions.
 """
@@ -103,6 +104,7 @@ class AutoscaleLoop:
         self._pending: list[dict[str, int]] = []
         self._last: float | None = None
         self._serial = 0
+        self._devices: dict[str, Any] = {}  # device_id -> its DeviceActor
 
     # ------------------------------------------------------------------ deciding
     def weigh(self, fleet: dict[str, int]) -> float:
@@ -211,6 +213,9 @@ class AutoscaleLoop:
             for r in sorted(reps, key=lambda r: r["active"])[:max(0, extra)]:
                 handle = self.router.drain(r["device_id"], timeout_s=self.cfg.drain_timeout_s)
                 ray.kill(handle)
+                device = self._devices.pop(r["device_id"], None)
+                if device is not None:
+                    ray.kill(device)
                 self.store.incr("autoscale.released")
 
     def sync_fleet(self) -> list[str]:
@@ -218,7 +223,7 @@ class AutoscaleLoop:
         it to the router; returns the new replicas' ids."""
         import ray
 
-        from actors.device import DEVICE_ACTOR_SHARE
+        from actors.device import spawn as spawn_device
         from actors.expert import ExpertConfig, spawn_expert
         from actors.routing import Replica
         from cluster.runtime import device_resource
@@ -231,15 +236,18 @@ class AutoscaleLoop:
         config = self.expert_config or ExpertConfig(model="echo")
         for kind, want in self.target.items():
             n_free = free.get(device_resource(kind), 0.0)
-            while len(have.get(kind, [])) < want and n_free >= 1 - DEVICE_ACTOR_SHARE - 1e-9:
+            while len(have.get(kind, [])) < want and n_free >= 1 - 1e-9:  # a whole device: both actors
                 self._serial += 1
                 device_id = f"{kind}-as{self._serial}"
-                handle = spawn_expert(None, kind, device_id, config, start=False)
+                device = spawn_device(self.catalog.get(kind), device_id)
+                handle = spawn_expert(device, kind, device_id, config, start=False)
                 try:
                     ray.get(handle.start.remote(), timeout=120)
                 except BaseException:
                     ray.kill(handle)
+                    ray.kill(device)
                     raise
+                self._devices[device_id] = device
                 self.router.add_replica(Replica(device_id, kind, handle, config.max_concurrency))
                 have.setdefault(kind, []).append({"device_id": device_id})
                 n_free -= 1
