@@ -148,13 +148,13 @@ def test_drain_times_out_naming_the_replica(ray_session):
 # ---------------------------------------------------------------------------------------------- decisions
 
 
-def _loop(store, **kw):
+def _loop(store, router=None, **kw):
     from cluster.shell.autoscale_loop import AutoscaleLoop, LoopConfig
 
     args = dict(policy="cost", model="llama-3-8b", kinds=("l4", "a10g", "a100-80g-sxm"), tpot_slo_ms=50.0,
                 interval_s=10.0, window_s=10.0, down_after=2)
     args.update(kw)
-    return AutoscaleLoop(store, LoopConfig(**args))
+    return AutoscaleLoop(store, LoopConfig(**args), router=router)
 
 
 def _load(store, now: float, n: int, long_every: int = 0) -> None:
@@ -283,3 +283,30 @@ def test_status_counters_leave_out_the_load_window():
     record_request(store, 10, 10)
     assert public_counters(store.counters()) == {"router.completed": 1.0}
     assert len(store.counters()) == 2
+
+
+def test_sync_fleet_starts_replicas_on_free_devices_and_drains_the_surplus(ray_session):
+    from actors.router import Router
+
+    ray = ray_session
+    store = open_store(None)
+    router = Router(store, [])
+    router.start(replay=False)
+    loop = _loop(store, router, policy="target-ongoing", kinds=("a100-80g-sxm",))
+    before = ray.available_resources().get("device:a100-80g-sxm", 0)
+    assert before == 1  # the session's Ray has one A100 unit
+    loop.target = {"a100-80g-sxm": 2}  # more than there is: only what is free is started
+    assert loop.sync_fleet() == ["a100-80g-sxm-as1"]
+    assert loop.sync_fleet() == []
+    assert [(r["device_id"], r["alive"]) for r in router.replicas()] == [("a100-80g-sxm-as1", True)]
+    final = router.generate({"prompt": "one two three", "max_tokens": 8})
+    assert final["text"] == "one two three" and final["device_id"] == "a100-80g-sxm-as1"
+    loop.target = {}  # every kind has its target: the surplus is drained and released
+    loop.sync_fleet()
+    assert router.replicas() == []
+    assert store.counter("autoscale.started") == store.counter("autoscale.released") == 1
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("device:a100-80g-sxm", 0) < before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("device:a100-80g-sxm", 0) == before
+    router.close()
