@@ -162,7 +162,10 @@ def fake_cluster(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
          f"--autoscaling-config={path}", "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={temp}",
-         "--disable-usage-stats"],
+         "--disable-usage-stats",
+         # ports that default to fixed numbers: free ones, so two such clusters can run at once
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}"],
         env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=120)
