@@ -113,7 +113,7 @@ def _render_autoscale(doc: dict[str, Any]) -> None:
 
 
 def autoscale(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Replay the policies in the simulator (the only mode here)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Replay the policies in the simulator; without it the live loop runs (--address, --store-url)."),
     trace: Optional[str] = typer.Option(None, "--trace", help="A trace file (JSONL/CSV: arrival_s, input_len, output_len)."),
     policy: list[str] = typer.Option(["all"], "--policy", help="cost | energy | target-ongoing | best-single-kind | all (repeatable)."),
     workload: str = typer.Option("arena", "--workload", help="Without --trace: the workload to generate."),
