@@ -158,6 +158,17 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ActorUnavailableError)
 
 
+def _record_load(store: Any, req: dict[str, Any]) -> None:
+    """Count the request in the store's load window (what autoscaling re-plans from); a store
+    error costs the sample, never the request."""
+    from cluster.load import record_request
+
+    try:
+        record_request(store, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
+    except Exception:  # noqa: BLE001
+        log.debug("could not record the request's load", exc_info=True)
+
+
 def fingerprint(req: dict[str, Any], caller: str = "") -> str:
     """What binds a request id to its request: a hash of the prompt, the sampling parameters as
     the caller gave them (before a seed is drawn) and the caller's identity."""
@@ -378,6 +389,7 @@ class Router:
                     f"router queue is full ({self.config.max_queue} requests admitted); retry later or raise max_queue"
                 )
             self._admitted += 1
+        _record_load(self.store, req)
         try:
             yield from self._run(rid, req, _Pending(fp), deadline, journal=True)
         finally:
@@ -606,6 +618,29 @@ class Router:
         with self._cond:
             replica = self._replica(device_id)
         self._mark_dead(replica)
+
+    def add_replica(self, replica: Replica) -> None:
+        """Dispatch to ``replica`` too from now on (a node joined the fleet)."""
+        with self._cond:
+            if any(r.device_id == replica.device_id for r in self._replicas):
+                raise InputError(f"device_id: {replica.device_id!r:.80} is already one of this router's replicas")
+            self._replicas.append(replica)
+            self._cond.notify_all()
+
+    def drain(self, device_id: str, timeout_s: float | None = None) -> Any:
+        """Take replica ``device_id`` out of service: no new request goes to it, the ones in flight
+        finish (up to ``timeout_s``), then it leaves the pool. Returns its actor handle, for the
+        caller to release. TimeoutError (the replica stays out of service) if they do not finish."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            replica = self._replica(device_id)
+            replica.alive = False  # choose_replica takes live replicas only
+            while replica.active > 0:
+                if end is not None and time.monotonic() >= end:
+                    raise TimeoutError(f"replica {device_id}: {replica.active} requests still running")
+                self._cond.wait(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic())))
+            self._replicas.remove(replica)
+            return replica.handle
 
     def replace(self, device_id: str, handle: Any) -> None:
         """Dispatch to ``handle`` for replica ``device_id`` from now on (a replacement actor).

@@ -351,13 +351,15 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
             self._fail(context, exc)
 
     def ClusterStatus(self, request: Any, context: Any) -> Any:
+        from cluster.load import public_counters
+
         try:
             devs = self.store.devices()
             status = self.router.status()
             return pb.ClusterStatusResponse(
                 devices=[pb.Device(device_id=k, kind=v.get("kind", ""), label=v.get("label", "")) for k, v in sorted(devs.items())],
                 replicas=_replica_msgs(status["replicas"]), admitted=status["admitted"], max_queue=status["max_queue"],
-                plan_version=status["plan_version"] or 0, counters=self.store.counters(), model=self.model_name,
+                plan_version=status["plan_version"] or 0, counters=public_counters(self.store.counters()), model=self.model_name,
             )
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)

@@ -147,6 +147,23 @@ class TargetOngoingPolicy:
         return {self.kind: max(1, n if cap is None else min(n, cap))}, None
 
 
+def make_policy(policy_name: str, model: ModelShape, kinds: list[str], *, tpot_slo_s: float,
+                ttft_slo_s: float | None = None, cfg: AutoscaleConfig = AutoscaleConfig(),
+                catalog: Catalog | None = None) -> AllocationPolicy | TargetOngoingPolicy:
+    """The policy object called ``policy_name`` (``target-ongoing`` runs on ``kinds[0]``): the one
+    :func:`replay` runs and the live loop (cluster/shell/autoscale_loop.py) runs. Its
+    ``propose(rate, input_lens, output_lens)`` returns ``({kind: count}, routing plan | None)``."""
+    validate.choice("policy", policy_name, POLICIES)
+    catalog = catalog or default_catalog()
+    if not kinds:
+        raise InputError("--devices: expected at least one device kind")
+    kinds = [catalog.resolve(k) for k in kinds]
+    if policy_name == "target-ongoing":
+        return TargetOngoingPolicy(model, kinds[0], cfg, catalog)
+    return AllocationPolicy(model, kinds, tpot_slo_s=tpot_slo_s, ttft_slo_s=ttft_slo_s,
+                            objective="energy" if policy_name == "energy" else "cost", cfg=cfg, catalog=catalog)
+
+
 @dataclass
 class AutoscaleReport:
     """``summary`` (the run's :func:`cluster.sim.summarize` figures, with the billed cost), the
@@ -170,12 +187,8 @@ def replay(policy_name: str, model: ModelShape, reqs: Requests, *, kinds: list[s
     if not kinds:
         raise InputError("--devices: expected at least one device kind")
     kinds = [catalog.resolve(k) for k in kinds]
-    if policy_name == "target-ongoing":
-        policy: Any = TargetOngoingPolicy(model, kinds[0], cfg, catalog)
-    else:
-        policy = AllocationPolicy(model, kinds, tpot_slo_s=tpot_slo_s, ttft_slo_s=ttft_slo_s,
-                                  objective="energy" if policy_name == "energy" else "cost", cfg=cfg,
-                                  catalog=catalog)
+    policy = make_policy(policy_name, model, kinds, tpot_slo_s=tpot_slo_s, ttft_slo_s=ttft_slo_s, cfg=cfg,
+                         catalog=catalog)
     mean_tokens = float(np.mean(reqs.input_len + reqs.output_len))
     proto = {k: build_replicas({k: 1}, model, engine=engine, catalog=catalog, mean_request_tokens=mean_tokens)[0]
              for k in kinds}
@@ -303,4 +316,4 @@ def replay(policy_name: str, model: ModelShape, reqs: Requests, *, kinds: list[s
     return AutoscaleReport(summary, decisions, timeline, raw, lives)
 
 
-__all__ = ["POLICIES", "AutoscaleConfig", "AutoscaleReport", "replay"]
+__all__ = ["POLICIES", "AllocationPolicy", "AutoscaleConfig", "AutoscaleReport", "TargetOngoingPolicy", "make_policy", "replay"]

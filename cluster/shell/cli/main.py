@@ -171,11 +171,13 @@ def status(
 
         gateway_status(server, token, as_json)  # no --server: $FLOTILLA_SERVER or 127.0.0.1:50051, as generate
         return
+    from cluster.load import public_counters
+
     store = open_store(cfg.redis_url, namespace=cfg.namespace)
     try:
         devs = store.devices()
         plan = store.get_plan()
-        counters = store.counters()
+        counters = public_counters(store.counters())  # the autoscaler's load window is not shown
     finally:
         store.close()
     if as_json:

@@ -113,7 +113,7 @@ def _render_autoscale(doc: dict[str, Any]) -> None:
 
 
 def autoscale(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Replay the policies in the simulator (the only mode here)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Replay the policies in the simulator; without it the live loop runs (--address, --store-url)."),
     trace: Optional[str] = typer.Option(None, "--trace", help="A trace file (JSONL/CSV: arrival_s, input_len, output_len)."),
     policy: list[str] = typer.Option(["all"], "--policy", help="cost | energy | target-ongoing | best-single-kind | all (repeatable)."),
     workload: str = typer.Option("arena", "--workload", help="Without --trace: the workload to generate."),
@@ -133,17 +133,30 @@ def autoscale(
     down_after: int = typer.Option(2, "--down-after", help="Consecutive smaller proposals before scaling down."),
     target_ongoing: int = typer.Option(16, "--target-ongoing", help="The baseline's target ongoing requests per replica."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write fleet size and cost over time vs load (PNG)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Live loop: the Ray cluster (e.g. auto)."),
+    store_url: Optional[str] = typer.Option(None, "--store-url", help="Live loop: the state store the routers record load in (redis://...)."),
+    max_count: list[str] = typer.Option([], "--max-count", help="Live loop: cap per kind, KIND=N (repeatable)."),
+    iterations: int = typer.Option(0, "--iterations", help="Live loop: stop after N decisions (0: run until interrupted)."),
     as_json: bool = json_option(),
 ) -> None:
-    """Compare autoscaling policies (cost, energy, Ray Serve-like target-ongoing) on a trace, in the simulator."""
+    """Compare autoscaling policies on a trace in the simulator (--dry-run), or run the live loop."""
     from cluster.shell.planner import DEFAULT_DEVICES
     from cluster.shell.simulator import plot_autoscale, run_autoscale
 
-    if not dry_run:
-        raise InputError("--dry-run: required; this command replays policies in the simulator and scales nothing")
     kinds = [d.strip() for d in (devices or DEFAULT_DEVICES).split(",") if d.strip()]
     if not kinds:
         raise InputError(f"--devices: {devices!r} names no device kind")
+    if not dry_run:
+        from cluster.shell.cli.autoscale_live import run_live
+
+        if address is None or store_url is None:
+            raise InputError("--address / --store-url: the live loop needs a Ray cluster and the routers' state "
+                             "store; or use --dry-run to replay the policies in the simulator")
+        run_live(policy=policy, model=model, kinds=kinds, tpot_slo_ms=tpot_slo_ms, ttft_slo_ms=ttft_slo_ms,
+                 interval_s=interval_s, window_s=window_s, headroom=headroom, down_after=down_after,
+                 target_ongoing=target_ongoing, max_count=max_count, address=address, store_url=store_url,
+                 iterations=iterations, as_json=as_json)
+        return
     with progress_bar(requests, "replaying policies") as progress:
         doc, reqs, _ = run_autoscale(
             policies=policy, trace=trace, workload=workload, rate=rate, requests=requests, arrivals=arrivals,
