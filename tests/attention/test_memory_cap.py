@@ -1,12 +1,17 @@
-"""The per-call memory cap of the attention worker (soft RLIMIT_DATA), in this process, no Ray.
+"""The per-call memory cap of the attention worker (soft RLIMIT_DATA), no Ray.
 
 An allocation that would take the process more than ``cap`` bytes above where the block started is
 refused and recognised as over-cap; one below succeeds; the previous soft limit is back afterwards
 whether the block succeeded, hit the cap or raised something else.
+
+The allocation checks run in one fresh process (``fresh``): in the test runner's own process, heap
+that earlier tests freed but the allocator kept mapped can serve an allocation without growing
+VmData, which is what the cap counts (as a worker's first call would not see).
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import resource
 import sys
 
@@ -23,13 +28,20 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RL
 MiB = 2**20
 
 
+@pytest.fixture(scope="module")
+def fresh():
+    """A fresh (spawned) process to run a check in; its assertion errors come back as themselves."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        yield lambda fn: pool.apply(fn)
+
+
 def _alloc(nbytes: int) -> int:
     t = torch.empty(nbytes, dtype=torch.uint8)
     t.fill_(1)  # touch it: a lazily mapped tensor would count anyway, but be explicit
     return int(t[-1])
 
 
-def test_allocation_above_cap_is_refused_and_recognised_then_limit_restored():
+def _allocation_above_cap_is_refused_and_recognised_then_limit_restored() -> None:
     before = resource.getrlimit(resource.RLIMIT_DATA)
     with pytest.raises(RuntimeError) as info:
         with memory_cap(64 * MiB) as limit:
@@ -41,7 +53,7 @@ def test_allocation_above_cap_is_refused_and_recognised_then_limit_restored():
     _alloc(80 * MiB)  # no cap any more
 
 
-def test_allocation_below_cap_succeeds_and_limit_restored():
+def _allocation_below_cap_succeeds_and_limit_restored() -> None:
     before = resource.getrlimit(resource.RLIMIT_DATA)
     with memory_cap(64 * MiB):
         assert _alloc(48 * MiB) == 1
@@ -51,7 +63,7 @@ def test_allocation_below_cap_succeeds_and_limit_restored():
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
 
 
-def test_the_sum_of_live_tensors_is_what_counts():
+def _the_sum_of_live_tensors_is_what_counts() -> None:
     with pytest.raises(RuntimeError) as info:
         with memory_cap(64 * MiB):
             kept = [torch.ones(20 * MiB // 4) for _ in range(4)]  # 80 MiB live
@@ -63,7 +75,7 @@ def test_the_sum_of_live_tensors_is_what_counts():
         del kept
 
 
-def test_numpy_allocation_over_cap_is_recognised():
+def _numpy_allocation_over_cap_is_recognised() -> None:
     with pytest.raises(MemoryError) as info:
         with memory_cap(32 * MiB):
             np.ones(48 * MiB, dtype=np.uint8)
@@ -103,3 +115,19 @@ def test_run_distributed_rejects_bad_cap_before_starting_actors(cap):
     q = torch.randn(1, 2, 8, 4)
     with pytest.raises(AttentionInputError, match="memory_cap_bytes"):
         run_distributed(q, q, q, strategy="ring", world_size=2, memory_cap_bytes=cap)
+
+
+def test_allocation_above_cap_is_refused_and_recognised_then_limit_restored(fresh):
+    fresh(_allocation_above_cap_is_refused_and_recognised_then_limit_restored)
+
+
+def test_allocation_below_cap_succeeds_and_limit_restored(fresh):
+    fresh(_allocation_below_cap_succeeds_and_limit_restored)
+
+
+def test_the_sum_of_live_tensors_is_what_counts(fresh):
+    fresh(_the_sum_of_live_tensors_is_what_counts)
+
+
+def test_numpy_allocation_over_cap_is_recognised(fresh):
+    fresh(_numpy_allocation_over_cap_is_recognised)
