@@ -199,8 +199,25 @@ def http() -> str:
                    "gRPC streamed p50 / p99 ms"], rows)
 
 
+def profile_cpu() -> str:
+    lines = [json.loads(x) for x in (RESULTS / "profile_cpu_smollm2.jsonl").read_text().splitlines() if x.strip()]
+    by: dict[tuple[int, int, float], dict[str, dict]] = {}
+    for ln in lines:
+        by.setdefault((ln["input_tokens"], ln["output_tokens"], ln["request_rate"]), {})[ln["metric"]] = ln
+    rows = []
+    for (i, o, r), m in sorted(by.items()):
+        rows.append([str(i), str(o), f"{r:g}", f"{m['TPUT']['mean']:.3f}", f"{1e3 * m['TTFT']['P99']:.0f}",
+                     f"{1e3 * m['TPOT']['P50']:.0f} / {1e3 * m['TPOT']['P99']:.0f}", str(m["TPUT"]["failed"])])
+    tab = _load("profile_cpu_smollm2_table.json")
+    measured = [f"{r:.3f}" for row, lrow in zip(tab["rates"], tab["limits"]) for r, lim in zip(row, lrow) if lim != "unprofiled"]
+    return (_table(["in", "out", "offered req/s", "req/s done", "TTFT p99 ms", "TPOT p50 / p99 ms", "failed"], rows)
+            + f"\nReduced at TPOT p99 ≤ {tab['slo_ms']['tpot']:g} ms: measured max rates {', '.join(measured)} req/s "
+            f"in the profiled buckets ({tab['engine']} {tab['model']} on {tab['device_kind']}, host {tab['host']}).\n")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "summary": summary,
+    "profile-cpu": profile_cpu,
     "http": http,
     "allocation": allocation, "attention-time": attention_time, "attention-capacity": attention_capacity,
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,

@@ -36,7 +36,7 @@ def test_every_result_file_a_doc_names_is_committed():
     docs = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
     missing = []
     for doc in docs:
-        for path in set(re.findall(r"bench/results/[A-Za-z0-9_./-]+\.(?:json|jsonl|csv|png)", doc.read_text())):
+        for path in set(re.findall(r"bench/results/[A-Za-z0-9_./-]+\.(?:jsonl|json|csv|png)\b", doc.read_text())):
             if path not in tracked and not (ROOT / path).is_file():
                 missing.append(f"{doc.name}: {path}")
     assert missing == []

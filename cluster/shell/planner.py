@@ -141,7 +141,7 @@ def build_problem(
             raise InputError(f"--calibration: {str(exc).removeprefix('calibration: ')}") from None
     else:
         profile = None
-    measured = _measured_tables(tables, kinds, catalog, tpot_slo_ms)
+    measured = _measured_tables(tables, kinds, catalog, tpot_slo_ms, get_model(model).name)
     shape = get_model(model)
     grid = paper_grid()
     hist, wl_desc = _histogram(workload, grid)
@@ -193,8 +193,10 @@ def build_problem(
     return problem, desc
 
 
-def _measured_tables(paths: tuple[str, ...], kinds: list[str], catalog: Any, tpot_slo_ms: float) -> dict[str, Any]:
+def _measured_tables(paths: tuple[str, ...], kinds: list[str], catalog: Any, tpot_slo_ms: float,
+                     model: str) -> dict[str, Any]:
     """``{kind: table doc}`` of ``flotilla profile --table`` files, checked against the plan."""
+    from cluster.models import get_model
     from cluster.shell.profiler import load_table
     from cluster.tables import paper_grid
 
@@ -209,6 +211,14 @@ def _measured_tables(paths: tuple[str, ...], kinds: list[str], catalog: Any, tpo
             raise InputError(f"--tables: two tables for {kind!r} ({out[kind]['file']!r} and {path!r})")
         if doc["grid"] != {"input_edges": list(grid.in_edges), "output_edges": list(grid.out_edges)}:
             raise InputError(f"--tables: {path!r} is on another bucket grid than the plan's")
+        measured_model = doc.get("model")
+        if measured_model and measured_model != "echo":
+            try:
+                same = get_model(measured_model).name == model
+            except InputError:
+                same = measured_model == model
+            if not same:
+                raise InputError(f"--tables: {path!r} measured model {measured_model!r}, the plan is for {model!r}")
         slo = doc.get("slo_ms", {}).get("tpot")
         if slo is not None and abs(slo - tpot_slo_ms) > 1e-9:
             raise InputError(f"--tables: {path!r} was reduced under a TPOT SLO of {slo:g} ms, the plan asks "
