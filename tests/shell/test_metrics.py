@@ -158,3 +158,11 @@ def test_busy_ports_are_refused_naming_the_flag():
             HttpServer(HttpConfig(port=port))
         with pytest.raises(InputError, match=r"^metrics_port: cannot bind"):
             Metrics().serve("127.0.0.1", port)
+
+
+def test_serving_keeps_its_devices_registered_and_supervised(serving):
+    """`flotilla serve` starts the device heartbeats (devices stayed in the registry only 15 s
+    before) and the supervisor."""
+    assert serving.running._beat is not None and serving.running._beat.is_alive()
+    assert set(serving.store.devices()) == set(serving.running.actors)
+    assert serving.supervisor is not None and serving.supervisor._thread.is_alive()
