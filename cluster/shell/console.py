@@ -89,6 +89,26 @@ def exit_code_for(exc: BaseException) -> int:
     return 1
 
 
+def line(message: str) -> None:
+    """One progress line on stderr, flushed at once: in a terminal as outside one (a job log, a
+    pipe), where a spinner would show nothing."""
+    if err.is_terminal:
+        err.print(message, markup=False)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with ``message`` in a terminal; outside one, ``message`` as one line."""
+    if err.is_terminal:
+        with err.status(message, spinner="dots"):
+            yield
+        return
+    line(message)
+    yield
+
+
 @contextlib.contextmanager
 def progress(total: int, label: str) -> Iterator[Any]:
     """Progress on stderr: a rich bar in a terminal, else one line per step (so a log shows it).
