@@ -67,12 +67,37 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         return  # a dashboard address (HTTP/1): ray.init resolves it itself
     channel = grpc.insecure_channel(f"{hp[0]}:{hp[1]}")
     try:
-        grpc.channel_ready_future(channel).result(timeout=max(0.1, timeout_s - (time.monotonic() - t0)))
-    except grpc.FutureTimeoutError:
-        raise JoinError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
-                        "(the port is open but does not speak gRPC; is it Ray's GCS port, 6379 by default?)") from None
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(0.1, timeout_s - (time.monotonic() - t0)))
+        except grpc.FutureTimeoutError:
+            raise JoinError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
+                            "(the port is open but does not speak gRPC; is it Ray's GCS port, 6379 by default?)") from None
+        _check_token_auth(channel, address, timeout_s)
     finally:
         channel.close()
+
+
+def _check_token_auth(channel: Any, address: str, timeout_s: float) -> None:
+    """Without ``RAY_AUTH_MODE=token``, ask the GCS for its cluster id as ``ray.init`` would
+    (no token): a cluster that requires one answers UNAUTHENTICATED at once, where ``ray.init``
+    retries for half a minute. Any other answer is left to ``ray.init``."""
+    import grpc
+
+    if (os.environ.get("RAY_AUTH_MODE") or "").strip().lower() == "token":
+        return
+    call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    try:
+        call(b"", timeout=timeout_s)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise JoinError(_auth_message(address)) from None
+
+
+def _auth_message(address: str) -> str:
+    mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+    return (f"the Ray cluster at {address} requires token authentication (RAY_AUTH_MODE is {mode}): "
+            "set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
 
 
 def _is_auth_error(exc: BaseException) -> bool:
@@ -104,9 +129,7 @@ def join_cluster(address: str, *, namespace: str = "flotilla", timeout_s: float 
             ray.init(address=address, namespace=namespace, logging_level="ERROR", log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
             if _is_auth_error(exc):
-                mode = os.environ.get("RAY_AUTH_MODE") or "unset"
-                raise JoinError(f"the Ray cluster at {address} requires token authentication (RAY_AUTH_MODE is {mode}): "
-                                "set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+                raise JoinError(_auth_message(address)) from None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise JoinError(f"--address {address}: cannot join the Ray cluster: {first}") from None
     slots = slots_from_nodes(ray.nodes())
