@@ -180,7 +180,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
     from rich.table import Table
 
     from cluster.shell.client import Client
-    from cluster.shell.console import MODELED_NOTE, emit_json, err, out
+    from cluster.shell.console import MODELED_NOTE, emit_json, out, status
     from cluster.shell.console import fmt as _fmt
     from cluster.probe import probed_catalog
     from cluster.exceptions import InputError
@@ -190,14 +190,14 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
     if not 1 <= n_requests <= 1000:
         raise InputError(f"requests: {n_requests}; allowed: 1..1000")
     t0 = time.perf_counter()
-    with err.status("starting the embedded fleet, its experts and the gateway…", spinner="dots"):
+    with status("starting the embedded fleet, its experts and the gateway…"):
         serving = start_serving(ServeConfig(fleet=fleet, model=model, gateway=GatewayConfig(port=0)))
     startup_s = time.perf_counter() - t0
     try:
         prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(n_requests)]
         with Client(serving.gateway.address) as client, ThreadPoolExecutor(max_workers=4) as pool:
             client.wait_ready(30)
-            with err.status(f"sending {n_requests} requests through gRPC…", spinner="dots"):
+            with status(f"sending {n_requests} requests through gRPC…"):
                 t1 = time.perf_counter()
                 results = list(pool.map(lambda p: client.generate(p[0], max_tokens=p[1]), prompts))
                 wall_s = time.perf_counter() - t1
@@ -230,7 +230,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
         out.print(f"TTFT / TPOT: measured on the hardware each expert runs on; {MODELED_NOTE}.")
         return summary
     finally:
-        with err.status("shutting down…", spinner="dots"):
+        with status("shutting down…"):
             serving.shutdown()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.router import Router, RouterConfig
-from cluster.shell.console import err
+from cluster.shell.console import err, status
 from cluster.shell.gateway import Gateway, GatewayConfig
 from cluster.shell.openai_api import HttpConfig
 
@@ -226,7 +226,7 @@ def remove_pidfile(path: Path) -> None:
 def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
     """Start serving, report the address on stderr, write the pidfile ``flotilla stop`` reads,
     block until SIGINT/SIGTERM, shut down."""
-    with err.status("starting Ray, the device actors and the experts…", spinner="dots"):
+    with status("starting Ray, the device actors and the experts…"):
         serving = start_serving(sc)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
