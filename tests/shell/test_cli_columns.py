@@ -4,7 +4,6 @@ kinds) are printed whole on one line, nothing ends in an ellipsis, no line is wi
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
@@ -49,7 +48,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_devices_at_80_columns_prints_every_kind_whole():
-    kinds = [d["kind"] for d in json.loads(_cli("devices", "--json").stdout)["devices"]]
+    from cluster.catalog import default_catalog
+
+    kinds = list(default_catalog().kinds())  # the probed catalog adds figures for 'cpu', not kinds
     p = _cli("devices")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
