@@ -150,3 +150,21 @@ def test_http_port_is_validated():
     p, _ = _job(["--http-port", "70000", "--fleet", "examples/fleet.yaml"], _env(), timeout=60)
     assert p.returncode == 2 and _error_lines(p.stderr) == [
         "flotilla: error: --http-port: 70000; allowed: 1..65535, or 0 to disable the HTTP server"], p.stderr
+
+
+def test_auth_errors_are_recognised_anywhere_in_the_chain():
+    """The fallback when ray.init itself fails: Ray's AuthenticationError, or an InvalidAuthToken
+    status wrapped in another exception, is an auth error; a plain connection error is not."""
+    from ray.exceptions import AuthenticationError
+
+    from cluster.shell.job import _is_auth_error
+
+    try:
+        try:
+            raise RuntimeError("Failed to get cluster ID: InvalidAuthToken: Authentication token is missing")
+        except RuntimeError as inner:
+            raise ConnectionError("could not connect to the GCS") from inner
+    except ConnectionError as wrapped:
+        assert _is_auth_error(wrapped)
+    assert _is_auth_error(AuthenticationError("token mismatch"))
+    assert not _is_auth_error(ConnectionError("Connection refused"))
