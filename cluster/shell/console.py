@@ -19,9 +19,49 @@ from rich.console import Console
 
 MODELED_NOTE = "modeled = the device kind's roofline time/energy from cluster/perf, not a measurement"
 
+#: Column headers whose cells are identifiers a user types back (device ids, kinds): kept whole.
+IDENTIFIER_HEADERS = frozenset({"device", "kind", "device id", "device_id", "id", "expert", "replica", "node", "fleet"})
+
+
+def _plain(cell: Any) -> str:
+    from rich.text import Text
+
+    if isinstance(cell, Text):
+        return cell.plain
+    return cell if isinstance(cell, str) else ""
+
+
+def fit_table(table: Any) -> Any:
+    """Make a rich Table fit the console without cutting identifiers: identifier columns
+    (:data:`IDENTIFIER_HEADERS`, and the first column when its cells have no spaces) never wrap
+    and are as wide as their longest cell, so a device id or kind prints whole on one line; every
+    other column wraps at spaces and folds onto the next line instead of ending in an ellipsis.
+    Returns ``table``."""
+    for i, col in enumerate(table.columns):
+        col.overflow = "fold"
+        cells = [_plain(c) for c in col._cells]
+        header = " ".join(_plain(col.header).split()).lower()
+        if (i == 0 or header in IDENTIFIER_HEADERS) and cells and all(" " not in c.strip() for c in cells):
+            col.no_wrap = True
+            col.min_width = max(col.min_width or 0, max(len(c.strip()) for c in cells))
+    return table
+
+
+class _FittingConsole(Console):
+    """A Console whose ``print`` passes every Table through :func:`fit_table` first."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        from rich.table import Table
+
+        for o in objects:
+            if isinstance(o, Table):
+                fit_table(o)
+        super().print(*objects, **kwargs)
+
+
 #: Human output (tables) on stdout; progress and notices on stderr, so ``--json`` stdout stays clean.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = _FittingConsole(highlight=False)
+err = _FittingConsole(stderr=True, highlight=False)
 
 
 def json_option() -> Any:
@@ -87,6 +127,26 @@ def exit_code_for(exc: BaseException) -> int:
         return 2
     print(f"flotilla: failed: {exc}", file=sys.stderr)
     return 1
+
+
+def line(message: str) -> None:
+    """One progress line on stderr, flushed at once: in a terminal as outside one (a job log, a
+    pipe), where a spinner would show nothing."""
+    if err.is_terminal:
+        err.print(message, markup=False)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with ``message`` in a terminal; outside one, ``message`` as one line."""
+    if err.is_terminal:
+        with err.status(message, spinner="dots"):
+            yield
+        return
+    line(message)
+    yield
 
 
 @contextlib.contextmanager

@@ -1,9 +1,12 @@
 """Entry points for Ray job submission and the demo.
 
-* ``python -m cluster.shell.job serve [--port N] [--model M] [--token T] [--redis URL]``: run the serving
-  path on the Ray cluster the job runs in (``ray job submit --working-dir . -- python -m
+* ``python -m cluster.shell.job serve [--port N] [--http-port N] [--model M] [--token T] [--redis URL]``:
+  run the serving path on the Ray cluster the job runs in (``ray job submit --working-dir . -- python -m
   cluster.shell.job serve``; Ray sets ``RAY_ADDRESS`` for the job, so it joins that cluster and serves
   the devices its nodes advertise as ``device:<kind>`` resources). It runs until the job is stopped.
+  Joining fails fast with one line (exit 1): an address that does not answer within
+  :data:`CONNECT_TIMEOUT_S`, a cluster that requires token authentication while ``RAY_AUTH_MODE``
+  is not ``token``, and a cluster whose nodes advertise no ``device:<kind>`` resource (nothing to serve).
 * ``python -m cluster.shell.job demo [--fleet FILE] [--requests N] [--model M] [--json]``: the ``make demo``
   walk-through (embedded fleet of simulated kinds -> gateway -> mixed requests through the gRPC
   client -> a table per device kind -> clean shutdown).
@@ -18,6 +21,124 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from cluster.exceptions import FlotillaError
+
+#: Seconds to wait for a Ray cluster's address to answer before giving up (``serve --address``).
+CONNECT_TIMEOUT_S = 10.0
+
+ADVERTISE_HINT = ("start each node with ray start --resources=\"$(python -m cluster.runtime resources)\" "
+                  "or --resources='{\"device:<kind>\": N}'")
+
+
+class JoinError(FlotillaError):
+    """The Ray cluster to join cannot be used (unreachable, auth missing, nothing to serve): exit 1."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address (``HOST:PORT``, ``ray://HOST:PORT``, ``http://HOST:PORT``);
+    None for ``auto``/``local`` and other forms Ray resolves itself."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """JoinError naming ``address`` unless a TCP connection to it opens and a gRPC (HTTP/2)
+    channel, which Ray's GCS speaks, becomes ready within ``timeout_s`` (``ray.init`` itself
+    retries a dead or wrong address, e.g. the Redis port, for minutes)."""
+    import socket
+
+    import grpc
+
+    hp = _host_port(address)
+    if hp is None:
+        return
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection(hp, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise JoinError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s ({why})") from None
+    if address.split("://", 1)[0] in ("http", "https"):
+        return  # a dashboard address (HTTP/1): ray.init resolves it itself
+    channel = grpc.insecure_channel(f"{hp[0]}:{hp[1]}")
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(0.1, timeout_s - (time.monotonic() - t0)))
+        except grpc.FutureTimeoutError:
+            raise JoinError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
+                            "(the port is open but does not speak gRPC; is it Ray's GCS port, 6379 by default?)") from None
+        _check_token_auth(channel, address, timeout_s)
+    finally:
+        channel.close()
+
+
+def _check_token_auth(channel: Any, address: str, timeout_s: float) -> None:
+    """Without ``RAY_AUTH_MODE=token``, ask the GCS for its cluster id as ``ray.init`` would
+    (no token): a cluster that requires one answers UNAUTHENTICATED at once, where ``ray.init``
+    retries for half a minute. Any other answer is left to ``ray.init``."""
+    import grpc
+
+    if (os.environ.get("RAY_AUTH_MODE") or "").strip().lower() == "token":
+        return
+    call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    try:
+        call(b"", timeout=timeout_s)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise JoinError(_auth_message(address)) from None
+
+
+def _auth_message(address: str) -> str:
+    mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+    return (f"the Ray cluster at {address} requires token authentication (RAY_AUTH_MODE is {mode}): "
+            "set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """True for Ray's token-authentication failures (AuthenticationError, InvalidAuthToken,
+    UNAUTHENTICATED), anywhere in the exception's chain."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = f"{type(e).__name__} {e}"
+        if any(w in text for w in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED", "Unauthenticated")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def join_cluster(address: str, *, namespace: str = "flotilla", timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+    """Join the Ray cluster at ``address`` and return how many ``device:<kind>`` units its alive
+    nodes advertise; JoinError (one line) when it cannot be reached, needs ``RAY_AUTH_MODE=token``,
+    or advertises no device."""
+    import ray
+
+    from cluster.runtime import slots_from_nodes
+
+    if address != "auto":
+        check_reachable(address, timeout_s)
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, namespace=namespace, logging_level="ERROR", log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
+            if _is_auth_error(exc):
+                raise JoinError(_auth_message(address)) from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise JoinError(f"--address {address}: cannot join the Ray cluster: {first}") from None
+    slots = slots_from_nodes(ray.nodes())
+    if not slots:
+        ray.shutdown()
+        raise JoinError(f"the Ray cluster at {address} advertises no device:<kind> resources, so there are 0 experts "
+                        f"to serve: {ADVERTISE_HINT}")
+    return len(slots)
+
 
 DEMO_PROMPTS = (
     ("What is the capital of France?", 16),
@@ -59,7 +180,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
     from rich.table import Table
 
     from cluster.shell.client import Client
-    from cluster.shell.console import MODELED_NOTE, emit_json, err, out
+    from cluster.shell.console import MODELED_NOTE, emit_json, out, status
     from cluster.shell.console import fmt as _fmt
     from cluster.probe import probed_catalog
     from cluster.exceptions import InputError
@@ -69,14 +190,14 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
     if not 1 <= n_requests <= 1000:
         raise InputError(f"requests: {n_requests}; allowed: 1..1000")
     t0 = time.perf_counter()
-    with err.status("starting the embedded fleet, its experts and the gateway…", spinner="dots"):
+    with status("starting the embedded fleet, its experts and the gateway…"):
         serving = start_serving(ServeConfig(fleet=fleet, model=model, gateway=GatewayConfig(port=0)))
     startup_s = time.perf_counter() - t0
     try:
         prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(n_requests)]
         with Client(serving.gateway.address) as client, ThreadPoolExecutor(max_workers=4) as pool:
             client.wait_ready(30)
-            with err.status(f"sending {n_requests} requests through gRPC…", spinner="dots"):
+            with status(f"sending {n_requests} requests through gRPC…"):
                 t1 = time.perf_counter()
                 results = list(pool.map(lambda p: client.generate(p[0], max_tokens=p[1]), prompts))
                 wall_s = time.perf_counter() - t1
@@ -109,17 +230,17 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
         out.print(f"TTFT / TPOT: measured on the hardware each expert runs on; {MODELED_NOTE}.")
         return summary
     finally:
-        with err.status("shutting down…", spinner="dots"):
+        with status("shutting down…"):
             serving.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.exceptions import FlotillaError
-
     parser = argparse.ArgumentParser(prog="python -m cluster.shell.job")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve on the Ray cluster this job runs in")
     s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--http-port", type=int, default=8000,
+                   help="OpenAI-compatible HTTP API and /metrics port (0 disables it)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--model", default=None)
     s.add_argument("--token", default=os.environ.get("FLOTILLA_TOKEN") or None)
@@ -140,15 +261,25 @@ def main(argv: list[str] | None = None) -> int:
             with reserve_stdout_for_json() if args.json else contextlib.nullcontext():
                 run_demo(fleet=args.fleet, n_requests=args.requests, model=args.model, as_json=args.json)
             return 0
-        from cluster.shell.serving import run_until_stopped
         from cluster.config import load_config
+        from cluster.exceptions import InputError
+        from cluster.shell.console import line
         from cluster.shell.gateway import GatewayConfig
-        from cluster.shell.serving import ServeConfig
+        from cluster.shell.openai_api import HttpConfig
+        from cluster.shell.serving import ServeConfig, run_until_stopped
 
+        if not 0 <= args.http_port <= 65535:
+            raise InputError(f"--http-port: {args.http_port}; allowed: 1..65535, or 0 to disable the HTTP server")
         cfg = load_config(redis_url=args.redis, namespace=args.namespace, ray_address=args.address, fleet=args.fleet)
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or ("auto" if not cfg.fleet else None)
+        if address is not None:
+            line(f"joining the Ray cluster at {address}…")
+            n = join_cluster(address)
+            line(f"joined: {n} devices advertised; starting their experts and the gateway…")
+        http = HttpConfig(host=args.host, port=args.http_port, token=args.token) if args.http_port else None
         run_until_stopped(ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=address,
-                                      model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token)))
+                                      model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token),
+                                      http=http))
         return 0
     except FlotillaError as exc:
         from cluster.shell.console import exit_code_for

@@ -11,10 +11,11 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from actors.router import Router, RouterConfig
-from cluster.shell.console import err
+from cluster.shell.console import err, status
 from cluster.shell.gateway import Gateway, GatewayConfig
 from cluster.shell.openai_api import HttpConfig
 
@@ -182,9 +183,50 @@ def start_serving(cfg: ServeConfig) -> Serving:
     return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port)
 
 
+def pidfile_dir() -> Path:
+    """Where running gateways leave their pidfiles: ``$XDG_CACHE_HOME/flotilla/run`` or
+    ``~/.cache/flotilla/run`` (what ``flotilla stop`` reads)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flotilla" / "run"
+
+
+def pidfile_path(port: int) -> Path:
+    """The pidfile of the gateway on gRPC ``port`` of this host."""
+    return pidfile_dir() / f"gateway-{int(port)}.json"
+
+
+def write_pidfile(address: str, http_url: str | None = None) -> Path:
+    """Record this process as the gateway on ``address`` (HOST:PORT); returns the file."""
+    import json
+    import os
+    import time
+
+    port = int(address.rsplit(":", 1)[1])
+    path = pidfile_path(port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "address": address, "http": http_url, "started": time.time()}))
+    tmp.replace(path)
+    return path
+
+
+def remove_pidfile(path: Path) -> None:
+    """Remove ``path`` if it is still this process's pidfile."""
+    import json
+    import os
+
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
-    """Start serving, report the address on stderr, block until SIGINT/SIGTERM, shut down."""
-    with err.status("starting Ray, the device actors and the experts…", spinner="dots"):
+    """Start serving, report the address on stderr, write the pidfile ``flotilla stop`` reads,
+    block until SIGINT/SIGTERM, shut down."""
+    with status("starting Ray, the device actors and the experts…"):
         serving = start_serving(sc)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -197,11 +239,15 @@ def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
         err.print(f"OpenAI-compatible API on {serving.http.base_url} (metrics: /metrics)")
     if serving.metrics_port is not None:
         err.print(f"Prometheus metrics on http://{sc.gateway.host}:{serving.metrics_port}/metrics")
-    err.print("Ctrl-C to stop")
+    pidfile = write_pidfile(serving.gateway.address, serving.http.base_url if serving.http is not None else None)
+    err.print(f"Ctrl-C (or flotilla stop --server {serving.gateway.address}) to stop")
     if ready is not None:
         ready.set()
     try:
         stop.wait()
     finally:
         err.print("stopping…")
-        serving.shutdown()
+        try:
+            serving.shutdown()
+        finally:
+            remove_pidfile(pidfile)

@@ -228,26 +228,92 @@ def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
     return UsageError, ClickException
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _store_error(exc: BaseException) -> int | None:
+    """One line for the state store's (redis-py's) errors; None for anything else. A command the
+    server refuses (``DB index is out of range`` for ``redis://HOST:PORT/99``) is bad input (2);
+    an unreachable server, 1."""
+    mod = type(exc).__module__ or ""
+    if not mod.startswith("redis"):
+        return None
+    msg = _one_line(str(exc)) or type(exc).__name__
+    if type(exc).__name__ in ("ResponseError", "AuthenticationError", "AuthenticationWrongNumberOfArgsError"):
+        print(f"flotilla: error: --redis: the Redis server refused: {msg}", file=sys.stderr)
+        return 2
+    print(f"flotilla: failed: the state store (Redis): {msg}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps errors to exit codes (2 bad input, 1 internal failure)."""
+    """Entry point: maps errors to exit codes (2 bad input, 1 internal failure) with one line on
+    stderr each: usage errors, flotilla errors, the state store's errors and SIGTERM."""
+    import os
+    import signal
+
+    # Ray's C++ core prints a stack dump on SIGTERM ("*** SIGTERM received ...") unless told not to.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    if threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installs its own (sys.exit(15)); both end up below
     usage_error, click_exception = _click_exceptions()
     args = sys.argv[1:] if argv is None else list(argv)
     reserve = reserve_stdout_for_json() if "--json" in args else contextlib.nullcontext()
     try:
         with reserve:
-            rv = app(args=args, standalone_mode=False)
+            rv = app(args=args, prog_name="flotilla", standalone_mode=False)
     except usage_error as exc:
-        exc.show()  # type: ignore[attr-defined]
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        print(f"flotilla: error: {_one_line(exc.format_message())}{where}", file=sys.stderr)  # type: ignore[attr-defined]
         return 2
     except click_exception as exc:
-        exc.show()  # type: ignore[attr-defined]
-        return getattr(exc, "exit_code", 1)
+        code = getattr(exc, "exit_code", 1)
+        print(f"flotilla: {'error' if code == 2 else 'failed'}: {_one_line(exc.format_message())}", file=sys.stderr)  # type: ignore[attr-defined]
+        return code
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         return 130
     except FlotillaError as exc:
         return exit_code_for(exc)
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:  # Ray's handler, or ours
+            _stop_ray()
+            print("flotilla: stopped by SIGTERM", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            # Ray's core worker can crash in interpreter teardown after a signal mid-start; the
+            # local Ray it started is already stopped, so leave without the teardown.
+            os._exit(128 + signal.SIGTERM)
+        raise
+    except Exception as exc:  # noqa: BLE001 - only the state store's errors become one line here
+        code = _store_error(exc)
+        if code is None:
+            raise
+        return code
     return rv if isinstance(rv, int) else 0
+
+
+def _stop_ray() -> None:
+    """Stop the Ray this process started or joined, if any (quietly: we are exiting)."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -190,8 +190,79 @@ def demo(
     run_demo(fleet=fleet or example_fleet(), n_requests=requests, model=model, as_json=as_json)
 
 
+def _is_flotilla_process(pid: int) -> bool:
+    """True when ``pid`` is alive and (where /proc shows it) runs flotilla, so a pid reused by
+    another program after a crash is never signalled."""
+    import os
+    from pathlib import Path
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process: not ours to stop
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists():
+        return True
+    try:
+        text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True
+    return "flotilla" in text or "cluster.shell" in text
+
+
+def stop(
+    server: Optional[str] = typer.Option(None, "--server", envvar="FLOTILLA_SERVER", help="The gateway HOST:PORT to stop (default 127.0.0.1:50051)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for it to shut down."),
+    as_json: bool = json_option(),
+) -> None:
+    """Stop a gateway that `flotilla serve` started on this host (SIGTERM to the pid in its pidfile under ~/.cache/flotilla/run)."""
+    import json
+    import os
+    import signal
+    import time
+
+    from cluster.exceptions import FlotillaError, InputError
+    from cluster.shell.serving import pidfile_path
+
+    address = server or "127.0.0.1:50051"
+    host, sep, port_s = address.rpartition(":")
+    if not sep or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise InputError(f"--server: expected HOST:PORT with a port in 1..65535, got {address!r}")
+    if not timeout > 0:
+        raise InputError(f"--timeout: expected seconds > 0, got {timeout}")
+    path = pidfile_path(int(port_s))
+    try:
+        info = json.loads(path.read_text())
+        pid = int(info["pid"])
+    except FileNotFoundError:
+        raise FlotillaError(f"no gateway started on this host listens on port {port_s} (no {path}); "
+                            "stop one on another host where it runs") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FlotillaError(f"{path}: unreadable pidfile ({e}); remove it") from None
+    if not _is_flotilla_process(pid):
+        path.unlink(missing_ok=True)
+        raise FlotillaError(f"the gateway on port {port_s} (pid {pid}) is no longer running; removed its stale pidfile")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    err.print(f"stopping the gateway on {info.get('address', address)} (pid {pid})…")
+    while time.monotonic() - t0 < timeout:
+        if not _is_flotilla_process(pid):
+            break
+        time.sleep(0.1)
+    else:
+        raise FlotillaError(f"the gateway on port {port_s} (pid {pid}) did not stop within {timeout:g} s")
+    took = time.monotonic() - t0
+    if as_json:
+        emit_json({"stopped": True, "address": info.get("address", address), "pid": pid, "seconds": took})
+    else:
+        out.print(f"stopped the gateway on {info.get('address', address)} (pid {pid}) in {took:.1f} s")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``generate`` and ``demo`` to ``app``."""
+    """Add ``serve``, ``generate``, ``demo`` and ``stop`` to ``app``."""
+    app.command()(stop)
     app.command()(serve)
     app.command()(generate)
     app.command()(demo)
