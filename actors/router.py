@@ -183,8 +183,12 @@ def fingerprint(req: dict[str, Any], caller: str = "") -> str:
 class Router:
     """Dispatches requests to replicas; see the module docstring."""
 
-    def __init__(self, store: Any, replicas: list[Replica], config: RouterConfig | None = None) -> None:
+    def __init__(self, store: Any, replicas: list[Replica], config: RouterConfig | None = None, *,
+                 dispatch_hook: Any = None) -> None:
         self.store = store
+        #: ``hook(request) -> Replica | None``: a replica outside the plan for this request (a
+        #: long prompt to :mod:`actors.cp_adapter`), or None for the plan's choice.
+        self._hook = dispatch_hook
         self.config = config or RouterConfig()
         self.owner = self.config.router_id or f"router-{uuid.uuid4().hex[:12]}"
         self._replicas = list(replicas)
@@ -346,6 +350,10 @@ class Router:
         req["temperature"] = float(params.temperature)
         req["top_p"] = float(params.top_p)
         req["stop"] = list(params.stop)
+        if req.get("context_parallel") not in (None, ""):
+            from actors.cp_adapter import check_mode
+
+            req["context_parallel"] = check_mode(req["context_parallel"])
         fp = fingerprint(req, caller)
         if not params.greedy and params.seed is None:
             req["seed"] = random.getrandbits(62)
@@ -573,6 +581,19 @@ class Router:
 
     # ------------------------------------------------------------------ replica pool
     def _acquire(self, req: dict[str, Any], deadline: float) -> Replica:
+        special = self._hooked(req)
+        if special is not None:
+            with self._cond:
+                while special.alive:
+                    if special.active < special.capacity:
+                        special.active += 1
+                        return special
+                    if self._closed:
+                        raise RouterClosedError("the router is shutting down")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DeadlineExceededError(f"deadline passed while replica {special.device_id} was busy")
+                    self._cond.wait(min(remaining, 1.0))
         self._refresh_plan()
         plan, version = self._plan, self._plan_version
         n = bucket_index(plan, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
@@ -591,6 +612,20 @@ class Router:
                 if remaining <= 0:
                     raise DeadlineExceededError("deadline passed while every replica was busy")
                 self._cond.wait(min(remaining, 1.0))
+
+    def _hooked(self, req: dict[str, Any]) -> Replica | None:
+        """The dispatch hook's replica for ``req`` (None: the plan's). A hook failure other than
+        bad input is counted (``router.hook_failed``) and the plan serves the request."""
+        if self._hook is None:
+            return None
+        try:
+            return self._hook(req)
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.warning("dispatch hook failed; the plan serves the request", exc_info=True)
+            self.store.incr("router.hook_failed")
+            return None
 
     def _release(self, replica: Replica) -> None:
         with self._cond:

@@ -181,7 +181,7 @@ class UnknownModelError(InputError):
 
 def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None = None, temperature: float = 0.0,
                       top_p: float | None = None, model: str = "", seed: int | None = None, stop: Any = (),
-                      chat: bool = True, request_id: str = "") -> dict[str, Any]:
+                      chat: bool = True, request_id: str = "", context_parallel: str = "") -> dict[str, Any]:
     """The validated request dict the router takes; shared by the gRPC and HTTP gateways.
 
     ``max_tokens`` None means the server default (:data:`DEFAULT_MAX_TOKENS`), ``top_p`` None
@@ -207,6 +207,10 @@ def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None 
     }
     if request_id:
         req["request_id"] = request_id
+    if context_parallel:
+        from actors.cp_adapter import check_mode
+
+        req["context_parallel"] = check_mode(context_parallel)
     return req
 
 
@@ -219,7 +223,7 @@ def generate_request(msg: Any, served_model: str) -> dict[str, Any]:
     return validate_generate(
         served_model, prompt=msg.prompt, max_tokens=msg.max_tokens or None, temperature=msg.temperature,
         top_p=msg.top_p or None, model=msg.model, seed=msg.seed if msg.HasField("seed") else None,
-        stop=list(msg.stop), chat=not msg.raw, request_id=msg.request_id,
+        stop=list(msg.stop), chat=not msg.raw, request_id=msg.request_id, context_parallel=msg.context_parallel,
     )
 
 
@@ -230,8 +234,14 @@ def final_message(ev: dict[str, Any]) -> Any:
         m = ev["modeled"]
         modeled = pb.Modeled(ttft_ms=m["ttft_s"] * 1e3, tpot_ms=m["tpot_s"] * 1e3, e2e_ms=m["e2e_s"] * 1e3,
                              energy_j=m["energy_j"], note=m.get("note", ""))
+    cp = None
+    if ev.get("context_parallel"):
+        c = ev["context_parallel"]
+        cp = pb.ContextParallel(devices=c["devices"], strategy=c["strategy"], shares=c["shares"],
+                                modeled_prefill_ms=c.get("modeled_prefill_s", 0.0) * 1e3,
+                                modeled_energy_j=c.get("modeled_energy_j", 0.0), note=c.get("note", ""))
     return pb.GenerateResponse(final=pb.Final(
-        text=ev["text"], finish_reason=ev["finish_reason"],
+        context_parallel=cp, text=ev["text"], finish_reason=ev["finish_reason"],
         usage=pb.Usage(prompt_tokens=ev["prompt_tokens"], completion_tokens=ev["completion_tokens"]),
         ttft_ms=ev["ttft_s"] * 1e3, tpot_ms=ev["tpot_s"] * 1e3, e2e_ms=ev["e2e_s"] * 1e3,
         device_id=ev["device_id"], device_kind=ev["device_kind"], device_label=ev["label"],

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "model", "request_id", "raw")
+    __slots__ = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "model", "request_id", "raw", "context_parallel")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_tokens: int
     temperature: float
@@ -26,7 +27,8 @@ class GenerateRequest(_message.Message):
     model: str
     request_id: str
     raw: bool
-    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., raw: _Optional[bool] = ...) -> None: ...
+    context_parallel: str
+    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., raw: _Optional[bool] = ..., context_parallel: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -51,7 +53,7 @@ class Modeled(_message.Message):
     def __init__(self, ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., energy_j: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "ttft_ms", "tpot_ms", "e2e_ms", "device_id", "device_kind", "device_label", "simulated", "modeled", "attempts", "request_id", "model", "replayed")
+    __slots__ = ("text", "finish_reason", "usage", "ttft_ms", "tpot_ms", "e2e_ms", "device_id", "device_kind", "device_label", "simulated", "modeled", "attempts", "request_id", "model", "replayed", "context_parallel")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +69,7 @@ class Final(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: str
     usage: Usage
@@ -82,7 +85,24 @@ class Final(_message.Message):
     request_id: str
     model: str
     replayed: bool
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    context_parallel: ContextParallel
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ..., context_parallel: _Optional[_Union[ContextParallel, _Mapping]] = ...) -> None: ...
+
+class ContextParallel(_message.Message):
+    __slots__ = ("devices", "strategy", "shares", "modeled_prefill_ms", "modeled_energy_j", "note")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MODELED_PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    MODELED_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    strategy: str
+    shares: _containers.RepeatedScalarFieldContainer[int]
+    modeled_prefill_ms: float
+    modeled_energy_j: float
+    note: str
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., shares: _Optional[_Iterable[int]] = ..., modeled_prefill_ms: _Optional[float] = ..., modeled_energy_j: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "text")

@@ -1,0 +1,103 @@
+"""Long prompts served context-parallel on a real served fleet (SmolLM2-135M, rtx4090 + A100,
+``start_serving`` with ``context_parallel_above``), driven through ``flotilla generate --file``.
+
+The same long prompt is sent with ``--context-parallel auto`` (prefilled and decoded across the
+devices the shard solver chooses) and ``off`` (one ExpertActor): the greedy text must be the
+same, the reply must name the devices, strategy and shares (the solver's), and both requests are
+journaled and acknowledged like any other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.actors.test_llama import long_text
+from tests.shell.test_cli import flotilla
+
+KINDS = ("rtx4090", "a100-80g-sxm")
+ABOVE = 1024
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from cluster.shell.gateway import GatewayConfig
+    from cluster.shell.serving import ServeConfig, start_serving
+
+    d = tmp_path_factory.mktemp("cp")
+    fleet = d / "fleet.yaml"
+    fleet.write_text("name: cp-test\ndevices:\n" + "".join(f"  - kind: {k}\n    count: 1\n" for k in KINDS))
+    s = start_serving(ServeConfig(fleet=str(fleet), gateway=GatewayConfig(port=0), max_concurrency=1,
+                                  max_context=4096, context_parallel_above=ABOVE))
+    long = d / "LONG.txt"
+    long.write_text(long_text(110) + "\n\nWhich animal met the owl in line 3?")
+    yield s, long
+    s.shutdown()
+
+
+def generate(served, *args: str) -> dict:
+    s, long = served
+    res = flotilla("generate", "--file", str(long), "--max-tokens", str(NEW_TOKENS), "--json",
+                   "--server", s.gateway.address, *args, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_long_prompt_is_served_context_parallel_with_the_single_device_answer(served):
+    from actors.cp_adapter import Candidate, placement, model_shape_of
+
+    s, _ = served
+    done0 = s.store.counters().get("router.completed", 0)
+    cp = generate(served)
+    one = generate(served, "--context-parallel", "off")
+    # off: one expert of the fleet, no context_parallel object
+    assert one["context_parallel"] is None and one["device_id"] in {f"{k}-0" for k in KINDS}
+    assert one["prompt_tokens"] > ABOVE
+    # auto: across the devices, strategy and shares the shard solver chooses for this prompt
+    c = cp["context_parallel"]
+    assert cp["prompt_tokens"] == one["prompt_tokens"] and sum(c["shares"]) == cp["prompt_tokens"]
+    assert len(c["devices"]) >= 2 and sorted(c["devices"]) == sorted(KINDS)
+    cands = [Candidate(d, s.running.specs[d].kind, s.running.actors[d]) for d in s.running.actors]
+    want = placement(cp["prompt_tokens"], model_shape_of(None), cands)
+    assert (c["devices"], c["strategy"], c["shares"]) == (list(want.kinds), want.strategy, list(want.shares))
+    assert c["modeled_prefill_ms"] == pytest.approx(want.latency_s * 1e3) and "modeled" in c["note"]
+    # the greedy answer is the single device's, token for token
+    assert cp["text"] == one["text"] and cp["completion_tokens"] == one["completion_tokens"] > 0
+    assert cp["device_id"] == "context-parallel" and cp["finish_reason"] == one["finish_reason"]
+    # journaled and acknowledged like any other request
+    assert s.store.journal_unacked() == []
+    assert s.store.counters().get("router.completed", 0) - done0 == 2
+
+
+def test_short_prompt_and_bad_input(served):
+    s, long = served
+    res = flotilla("generate", "What is the capital of France?", "--max-tokens", "3", "--json",
+                   "--server", s.gateway.address)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["context_parallel"] is None
+    bad = flotilla("generate", "--file", str(long), "--context-parallel", "maybe", "--server", s.gateway.address)
+    assert bad.returncode == 2 and "--context-parallel: expected auto or off, got 'maybe'" in bad.stderr
+    missing = flotilla("generate", "--file", str(long) + ".nope", "--server", s.gateway.address)
+    assert missing.returncode == 2 and "--file: cannot read" in missing.stderr
+    both = flotilla("generate", "hi", "--file", str(long), "--server", s.gateway.address)
+    assert both.returncode == 2 and "prompt: give the prompt as an argument or --file" in both.stderr
+
+
+def test_request_field_is_validated(served):
+    from cluster.exceptions import InputError
+
+    with pytest.raises(InputError, match="^context_parallel: expected one of auto, off, got 'sometimes'"):
+        served[0].router.generate({"prompt": "hi", "max_tokens": 1, "context_parallel": "sometimes"})
+
+
+def test_serve_flag_parses_tokens_or_off():
+    from cluster.exceptions import InputError
+    from cluster.shell.cli.serve import parse_above
+    from cluster.shell.serving import ServeConfig
+
+    assert parse_above("off") is None and parse_above("2000") == 2000
+    with pytest.raises(InputError, match="^--context-parallel-above: expected TOKENS"):
+        parse_above("0")
+    with pytest.raises(InputError, match="^context_parallel_above: expected an integer >= 1"):
+        ServeConfig(context_parallel_above=0)
