@@ -38,7 +38,7 @@ from typing import Any
 
 from cluster.exceptions import InputError
 
-#: Share of a device's memory a placement may use (as ``flotilla plan-shards``).
+#: Share of a device's memory a placement may use (as vLLM's gpu_memory_utilization).
 MEMORY_UTILIZATION = 0.9
 #: The replica name the router reports for the adapter.
 CP_REPLICA_ID = "context-parallel"
@@ -113,6 +113,28 @@ def placement(n_tokens: int, shape: Any, candidates: Sequence[Candidate]) -> Any
             reserved.append(0.0)
     devices = [shard_device(shape, c.kind, r) for c, r in zip(candidates, reserved)]
     return solve(n_tokens, shard_model(shape), devices)
+
+
+def plan_shards(tokens: int, model: str, kinds: Sequence[str], *, latency_budget_s: float | None = None,
+                energy_budget_j: float | None = None, objective: str = "latency") -> dict[str, Any]:
+    """``flotilla plan-shards``' document for a registry ``model`` over catalog ``kinds`` (the Plan
+    RPC's ``shards`` query): the placement (:meth:`ShardPlacement.to_dict`), ``solve_ms`` measured,
+    the rest MODELED."""
+    from cluster.models import get_model
+    from solvers.shards import solve
+
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise InputError(f"tokens: expected an integer >= 1, got {tokens!r}")
+    if not kinds or not all(isinstance(k, str) and k.strip() for k in kinds):
+        raise InputError(f"devices: expected one or more device kinds, got {list(kinds)!r}")
+    shape = get_model(model)
+    devices = [shard_device(shape, k.strip()) for k in kinds]
+    t0 = time.perf_counter()
+    place = solve(tokens, shard_model(shape), devices, latency_budget_s=latency_budget_s,
+                  energy_budget_j=energy_budget_j, objective=objective)
+    return {"modeled": True, "note": NOTE, "tokens": tokens, "model": shape.name, "objective": objective,
+            "candidates": [d.kind for d in devices], **place.to_dict(),
+            "solve_ms": (time.perf_counter() - t0) * 1e3}
 
 
 def model_shape_of(model: str | None) -> Any:
@@ -322,4 +344,4 @@ class ContextParallelRoute:
 
 
 __all__ = ["CP_MODES", "CP_REPLICA_ID", "Candidate", "ContextParallelRoute", "ContextParallelServer",
-           "check_above", "check_mode", "placement", "shard_device", "shard_model", "spawn_server"]
+           "check_above", "check_mode", "placement", "plan_shards", "shard_device", "shard_model", "spawn_server"]

@@ -174,18 +174,19 @@ class Client:
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 
-    def plan(self, query: dict[str, Any] | None = None) -> Any:
+    def plan(self, query: dict[str, Any] | None = None, *, shards: dict[str, Any] | None = None) -> Any:
         """The current routing plan; with ``query`` (the fields of ``PlanQuery``: model, workload,
         rate, tpot_slo_ms, ttft_slo_ms, devices, max_count, power_budget_w, apply) the allocation
-        solver's mix as well (``PlanResponse.allocation``)."""
-        if query is None:
-            return self._unary("Plan", pb.PlanRequest())
-        fields = {k: v for k, v in query.items() if v is not None}
-        try:
-            msg = pb.PlanQuery(**fields)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"query: {exc}") from None
-        return self._unary("Plan", pb.PlanRequest(query=msg))
+        solver's mix as well (``PlanResponse.allocation``); with ``shards`` (the fields of
+        ``ShardsQuery``) the shard solver's placement of a long prompt (``PlanResponse.shards``)."""
+        kw: dict[str, Any] = {}
+        for name, fields, cls in (("query", query, pb.PlanQuery), ("shards", shards, pb.ShardsQuery)):
+            if fields is not None:
+                try:
+                    kw[name] = cls(**{k: v for k, v in fields.items() if v is not None})
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"{name}: {exc}") from None
+        return self._unary("Plan", pb.PlanRequest(**kw))
 
     def status(self) -> Any:
         return self._unary("ClusterStatus", pb.ClusterStatusRequest())

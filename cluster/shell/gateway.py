@@ -142,7 +142,9 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.ABORTED
     if isinstance(exc, (DeadlineExceededError, PlanIncompleteError)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(exc, (PlanInfeasibleError, ExpertsNotConfiguredError)):
+    from solvers.exceptions import InfeasibleError  # no shard placement meets the query
+
+    if isinstance(exc, (PlanInfeasibleError, ExpertsNotConfiguredError, InfeasibleError)):
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, (NoReplicaError, StoreUnavailableError)):
         return grpc.StatusCode.UNAVAILABLE
@@ -327,12 +329,28 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                 doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None,
                                        may_apply=self._may_apply(context), cancel=cancel)
                 allocation = allocation_message(doc)
+            shards = self._shards(request.shards) if request.HasField("shards") else None
             version, plan = self.router.plan()  # re-reads the store: an applied plan shows at once
             return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")),
                                    buckets=[_bucket_msg(b) for b in plan["buckets"]],
-                                   replicas=_replica_msgs(self.router.replicas()), allocation=allocation)
+                                   replicas=_replica_msgs(self.router.replicas()), allocation=allocation,
+                                   shards=shards)
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)
+
+    def _shards(self, q: Any) -> Any:
+        """``PlanResponse.shards`` for a ``ShardsQuery`` (:func:`actors.cp_adapter.plan_shards`):
+        no devices means this fleet's, no model the served one."""
+        from actors.cp_adapter import plan_shards
+
+        kinds = list(q.devices) or [v.get("kind", "") for _, v in sorted(self.store.devices().items())]
+        doc = plan_shards(q.tokens, q.model or self.model_name, kinds, objective=q.objective or "latency",
+                          latency_budget_s=q.latency_budget_s if q.HasField("latency_budget_s") else None,
+                          energy_budget_j=q.energy_budget_j if q.HasField("energy_budget_j") else None)
+        return pb.Shards(devices=doc["devices"], kinds=doc["kinds"], strategy=doc["strategy"], shares=doc["shares"],
+                         modeled_latency_s=doc["modeled_latency_s"], modeled_energy_j=doc["modeled_energy_j"],
+                         modeled_memory_bytes=doc["modeled_memory_bytes"], candidates_evaluated=doc["candidates_evaluated"],
+                         solve_ms=doc["solve_ms"], candidates=doc["candidates"], model=doc["model"], note=doc["note"])
 
     def _may_apply(self, context: Any) -> bool:
         if self._apply_auth is None:

@@ -101,3 +101,23 @@ def test_serve_flag_parses_tokens_or_off():
         parse_above("0")
     with pytest.raises(InputError, match="^context_parallel_above: expected an integer >= 1"):
         ServeConfig(context_parallel_above=0)
+
+
+def test_plan_rpc_shards_query_is_the_solvers_answer(served):
+    from cluster.shell.client import Client, RpcError
+    from cluster.shell.cli.shards import shard_inputs
+    from solvers.shards import solve
+
+    kinds = ["rtx4090", "rtx4090", "a100-80g-sxm", "jetson-agx-orin-64"]
+    with Client(served[0].gateway.address) as c:
+        got = c.plan(shards={"tokens": 32768, "model": "llama-3-8b", "devices": kinds}).shards
+        fleet = c.plan(shards={"tokens": 3000}).shards  # the served model over this fleet's devices
+        with pytest.raises(RpcError, match="INVALID_ARGUMENT: tokens: expected an integer >= 1, got 0"):
+            c.plan(shards={"tokens": 0})
+        with pytest.raises(RpcError, match="FAILED_PRECONDITION: latency_budget_s/energy_budget_j: no placement"):
+            c.plan(shards={"tokens": 4096, "latency_budget_s": 1e-9})
+    _, model, devs = shard_inputs("llama-3-8b", kinds)
+    want = solve(32768, model, devs)
+    assert (list(got.devices), got.strategy, list(got.shares)) == (list(want.devices), want.strategy, list(want.shares))
+    assert got.modeled_latency_s == pytest.approx(want.latency_s) and "modeled" in got.note
+    assert sorted(fleet.candidates) == sorted(KINDS) and fleet.model == "smollm2-135m" and sum(fleet.shares) == 3000

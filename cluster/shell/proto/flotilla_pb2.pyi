@@ -150,10 +150,56 @@ class PlanQuery(_message.Message):
     def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("query",)
+    __slots__ = ("query", "shards")
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     query: PlanQuery
-    def __init__(self, query: _Optional[_Union[PlanQuery, _Mapping]] = ...) -> None: ...
+    shards: ShardsQuery
+    def __init__(self, query: _Optional[_Union[PlanQuery, _Mapping]] = ..., shards: _Optional[_Union[ShardsQuery, _Mapping]] = ...) -> None: ...
+
+class ShardsQuery(_message.Message):
+    __slots__ = ("tokens", "model", "devices", "latency_budget_s", "energy_budget_j", "objective")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_BUDGET_J_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    model: str
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    latency_budget_s: float
+    energy_budget_j: float
+    objective: str
+    def __init__(self, tokens: _Optional[int] = ..., model: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., latency_budget_s: _Optional[float] = ..., energy_budget_j: _Optional[float] = ..., objective: _Optional[str] = ...) -> None: ...
+
+class Shards(_message.Message):
+    __slots__ = ("devices", "kinds", "strategy", "shares", "modeled_latency_s", "modeled_energy_j", "modeled_memory_bytes", "candidates_evaluated", "solve_ms", "candidates", "model", "note")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MODELED_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    MODELED_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    MODELED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[int]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    strategy: str
+    shares: _containers.RepeatedScalarFieldContainer[int]
+    modeled_latency_s: float
+    modeled_energy_j: float
+    modeled_memory_bytes: _containers.RepeatedScalarFieldContainer[float]
+    candidates_evaluated: int
+    solve_ms: float
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    note: str
+    def __init__(self, devices: _Optional[_Iterable[int]] = ..., kinds: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., shares: _Optional[_Iterable[int]] = ..., modeled_latency_s: _Optional[float] = ..., modeled_energy_j: _Optional[float] = ..., modeled_memory_bytes: _Optional[_Iterable[float]] = ..., candidates_evaluated: _Optional[int] = ..., solve_ms: _Optional[float] = ..., candidates: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class PlanBucket(_message.Message):
     __slots__ = ("max_tokens", "kinds", "max_input_tokens", "max_output_tokens", "weights")
@@ -235,18 +281,20 @@ class Replica(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., kind: _Optional[str] = ..., capacity: _Optional[int] = ..., active: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
 
 class PlanResponse(_message.Message):
-    __slots__ = ("version", "source", "buckets", "replicas", "allocation")
+    __slots__ = ("version", "source", "buckets", "replicas", "allocation", "shards")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     source: str
     buckets: _containers.RepeatedCompositeFieldContainer[PlanBucket]
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     allocation: Allocation
-    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ...) -> None: ...
+    shards: Shards
+    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ..., shards: _Optional[_Union[Shards, _Mapping]] = ...) -> None: ...
 
 class SelectExpertsRequest(_message.Message):
     __slots__ = ("query", "energy_budget_j", "latency_budget_ms", "max_experts")
