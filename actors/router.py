@@ -20,6 +20,11 @@ Life of a request (:meth:`Router.stream`):
    ``weights[k]`` of the bucket's requests while all have room), then the least-loaded replica of
    that kind. With no live replica of the planned kinds any live replica serves (counted as
    ``router.plan_fallback``). When every replica is busy the request waits (bounded by its deadline).
+   Before the plan, the optional ``dispatch_hook(request)`` may name a replica outside the plan
+   (the serving composition's :class:`actors.cp_adapter.ContextParallelRoute` sends long prompts
+   to the context-parallel adapter); the request waits for its free slot, and once that replica
+   is dead the plan serves it (a hook error other than bad input is counted as
+   ``router.hook_failed`` and the plan serves it too).
 5. **Stream** the replica's chunks. If the replica dies (a Ray actor death) the replica is dropped
    from the pool and the request is re-dispatched to another one, at most ``max_attempts`` times;
    since the request is greedy or seeded, the new replica produces the same text and the text the

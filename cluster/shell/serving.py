@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.router import Router, RouterConfig
+from cluster.exceptions import InputError
 from cluster.shell.console import err
 from cluster.shell.gateway import Gateway, GatewayConfig
 from cluster.shell.openai_api import HttpConfig
@@ -160,7 +161,10 @@ def start_serving(cfg: ServeConfig) -> Serving:
             from actors.cp_adapter import Candidate, ContextParallelRoute
 
             cands = [Candidate(d, running.specs[d].kind, running.actors[d]) for d in running.actors]
-            cp_route = ContextParallelRoute(cfg.context_parallel_above, cfg.model, cands)
+            try:
+                cp_route = ContextParallelRoute(cfg.context_parallel_above, cfg.model, cands)
+            except InputError as exc:  # e.g. a local model directory with no registry shape
+                err.print(f"context-parallel serving is off: {exc}")
         router = Router(store, replicas, cfg.router, dispatch_hook=cp_route)
         metrics.attach(router)
         replayed = router.start()

@@ -121,3 +121,57 @@ def test_plan_rpc_shards_query_is_the_solvers_answer(served):
     assert (list(got.devices), got.strategy, list(got.shares)) == (list(want.devices), want.strategy, list(want.shares))
     assert got.modeled_latency_s == pytest.approx(want.latency_s) and "modeled" in got.note
     assert sorted(fleet.candidates) == sorted(KINDS) and fleet.model == "smollm2-135m" and sum(fleet.shares) == 3000
+
+
+def test_dispatch_hook_keeps_the_journal_and_falls_back_when_its_replica_dies(ray_session):
+    """The router's hook on echo experts: hooked requests go to the hook's replica, journaled and
+    acknowledged; killed mid-stream, the request completes once on the plan's replica; ``off``
+    and short prompts never reach the hook's replica."""
+    import uuid
+
+    import ray
+
+    from actors.device import spawn
+    from actors.expert import ExpertConfig, spawn_expert
+    from actors.router import Router
+    from actors.routing import Replica
+    from cluster.catalog import default_catalog
+    from cluster.state import open_store
+
+    made = []
+    for kind in ("jetson-agx-orin-64", "rtx4090"):
+        dev = spawn(default_catalog().get(kind), f"{kind}-hook")
+        made += [dev, spawn_expert(dev, kind, f"{kind}-hook", ExpertConfig(model="echo", echo_delay_s=0.05))]
+    plan_replica = Replica("jetson-agx-orin-64-hook", "jetson-agx-orin-64", made[1], 2)
+    special = Replica("special", "special", made[3], 1)
+    seen = []
+
+    def hook(req):
+        seen.append(req.get("context_parallel"))
+        return special if req["prompt"].startswith("LONG") and req.get("context_parallel") != "off" else None
+
+    store = open_store(None, namespace=f"test-hook-{uuid.uuid4().hex[:8]}")
+    router = Router(store, [plan_replica], dispatch_hook=hook)
+    router.start()
+    words = "LONG " + " ".join(f"w{i}" for i in range(20))
+    try:
+        assert router.generate({"prompt": words, "max_tokens": 64})["device_id"] == "special"
+        assert router.generate({"prompt": words, "max_tokens": 64, "context_parallel": "off"})["device_id"] == plan_replica.device_id
+        assert router.generate({"prompt": "short one", "max_tokens": 8})["device_id"] == plan_replica.device_id
+        assert seen == [None, "off", None]
+        stream = router.stream({"prompt": words, "max_tokens": 64, "request_id": "hooked-victim"})
+        assert next(stream)["type"] == "accepted"
+        first = next(stream)
+        assert special.active == 1
+        ray.kill(special.handle)
+        rest = list(stream)
+        assert first["text"] + "".join(e["text"] for e in rest[:-1]) == words  # every word once
+        assert rest[-1]["attempts"] == 2 and rest[-1]["device_id"] == plan_replica.device_id
+        assert not special.alive and store.journal_unacked() == []
+        assert store.journal_get("hooked-victim")["result"]["text"] == words
+        assert store.counters().get("router.completed") == 4
+    finally:
+        router.close()
+        for a in made:
+            ray.kill(a)
+        store.close()
