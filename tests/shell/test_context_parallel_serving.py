@@ -143,7 +143,7 @@ def test_dispatch_hook_keeps_the_journal_and_falls_back_when_its_replica_dies(ra
         dev = spawn(default_catalog().get(kind), f"{kind}-hook")
         made += [dev, spawn_expert(dev, kind, f"{kind}-hook", ExpertConfig(model="echo", echo_delay_s=0.05))]
     plan_replica = Replica("jetson-agx-orin-64-hook", "jetson-agx-orin-64", made[1], 2)
-    special = Replica("special", "special", made[3], 1)
+    special = Replica("rtx4090-hook", "rtx4090", made[3], 1)  # outside the plan
     seen = []
 
     def hook(req):
@@ -155,7 +155,7 @@ def test_dispatch_hook_keeps_the_journal_and_falls_back_when_its_replica_dies(ra
     router.start()
     words = "LONG " + " ".join(f"w{i}" for i in range(20))
     try:
-        assert router.generate({"prompt": words, "max_tokens": 64})["device_id"] == "special"
+        assert router.generate({"prompt": words, "max_tokens": 64})["device_id"] == special.device_id
         assert router.generate({"prompt": words, "max_tokens": 64, "context_parallel": "off"})["device_id"] == plan_replica.device_id
         assert router.generate({"prompt": "short one", "max_tokens": 8})["device_id"] == plan_replica.device_id
         assert seen == [None, "off", None]
