@@ -30,6 +30,7 @@ modeled_energy_j, note}``. The ranks compute on the CPU here (gloo); ``simulated
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ from typing import Any
 
 from cluster.exceptions import InputError
 
+log = logging.getLogger(__name__)
 #: Share of a device's memory a placement may use (as vLLM's gpu_memory_utilization).
 MEMORY_UTILIZATION = 0.9
 #: The replica name the router reports for the adapter.
@@ -337,8 +339,8 @@ class ContextParallelRoute:
             if self._replica is not None:
                 try:
                     ray.get(self._replica.handle.stop.remote(), timeout=30)
-                except Exception:  # noqa: BLE001 - already dead
-                    pass
+                except Exception:  # already dead; killed below either way
+                    log.debug("context-parallel adapter did not stop cleanly", exc_info=True)
                 ray.kill(self._replica.handle)
                 self._replica = None
 

@@ -45,7 +45,7 @@ def generate(served, *args: str) -> dict:
 
 
 def test_long_prompt_is_served_context_parallel_with_the_single_device_answer(served):
-    from actors.cp_adapter import Candidate, placement, model_shape_of
+    from actors.cp_adapter import Candidate, model_shape_of, placement
 
     s, _ = served
     done0 = s.store.counters().get("router.completed", 0)
@@ -104,8 +104,8 @@ def test_serve_flag_parses_tokens_or_off():
 
 
 def test_plan_rpc_shards_query_is_the_solvers_answer(served):
-    from cluster.shell.client import Client, RpcError
     from cluster.shell.cli.shards import shard_inputs
+    from cluster.shell.client import Client, RpcError
     from solvers.shards import solve
 
     kinds = ["rtx4090", "rtx4090", "a100-80g-sxm", "jetson-agx-orin-64"]
