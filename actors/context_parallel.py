@@ -40,7 +40,7 @@ import torch
 from attention.partition import ShardPlan, normalise_speeds
 from attention.strategies import SEQUENCE_STRATEGIES, run_strategy, tree_decode_attention
 from actors.device import CONTEXT_PARALLEL_SHARE
-from cluster.exceptions import InputError, did_you_mean
+from cluster.exceptions import CapacityError, InputError, did_you_mean
 
 #: Strategies a context-parallel prefill can use (tree decoding follows every one of them).
 CP_STRATEGIES = tuple(s for s in SEQUENCE_STRATEGIES)
@@ -214,7 +214,9 @@ def check_strategy(strategy: str) -> str:
 class ContextParallelGroup:
     """``len(devices)`` ranks, rank ``r`` placed on a ``device:<devices[r]>`` unit."""
 
-    def __init__(self, devices: Sequence[str], *, model: str | None = None) -> None:
+    def __init__(self, devices: Sequence[str], *, model: str | None = None, timeout_s: float | None = None) -> None:
+        """Start and join the ranks; with ``timeout_s``, CapacityError (the ranks killed) when they
+        are not all placed, loaded and joined by then (e.g. no free ``device:<kind>`` share)."""
         import ray
 
         from actors.device import placement_options
@@ -232,7 +234,14 @@ class ContextParallelGroup:
             opts = placement_options(kind, CP_DEVICE_SHARE, cpus=CP_NUM_CPUS)
             self.actors.append(ray.remote(ContextParallelRank).options(**opts).remote(
                 len(devices), r, name, model))
-        ray.get([a.join.remote() for a in self.actors])
+        try:
+            ray.get([a.join.remote() for a in self.actors], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise CapacityError(
+                f"devices: the context-parallel ranks on {', '.join(self.devices)} were not placed and "
+                f"joined within {timeout_s:g} s; each needs {CP_DEVICE_SHARE} of a free device:<kind> unit"
+            ) from None
         self._heads = tuple(ray.get(self.actors[0].heads.remote()))
 
     @property

@@ -45,6 +45,8 @@ MEMORY_UTILIZATION = 0.9
 #: The replica name the router reports for the adapter.
 CP_REPLICA_ID = "context-parallel"
 CP_MODES = ("auto", "off")
+#: Seconds the ranks of a new group have to be placed, load the weights and join.
+GROUP_TIMEOUT_S = 180.0
 NOTE = ("modeled: the shard solver's roofline prefill time and makespan x power energy at the "
         "catalog's figures; not measured")
 
@@ -192,7 +194,7 @@ class ContextParallelServer:
             self._group.shutdown()
             self._group = None
         if self._group is None:
-            self._group = ContextParallelGroup(kinds, model=self.model)
+            self._group = ContextParallelGroup(kinds, model=self.model, timeout_s=GROUP_TIMEOUT_S)
         return self._group
 
     def generate(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -175,3 +175,11 @@ def test_dispatch_hook_keeps_the_journal_and_falls_back_when_its_replica_dies(ra
         for a in made:
             ray.kill(a)
         store.close()
+
+
+def test_group_that_cannot_be_placed_is_a_capacity_error(ray_session):
+    from actors.context_parallel import ContextParallelGroup
+    from cluster.exceptions import CapacityError
+
+    with pytest.raises(CapacityError, match=r"^devices: the context-parallel ranks on h100-sxm, rtx4090 were not placed"):
+        ContextParallelGroup(["h100-sxm", "rtx4090"], timeout_s=2)  # no h100 in this Ray instance
