@@ -81,7 +81,7 @@ def test_short_prompt_and_bad_input(served):
     missing = flotilla("generate", "--file", str(long) + ".nope", "--server", s.gateway.address)
     assert missing.returncode == 2 and "--file: cannot read" in missing.stderr
     both = flotilla("generate", "hi", "--file", str(long), "--server", s.gateway.address)
-    assert both.returncode == 2 and "prompt: give the prompt as an argument or --file" in both.stderr
+    assert both.returncode == 2 and "prompt: expected the prompt as an argument or --file FILE (exactly one)" in both.stderr
 
 
 def test_request_field_is_validated(served):

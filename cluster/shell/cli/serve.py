@@ -145,7 +145,7 @@ def generate(
     if context_parallel not in ("auto", "off"):
         raise InputError(f"--context-parallel: expected auto or off, got {context_parallel!r}")
     if (prompt is None) == (file is None):
-        raise InputError("prompt: give the prompt as an argument or --file FILE, not both")
+        raise InputError("prompt: expected the prompt as an argument or --file FILE (exactly one)")
     if file is not None:
         try:
             with open(file, encoding="utf-8") as fh:
