@@ -206,11 +206,8 @@ class ContextParallelServer:
 
     def generate_stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Chunk dicts, then the final dict (an ExpertActor's, plus ``context_parallel``)."""
-        import torch
-
-        from actors.context_parallel import shares_plan
         from actors.expert import request_params
-        from actors.llm.generate import _held_back, encode_prompt, next_token
+        from actors.llm.generate import encode_prompt
 
         t0 = time.perf_counter()
         prompt = request.get("prompt")
@@ -223,37 +220,75 @@ class ContextParallelServer:
                              f"model's context of {self.max_positions} tokens; lower max_tokens or shorten the prompt")
         with self._lock:  # one request at a time: the ranks hold one request's KV cache
             place = placement(len(ids), self.shape, self.candidates)
-            kinds = tuple(place.kinds)
-            group = self._group_for(kinds)
-            strategy = "ring" if place.strategy == "single" else place.strategy
-            plan = shares_plan(strategy, place.shares)
-            gen = None
-            if not params.greedy:
-                gen = torch.Generator(device="cpu")
-                gen.manual_seed(params.seed if params.seed is not None else int(torch.seed() % 2**63))
-            logits, _, _ = group.prefill(ids, strategy=strategy, plan=plan)
-            out: list[int] = []
-            text, emitted, n_chunks, finish, t_first = "", 0, 0, "length", None
-            for step in range(params.max_tokens):
-                tok = next_token(logits, params, gen)
-                t_first = t_first or time.perf_counter()
-                if tok in self.eos:
-                    finish = "stop"
-                    break
-                out.append(tok)
-                text = self.tokenizer.decode(out, skip_special_tokens=True)
-                cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-                    break
-                safe = len(text) - _held_back(text, params.stop)
-                if safe > emitted:
-                    yield {"type": "chunk", "index": n_chunks, "text": text[emitted:safe]}
-                    n_chunks, emitted = n_chunks + 1, safe
-                if step + 1 == params.max_tokens:
-                    break
-                logits, _ = group.decode(tok)
-            self.served += 1
+            held = self._reserve(place)
+            try:
+                yield from self._serve(ids, params, place, t0)
+            finally:
+                self._release(held)
+
+    def _reserve(self, place: Any) -> list[tuple[Any, str]]:
+        """Reserve each chosen device's MODELED bytes (the placement's weights + KV + activations)
+        in its DeviceActor's ledger for the request; CapacityError (nothing kept) if one refuses."""
+        import ray
+
+        held: list[tuple[Any, str]] = []
+        try:
+            for i, nbytes in zip(place.devices, place.memory_bytes):
+                actor = self.candidates[i].device_actor
+                if actor is not None:
+                    held.append((actor, ray.get(actor.reserve.remote(int(nbytes), "context-parallel rank (modeled)"))))
+        except BaseException:
+            self._release(held)
+            raise
+        return held
+
+    @staticmethod
+    def _release(held: list[tuple[Any, str]]) -> None:
+        import ray
+
+        for actor, rid in held:
+            try:
+                ray.get(actor.release.remote(rid), timeout=30)
+            except Exception:  # a dead DeviceActor took its ledger with it
+                log.warning("context-parallel reservation %s not released", rid, exc_info=True)
+
+    def _serve(self, ids: list[int], params: Any, place: Any, t0: float) -> Iterator[dict[str, Any]]:
+        import torch
+
+        from actors.context_parallel import shares_plan
+        from actors.llm.generate import _held_back, next_token
+
+        kinds = tuple(place.kinds)
+        group = self._group_for(kinds)
+        strategy = "ring" if place.strategy == "single" else place.strategy
+        plan = shares_plan(strategy, place.shares)
+        gen = None
+        if not params.greedy:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(params.seed if params.seed is not None else int(torch.seed() % 2**63))
+        logits, _, _ = group.prefill(ids, strategy=strategy, plan=plan)
+        out: list[int] = []
+        text, emitted, n_chunks, finish, t_first = "", 0, 0, "length", None
+        for step in range(params.max_tokens):
+            tok = next_token(logits, params, gen)
+            t_first = t_first or time.perf_counter()
+            if tok in self.eos:
+                finish = "stop"
+                break
+            out.append(tok)
+            text = self.tokenizer.decode(out, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+                break
+            safe = len(text) - _held_back(text, params.stop)
+            if safe > emitted:
+                yield {"type": "chunk", "index": n_chunks, "text": text[emitted:safe]}
+                n_chunks, emitted = n_chunks + 1, safe
+            if step + 1 == params.max_tokens:
+                break
+            logits, _ = group.decode(tok)
+        self.served += 1
         text = text.rstrip("\ufffd") if finish == "length" else text
         if len(text) > emitted:
             yield {"type": "chunk", "index": n_chunks, "text": text[emitted:]}
@@ -268,7 +303,7 @@ class ContextParallelServer:
             "simulated": True, "model": self.model_name, "modeled": None,
             "context_parallel": {"devices": list(kinds), "strategy": place.strategy, "shares": list(place.shares),
                                  "modeled_prefill_s": place.latency_s, "modeled_energy_j": place.energy_j,
-                                 "note": NOTE},
+                                 "modeled_memory_bytes": list(place.memory_bytes), "note": NOTE},
         }
 
 

@@ -65,7 +65,7 @@ class GenerateResult:
     modeled_tpot_ms: float | None
     modeled_e2e_ms: float | None
     modeled_energy_j: float | None
-    #: ``{devices, strategy, shares, modeled_prefill_ms, modeled_energy_j, note}`` when the prompt
+    #: ``{devices, strategy, shares, modeled_prefill_ms, modeled_energy_j, modeled_memory_bytes, note}`` when the prompt
     #: was served context-parallel, else None.
     context_parallel: dict[str, Any] | None = None
 
@@ -88,7 +88,8 @@ class GenerateResult:
 
 def _cp_dict(c: Any) -> dict[str, Any]:
     return {"devices": list(c.devices), "strategy": c.strategy, "shares": list(c.shares),
-            "modeled_prefill_ms": c.modeled_prefill_ms, "modeled_energy_j": c.modeled_energy_j, "note": c.note}
+            "modeled_prefill_ms": c.modeled_prefill_ms, "modeled_energy_j": c.modeled_energy_j, "note": c.note,
+            "modeled_memory_bytes": list(c.modeled_memory_bytes)}
 
 
 def _wrap(exc: grpc.RpcError) -> RpcError:

@@ -241,7 +241,8 @@ def final_message(ev: dict[str, Any]) -> Any:
         c = ev["context_parallel"]
         cp = pb.ContextParallel(devices=c["devices"], strategy=c["strategy"], shares=c["shares"],
                                 modeled_prefill_ms=c.get("modeled_prefill_s", 0.0) * 1e3,
-                                modeled_energy_j=c.get("modeled_energy_j", 0.0), note=c.get("note", ""))
+                                modeled_energy_j=c.get("modeled_energy_j", 0.0), note=c.get("note", ""),
+                                modeled_memory_bytes=c.get("modeled_memory_bytes", []))
     return pb.GenerateResponse(final=pb.Final(
         context_parallel=cp, text=ev["text"], finish_reason=ev["finish_reason"],
         usage=pb.Usage(prompt_tokens=ev["prompt_tokens"], completion_tokens=ev["completion_tokens"]),

@@ -45,11 +45,27 @@ def generate(served, *args: str) -> dict:
 
 
 def test_long_prompt_is_served_context_parallel_with_the_single_device_answer(served):
+    import concurrent.futures
+    import time
+
+    import ray
+
     from actors.cp_adapter import Candidate, model_shape_of, placement
 
     s, _ = served
     done0 = s.store.counters().get("router.completed", 0)
-    cp = generate(served)
+
+    def ledgers():
+        return [ray.get(a.ledger.remote())["reserved_bytes"] for a in s.running.actors.values()]
+
+    before = ledgers()
+    peak = list(before)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # watch the ledgers while it runs
+        running = pool.submit(generate, served)
+        while not running.done():
+            peak = [max(a, b) for a, b in zip(peak, ledgers())]
+            time.sleep(0.2)
+        cp = running.result()
     one = generate(served, "--context-parallel", "off")
     # off: one expert of the fleet, no context_parallel object
     assert one["context_parallel"] is None and one["device_id"] in {f"{k}-0" for k in KINDS}
@@ -62,6 +78,15 @@ def test_long_prompt_is_served_context_parallel_with_the_single_device_answer(se
     want = placement(cp["prompt_tokens"], model_shape_of(None), cands)
     assert (c["devices"], c["strategy"], c["shares"]) == (list(want.kinds), want.strategy, list(want.shares))
     assert c["modeled_prefill_ms"] == pytest.approx(want.latency_s * 1e3) and "modeled" in c["note"]
+    # the placement's modeled memory was reserved in the chosen devices' ledgers, and released after
+    assert c["modeled_memory_bytes"] == pytest.approx(list(want.memory_bytes))
+    grew = [p - b for p, b in zip(peak, before)]
+    assert [grew[i] for i in want.devices] == [int(m) for m in want.memory_bytes]
+    assert all(g == 0 for i, g in enumerate(grew) if i not in want.devices)
+    end = time.monotonic() + 10
+    while ledgers() != before and time.monotonic() < end:
+        time.sleep(0.2)
+    assert ledgers() == before
     # the greedy answer is the single device's, token for token
     assert cp["text"] == one["text"] and cp["completion_tokens"] == one["completion_tokens"] > 0
     assert cp["device_id"] == "context-parallel" and cp["finish_reason"] == one["finish_reason"]

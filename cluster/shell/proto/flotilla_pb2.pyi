@@ -89,20 +89,22 @@ class Final(_message.Message):
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ..., context_parallel: _Optional[_Union[ContextParallel, _Mapping]] = ...) -> None: ...
 
 class ContextParallel(_message.Message):
-    __slots__ = ("devices", "strategy", "shares", "modeled_prefill_ms", "modeled_energy_j", "note")
+    __slots__ = ("devices", "strategy", "shares", "modeled_prefill_ms", "modeled_energy_j", "note", "modeled_memory_bytes")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
     MODELED_PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     MODELED_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    MODELED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedScalarFieldContainer[str]
     strategy: str
     shares: _containers.RepeatedScalarFieldContainer[int]
     modeled_prefill_ms: float
     modeled_energy_j: float
     note: str
-    def __init__(self, devices: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., shares: _Optional[_Iterable[int]] = ..., modeled_prefill_ms: _Optional[float] = ..., modeled_energy_j: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
+    modeled_memory_bytes: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., shares: _Optional[_Iterable[int]] = ..., modeled_prefill_ms: _Optional[float] = ..., modeled_energy_j: _Optional[float] = ..., note: _Optional[str] = ..., modeled_memory_bytes: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "text")
