@@ -39,12 +39,13 @@ import torch
 
 from attention.partition import ShardPlan, normalise_speeds
 from attention.strategies import SEQUENCE_STRATEGIES, run_strategy, tree_decode_attention
-from cluster.exceptions import InputError, did_you_mean
+from actors.device import CONTEXT_PARALLEL_SHARE
+from cluster.exceptions import CapacityError, InputError, did_you_mean
 
 #: Strategies a context-parallel prefill can use (tree decoding follows every one of them).
 CP_STRATEGIES = tuple(s for s in SEQUENCE_STRATEGIES)
 #: Share of a ``device:<kind>`` unit a rank holds, and its CPU scheduling share.
-CP_DEVICE_SHARE = 0.1
+CP_DEVICE_SHARE = CONTEXT_PARALLEL_SHARE  # kept free on every device by its ExpertActor
 CP_NUM_CPUS = 0.25
 
 
@@ -213,7 +214,9 @@ def check_strategy(strategy: str) -> str:
 class ContextParallelGroup:
     """``len(devices)`` ranks, rank ``r`` placed on a ``device:<devices[r]>`` unit."""
 
-    def __init__(self, devices: Sequence[str], *, model: str | None = None) -> None:
+    def __init__(self, devices: Sequence[str], *, model: str | None = None, timeout_s: float | None = None) -> None:
+        """Start and join the ranks; with ``timeout_s``, CapacityError (the ranks killed) when they
+        are not all placed, loaded and joined by then (e.g. no free ``device:<kind>`` share)."""
         import ray
 
         from actors.device import placement_options
@@ -224,13 +227,21 @@ class ContextParallelGroup:
             raise InputError("ray: context-parallel groups need ray.init() first")
         self.devices = tuple(devices)
         self._heads: tuple[int, int] | None = None
+        self._prompt_len, self._decoded = 0, 0
         name = f"flotilla-cp-{len(devices)}-{uuid.uuid4().hex[:8]}"
         self.actors = []
         for r, kind in enumerate(self.devices):
             opts = placement_options(kind, CP_DEVICE_SHARE, cpus=CP_NUM_CPUS)
             self.actors.append(ray.remote(ContextParallelRank).options(**opts).remote(
                 len(devices), r, name, model))
-        ray.get([a.join.remote() for a in self.actors])
+        try:
+            ray.get([a.join.remote() for a in self.actors], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise CapacityError(
+                f"devices: the context-parallel ranks on {', '.join(self.devices)} were not placed and "
+                f"joined within {timeout_s:g} s; each needs {CP_DEVICE_SHARE} of a free device:<kind> unit"
+            ) from None
         self._heads = tuple(ray.get(self.actors[0].heads.remote()))
 
     @property
@@ -245,18 +256,16 @@ class ContextParallelGroup:
         return make_plan(check_strategy(strategy), seq_len, speeds, causal=True, num_heads=self._heads[0],
                          ulysses_degree=ulysses_degree)
 
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, *, strategy: str = "ring",
-                 speeds: Sequence[float] | None = None, ulysses_degree: int | None = None,
-                 plan: ShardPlan | None = None) -> ContextParallelResult:
-        """Greedy generation of ``max_new_tokens`` after a context-parallel prefill of ``prompt``."""
+    def prefill(self, prompt: Sequence[int], *, strategy: str = "ring", speeds: Sequence[float] | None = None,
+                ulysses_degree: int | None = None, plan: ShardPlan | None = None) -> tuple[torch.Tensor, ShardPlan, list[dict]]:
+        """Context-parallel prefill of ``prompt``: the next-token logits [vocab], the plan used and
+        every rank's report (hidden rows, seconds, bytes sent, KV rows). Decode with :meth:`decode`."""
         import ray
 
         from attention.api import default_ulysses_degree
 
         if not prompt:
             raise InputError("prompt: expected at least one token, got none")
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
         speeds = list(normalise_speeds(speeds, self.world_size))
         if strategy == "hybrid" and ulysses_degree is None:
             ulysses_degree = default_ulysses_degree(self.world_size, self._heads[0])
@@ -268,8 +277,29 @@ class ContextParallelGroup:
             a.prefill.remote(plan, plan.shard(ids, r, dim=0).tolist(), strategy, speeds, ulysses_degree)
             for r, a in enumerate(self.actors)
         ])
-        hidden = plan.unshard([torch.from_numpy(np.array(o["hidden"])) for o in outs], dim=0)
         logits = torch.from_numpy(np.array(next(o["logits"] for o in outs if o["logits"] is not None)))
+        self._prompt_len, self._decoded = len(prompt), 0
+        return logits, plan, outs
+
+    def decode(self, token: int) -> tuple[torch.Tensor, bool]:
+        """One tree-decoding step of ``token`` (after :meth:`prefill`): the next-token logits and
+        whether every rank computed exactly the same ones."""
+        import ray
+
+        res = ray.get([a.decode.remote(int(token), self._prompt_len + self._decoded) for a in self.actors])
+        self._decoded += 1
+        got = [np.asarray(x["logits"]) for x in res]
+        return torch.from_numpy(np.array(got[0])), all(np.array_equal(got[0], g) for g in got[1:])
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, *, strategy: str = "ring",
+                 speeds: Sequence[float] | None = None, ulysses_degree: int | None = None,
+                 plan: ShardPlan | None = None) -> ContextParallelResult:
+        """Greedy generation of ``max_new_tokens`` after a context-parallel prefill of ``prompt``."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+        logits, plan, outs = self.prefill(prompt, strategy=strategy, speeds=speeds,
+                                          ulysses_degree=ulysses_degree, plan=plan)
+        hidden = plan.unshard([torch.from_numpy(np.array(o["hidden"])) for o in outs], dim=0)
         tokens, all_logits, agree = [], [], True
         for step in range(max_new_tokens):
             tok = int(torch.argmax(logits))
@@ -277,10 +307,8 @@ class ContextParallelGroup:
             all_logits.append(logits)
             if step == max_new_tokens - 1:
                 break
-            res = ray.get([a.decode.remote(tok, len(prompt) + step) for a in self.actors])
-            got = [np.asarray(x["logits"]) for x in res]
-            agree = agree and all(np.array_equal(got[0], g) for g in got[1:])
-            logits = torch.from_numpy(np.array(got[0]))
+            logits, same = self.decode(tok)
+            agree = agree and same
         kv = tuple(int(o["kv_rows"]) for o in outs)
         return ContextParallelResult(
             tokens, all_logits, hidden, plan, strategy, self.devices,

@@ -29,6 +29,9 @@ DEVICE_ACTOR_CPUS = 0.5  # scheduling share per DeviceActor; the device resource
 #: is for the workload hosted on the same device (an ExpertActor asks for ``1 - DEVICE_ACTOR_SHARE``
 #: with node affinity to its DeviceActor), so a device never hosts more than it was given.
 DEVICE_ACTOR_SHARE = 0.5
+#: Share of a ``device:<kind>`` unit kept free for one context-parallel rank
+#: (:mod:`actors.context_parallel`), so a served fleet can still form a group over its devices.
+CONTEXT_PARALLEL_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True)

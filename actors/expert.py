@@ -1,7 +1,8 @@
 """ExpertActor: a causal language model served on one (real or simulated) device.
 
 Placement: the device's DeviceActor holds ``DEVICE_ACTOR_SHARE`` (0.5) of the ``device:<kind>``
-unit; the ExpertActor asks for the rest, ``1 - DEVICE_ACTOR_SHARE`` (and the same share of the GPU
+unit; the ExpertActor asks for the rest but a context-parallel rank's ``CONTEXT_PARALLEL_SHARE`` (0.1),
+``1 - DEVICE_ACTOR_SHARE - CONTEXT_PARALLEL_SHARE`` (and the same share of the GPU
 when the device is real), so a device hosts exactly one expert next to its DeviceActor. On one
 node (the embedded runtime) that pins the pair to the same device pool; on a multi-node cluster
 pass ``node_id`` (the DeviceActor's node) so the expert is placed there with a hard
@@ -258,10 +259,10 @@ def spawn_expert(device_actor: Any, kind: str, device_id: str, config: ExpertCon
     """
     import ray
 
-    from actors.device import DEVICE_ACTOR_SHARE, placement_options
+    from actors.device import CONTEXT_PARALLEL_SHARE, DEVICE_ACTOR_SHARE, placement_options
 
     config = config or ExpertConfig()
-    options = placement_options(kind, 1 - DEVICE_ACTOR_SHARE, cpus=EXPERT_CPUS, real_cuda=real_cuda, node_id=node_id,
+    options = placement_options(kind, 1 - DEVICE_ACTOR_SHARE - CONTEXT_PARALLEL_SHARE, cpus=EXPERT_CPUS, real_cuda=real_cuda, node_id=node_id,
                                 name=name, namespace=namespace)
     options.update(max_concurrency=config.max_concurrency + 2, max_restarts=0)  # + info/ping while serving
     actor = ray.remote(ExpertActor).options(**options).remote(config, device_id, kind, device_actor, real_cuda=real_cuda)

@@ -20,6 +20,11 @@ Life of a request (:meth:`Router.stream`):
    ``weights[k]`` of the bucket's requests while all have room), then the least-loaded replica of
    that kind. With no live replica of the planned kinds any live replica serves (counted as
    ``router.plan_fallback``). When every replica is busy the request waits (bounded by its deadline).
+   Before the plan, the optional ``dispatch_hook(request)`` may name a replica outside the plan
+   (the serving composition's :class:`actors.cp_adapter.ContextParallelRoute` sends long prompts
+   to the context-parallel adapter); the request waits for its free slot, and once that replica
+   is dead the plan serves it (a hook error other than bad input is counted as
+   ``router.hook_failed`` and the plan serves it too).
 5. **Stream** the replica's chunks. If the replica dies (a Ray actor death) the replica is dropped
    from the pool and the request is re-dispatched to another one, at most ``max_attempts`` times;
    since the request is greedy or seeded, the new replica produces the same text and the text the
@@ -183,8 +188,12 @@ def fingerprint(req: dict[str, Any], caller: str = "") -> str:
 class Router:
     """Dispatches requests to replicas; see the module docstring."""
 
-    def __init__(self, store: Any, replicas: list[Replica], config: RouterConfig | None = None) -> None:
+    def __init__(self, store: Any, replicas: list[Replica], config: RouterConfig | None = None, *,
+                 dispatch_hook: Any = None) -> None:
         self.store = store
+        #: ``hook(request) -> Replica | None``: a replica outside the plan for this request (a
+        #: long prompt to :mod:`actors.cp_adapter`), or None for the plan's choice.
+        self._hook = dispatch_hook
         self.config = config or RouterConfig()
         self.owner = self.config.router_id or f"router-{uuid.uuid4().hex[:12]}"
         self._replicas = list(replicas)
@@ -346,6 +355,10 @@ class Router:
         req["temperature"] = float(params.temperature)
         req["top_p"] = float(params.top_p)
         req["stop"] = list(params.stop)
+        if req.get("context_parallel") not in (None, ""):
+            from actors.cp_adapter import check_mode
+
+            req["context_parallel"] = check_mode(req["context_parallel"])
         fp = fingerprint(req, caller)
         if not params.greedy and params.seed is None:
             req["seed"] = random.getrandbits(62)
@@ -573,6 +586,19 @@ class Router:
 
     # ------------------------------------------------------------------ replica pool
     def _acquire(self, req: dict[str, Any], deadline: float) -> Replica:
+        special = self._hooked(req)
+        if special is not None:
+            with self._cond:
+                while special.alive:
+                    if special.active < special.capacity:
+                        special.active += 1
+                        return special
+                    if self._closed:
+                        raise RouterClosedError("the router is shutting down")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DeadlineExceededError(f"deadline passed while replica {special.device_id} was busy")
+                    self._cond.wait(min(remaining, 1.0))
         self._refresh_plan()
         plan, version = self._plan, self._plan_version
         n = bucket_index(plan, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
@@ -591,6 +617,20 @@ class Router:
                 if remaining <= 0:
                     raise DeadlineExceededError("deadline passed while every replica was busy")
                 self._cond.wait(min(remaining, 1.0))
+
+    def _hooked(self, req: dict[str, Any]) -> Replica | None:
+        """The dispatch hook's replica for ``req`` (None: the plan's). A hook failure other than
+        bad input is counted (``router.hook_failed``) and the plan serves the request."""
+        if self._hook is None:
+            return None
+        try:
+            return self._hook(req)
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.warning("dispatch hook failed; the plan serves the request", exc_info=True)
+            self.store.incr("router.hook_failed")
+            return None
 
     def _release(self, replica: Replica) -> None:
         with self._cond:

@@ -65,6 +65,9 @@ class GenerateResult:
     modeled_tpot_ms: float | None
     modeled_e2e_ms: float | None
     modeled_energy_j: float | None
+    #: ``{devices, strategy, shares, modeled_prefill_ms, modeled_energy_j, modeled_memory_bytes, note}`` when the prompt
+    #: was served context-parallel, else None.
+    context_parallel: dict[str, Any] | None = None
 
     @classmethod
     def from_pb(cls, f: Any) -> GenerateResult:
@@ -76,10 +79,17 @@ class GenerateResult:
             attempts=f.attempts, request_id=f.request_id, model=f.model, replayed=f.replayed,
             modeled_ttft_ms=m.ttft_ms if m else None, modeled_tpot_ms=m.tpot_ms if m else None,
             modeled_e2e_ms=m.e2e_ms if m else None, modeled_energy_j=m.energy_j if m else None,
+            context_parallel=_cp_dict(f.context_parallel) if f.HasField("context_parallel") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _cp_dict(c: Any) -> dict[str, Any]:
+    return {"devices": list(c.devices), "strategy": c.strategy, "shares": list(c.shares),
+            "modeled_prefill_ms": c.modeled_prefill_ms, "modeled_energy_j": c.modeled_energy_j, "note": c.note,
+            "modeled_memory_bytes": list(c.modeled_memory_bytes)}
 
 
 def _wrap(exc: grpc.RpcError) -> RpcError:
@@ -124,10 +134,11 @@ class Client:
 
     def request(self, prompt: str, *, max_tokens: int = 0, temperature: float = 0.0, top_p: float = 0.0,
                 seed: int | None = None, stop: list[str] | None = None, model: str = "", request_id: str = "",
-                raw: bool = False) -> Any:
+                raw: bool = False, context_parallel: str = "") -> Any:
         """A GenerateRequest message (fields as in flotilla.proto)."""
         msg = pb.GenerateRequest(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                 stop=stop or [], model=model, request_id=request_id, raw=raw)
+                                 stop=stop or [], model=model, request_id=request_id, raw=raw,
+                                 context_parallel=context_parallel)
         if seed is not None:
             msg.seed = seed
         return msg
@@ -164,18 +175,19 @@ class Client:
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 
-    def plan(self, query: dict[str, Any] | None = None) -> Any:
+    def plan(self, query: dict[str, Any] | None = None, *, shards: dict[str, Any] | None = None) -> Any:
         """The current routing plan; with ``query`` (the fields of ``PlanQuery``: model, workload,
         rate, tpot_slo_ms, ttft_slo_ms, devices, max_count, power_budget_w, apply) the allocation
-        solver's mix as well (``PlanResponse.allocation``)."""
-        if query is None:
-            return self._unary("Plan", pb.PlanRequest())
-        fields = {k: v for k, v in query.items() if v is not None}
-        try:
-            msg = pb.PlanQuery(**fields)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"query: {exc}") from None
-        return self._unary("Plan", pb.PlanRequest(query=msg))
+        solver's mix as well (``PlanResponse.allocation``); with ``shards`` (the fields of
+        ``ShardsQuery``) the shard solver's placement of a long prompt (``PlanResponse.shards``)."""
+        kw: dict[str, Any] = {}
+        for name, fields, cls in (("query", query, pb.PlanQuery), ("shards", shards, pb.ShardsQuery)):
+            if fields is not None:
+                try:
+                    kw[name] = cls(**{k: v for k, v in fields.items() if v is not None})
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"{name}: {exc}") from None
+        return self._unary("Plan", pb.PlanRequest(**kw))
 
     def status(self) -> Any:
         return self._unary("ClusterStatus", pb.ClusterStatusRequest())

@@ -142,7 +142,9 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.ABORTED
     if isinstance(exc, (DeadlineExceededError, PlanIncompleteError)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(exc, (PlanInfeasibleError, ExpertsNotConfiguredError)):
+    from solvers.exceptions import InfeasibleError  # no shard placement meets the query
+
+    if isinstance(exc, (PlanInfeasibleError, ExpertsNotConfiguredError, InfeasibleError)):
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, (NoReplicaError, StoreUnavailableError)):
         return grpc.StatusCode.UNAVAILABLE
@@ -181,7 +183,7 @@ class UnknownModelError(InputError):
 
 def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None = None, temperature: float = 0.0,
                       top_p: float | None = None, model: str = "", seed: int | None = None, stop: Any = (),
-                      chat: bool = True, request_id: str = "") -> dict[str, Any]:
+                      chat: bool = True, request_id: str = "", context_parallel: str = "") -> dict[str, Any]:
     """The validated request dict the router takes; shared by the gRPC and HTTP gateways.
 
     ``max_tokens`` None means the server default (:data:`DEFAULT_MAX_TOKENS`), ``top_p`` None
@@ -207,6 +209,10 @@ def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None 
     }
     if request_id:
         req["request_id"] = request_id
+    if context_parallel:
+        from actors.cp_adapter import check_mode
+
+        req["context_parallel"] = check_mode(context_parallel)
     return req
 
 
@@ -219,7 +225,7 @@ def generate_request(msg: Any, served_model: str) -> dict[str, Any]:
     return validate_generate(
         served_model, prompt=msg.prompt, max_tokens=msg.max_tokens or None, temperature=msg.temperature,
         top_p=msg.top_p or None, model=msg.model, seed=msg.seed if msg.HasField("seed") else None,
-        stop=list(msg.stop), chat=not msg.raw, request_id=msg.request_id,
+        stop=list(msg.stop), chat=not msg.raw, request_id=msg.request_id, context_parallel=msg.context_parallel,
     )
 
 
@@ -230,8 +236,15 @@ def final_message(ev: dict[str, Any]) -> Any:
         m = ev["modeled"]
         modeled = pb.Modeled(ttft_ms=m["ttft_s"] * 1e3, tpot_ms=m["tpot_s"] * 1e3, e2e_ms=m["e2e_s"] * 1e3,
                              energy_j=m["energy_j"], note=m.get("note", ""))
+    cp = None
+    if ev.get("context_parallel"):
+        c = ev["context_parallel"]
+        cp = pb.ContextParallel(devices=c["devices"], strategy=c["strategy"], shares=c["shares"],
+                                modeled_prefill_ms=c.get("modeled_prefill_s", 0.0) * 1e3,
+                                modeled_energy_j=c.get("modeled_energy_j", 0.0), note=c.get("note", ""),
+                                modeled_memory_bytes=c.get("modeled_memory_bytes", []))
     return pb.GenerateResponse(final=pb.Final(
-        text=ev["text"], finish_reason=ev["finish_reason"],
+        context_parallel=cp, text=ev["text"], finish_reason=ev["finish_reason"],
         usage=pb.Usage(prompt_tokens=ev["prompt_tokens"], completion_tokens=ev["completion_tokens"]),
         ttft_ms=ev["ttft_s"] * 1e3, tpot_ms=ev["tpot_s"] * 1e3, e2e_ms=ev["e2e_s"] * 1e3,
         device_id=ev["device_id"], device_kind=ev["device_kind"], device_label=ev["label"],
@@ -317,12 +330,28 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                 doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None,
                                        may_apply=self._may_apply(context), cancel=cancel)
                 allocation = allocation_message(doc)
+            shards = self._shards(request.shards) if request.HasField("shards") else None
             version, plan = self.router.plan()  # re-reads the store: an applied plan shows at once
             return pb.PlanResponse(version=version or 0, source=str(plan.get("source", "store")),
                                    buckets=[_bucket_msg(b) for b in plan["buckets"]],
-                                   replicas=_replica_msgs(self.router.replicas()), allocation=allocation)
+                                   replicas=_replica_msgs(self.router.replicas()), allocation=allocation,
+                                   shards=shards)
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)
+
+    def _shards(self, q: Any) -> Any:
+        """``PlanResponse.shards`` for a ``ShardsQuery`` (:func:`actors.cp_adapter.plan_shards`):
+        no devices means this fleet's, no model the served one."""
+        from actors.cp_adapter import plan_shards
+
+        kinds = list(q.devices) or [v.get("kind", "") for _, v in sorted(self.store.devices().items())]
+        doc = plan_shards(q.tokens, q.model or self.model_name, kinds, objective=q.objective or "latency",
+                          latency_budget_s=q.latency_budget_s if q.HasField("latency_budget_s") else None,
+                          energy_budget_j=q.energy_budget_j if q.HasField("energy_budget_j") else None)
+        return pb.Shards(devices=doc["devices"], kinds=doc["kinds"], strategy=doc["strategy"], shares=doc["shares"],
+                         modeled_latency_s=doc["modeled_latency_s"], modeled_energy_j=doc["modeled_energy_j"],
+                         modeled_memory_bytes=doc["modeled_memory_bytes"], candidates_evaluated=doc["candidates_evaluated"],
+                         solve_ms=doc["solve_ms"], candidates=doc["candidates"], model=doc["model"], note=doc["note"])
 
     def _may_apply(self, context: Any) -> bool:
         if self._apply_auth is None:

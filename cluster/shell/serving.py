@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.router import Router, RouterConfig
+from cluster.exceptions import InputError
 from cluster.shell.console import err, status
 from cluster.shell.gateway import Gateway, GatewayConfig
 from cluster.shell.openai_api import HttpConfig
@@ -49,6 +50,14 @@ class ServeConfig:
     http: HttpConfig | None = None
     #: A port of its own for the Prometheus metrics (for a gRPC-only server); None: none.
     metrics_port: int | None = None
+    #: Prompts longer than this many tokens are served context-parallel across the fleet's devices
+    #: (:mod:`actors.cp_adapter`); None: never. Ignored for the echo model.
+    context_parallel_above: int | None = None
+
+    def __post_init__(self) -> None:
+        from actors.cp_adapter import check_above
+
+        check_above(self.context_parallel_above)
 
 
 @dataclass
@@ -65,12 +74,15 @@ class Serving:
     http: Any = None  # cluster.shell.openai_api.HttpServer or None
     metrics: Any = None  # cluster.shell.metrics.Metrics
     metrics_port: int | None = None
+    cp_route: Any = None  # actors.cp_adapter.ContextParallelRoute or None
 
     def shutdown(self) -> None:
         import ray
 
         if self.supervisor is not None:
             self.supervisor.stop()
+        if self.cp_route is not None:
+            self.cp_route.close()
         if self.http is not None:
             self.http.stop()
         if self.metrics is not None:
@@ -145,7 +157,16 @@ def start_serving(cfg: ServeConfig) -> Serving:
         experts.update(handles)
         ray.get([h.start.remote() for h in handles.values()])
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
-        router = Router(store, replicas, cfg.router)
+        cp_route = None
+        if cfg.context_parallel_above is not None and source.kind != "echo":
+            from actors.cp_adapter import Candidate, ContextParallelRoute
+
+            cands = [Candidate(d, running.specs[d].kind, running.actors[d]) for d in running.actors]
+            try:
+                cp_route = ContextParallelRoute(cfg.context_parallel_above, cfg.model, cands)
+            except InputError as exc:  # e.g. a local model directory with no registry shape
+                err.print(f"context-parallel serving is off: {exc}")
+        router = Router(store, replicas, cfg.router, dispatch_hook=cp_route)
         metrics.attach(router)
         replayed = router.start()
 
@@ -180,7 +201,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
         running.shutdown()
         store.close()
         raise
-    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port)
+    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port, cp_route)
 
 
 def pidfile_dir() -> Path:

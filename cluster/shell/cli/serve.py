@@ -44,6 +44,25 @@ def with_default_fleet(cfg: Any) -> Any:
     return dataclasses.replace(cfg, fleet=example_fleet())
 
 
+#: ``flotilla serve --context-parallel-above`` default, tokens.
+CP_DEFAULT_ABOVE = 1024
+
+
+def parse_above(value: str) -> int | None:
+    """``--context-parallel-above``: a token count >= 1, or ``off``."""
+    from cluster.exceptions import InputError
+
+    if value.strip().lower() == "off":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InputError(f"--context-parallel-above: expected TOKENS (an integer >= 1) or off, got {value!r}")
+    return n
+
+
 def serve(
     fleet: Optional[str] = typer.Option(None, "--fleet", help="Fleet YAML (embedded Ray); default: the packaged example fleet unless joining a cluster."),
     redis: Optional[str] = typer.Option(None, "--redis", help="State store URL (redis://...); in-memory when omitted."),
@@ -67,6 +86,9 @@ def serve(
     experts: Optional[str] = typer.Option(None, "--experts", help="Selection instance JSON (`flotilla experts build`) for SelectExperts."),
     unary_max_tokens: int = typer.Option(1, "--unary-max-tokens",
                                          help="Requests with max_tokens up to this get one unary actor call (text in one chunk; lower latency) instead of a stream; 0: always stream."),
+    context_parallel_above: str = typer.Option(str(CP_DEFAULT_ABOVE), "--context-parallel-above",
+                                               help="Prompts longer than TOKENS are prefilled and decoded across the fleet's devices (shard solver); off: never."),
+    max_context: int = typer.Option(2048, "--max-context", help="Longest prompt + completion an expert serves, tokens (its KV cache reservation)."),
 ) -> None:
     """Serve the model over gRPC and the OpenAI HTTP API: fleet -> experts -> journaling router -> gateways. Ctrl-C stops it."""
     from actors.router import RouterConfig
@@ -87,16 +109,21 @@ def serve(
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
         raise InputError(f"--metrics-port: {metrics_port}; allowed: 1..65535")
     http = HttpConfig(host=host, port=http_port, token=token) if http_port else None
+    cp_above = parse_above(context_parallel_above)
     sc = ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=cfg.ray_address,
                      model=model, gateway=GatewayConfig(host=host, port=port, token=token, apply_token=apply_token,
                                                         max_apply_devices=max_apply_devices, tls_cert=tls_cert, tls_key=tls_key),
                      http=http, metrics_port=metrics_port,
-                     router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts)
+                     router=RouterConfig(max_queue=max_queue, unary_max_tokens=unary_max_tokens), max_concurrency=max_concurrency, experts=experts,
+                     context_parallel_above=cp_above, max_context=max_context)
     run_until_stopped(sc)
 
 
 def generate(
-    prompt: str = typer.Argument(..., help="The user message."),
+    prompt: Optional[str] = typer.Argument(None, help="The user message (or --file)."),
+    file: Optional[str] = typer.Option(None, "--file", help="Read the user message from this file (a long prompt)."),
+    context_parallel: str = typer.Option("auto", "--context-parallel",
+                                         help="auto: a long prompt is served across devices; off: by one device."),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="1..4096."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
@@ -115,7 +142,20 @@ def generate(
 
     if max_tokens < 1:  # 0 would mean "server default" on the wire
         raise InputError(f"--max-tokens: {max_tokens}; allowed: 1..4096")
-    kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop or [], request_id=request_id)
+    if context_parallel not in ("auto", "off"):
+        raise InputError(f"--context-parallel: expected auto or off, got {context_parallel!r}")
+    if (prompt is None) == (file is None):
+        raise InputError("prompt: expected the prompt as an argument or --file FILE (exactly one)")
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                prompt = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--file: cannot read {file!r} ({exc.__class__.__name__}: {exc})") from None
+        if not prompt.strip():
+            raise InputError(f"--file: {file!r} is empty")
+    kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop or [], request_id=request_id,
+              context_parallel=context_parallel)
     try:
         with Client(server, token=token, tls_ca=tls_ca) as client:
             result = None
@@ -141,6 +181,10 @@ def generate(
         line += (f"; modeled TTFT {result.modeled_ttft_ms:.2f} ms, TPOT {_fmt(result.modeled_tpot_ms, '.3f')} ms, "
                  f"{_fmt(result.modeled_energy_j, '.3f')} J")
     err.print(f"[dim]{line}[/dim]")
+    if result.context_parallel:
+        cp = result.context_parallel
+        err.print(f"[dim]context-parallel {cp['strategy']} over {', '.join(cp['devices'])} (shares "
+                  f"{', '.join(map(str, cp['shares']))}); modeled prefill {cp['modeled_prefill_ms']:.3g} ms[/dim]")
     if result.modeled_ttft_ms is not None:
         err.print(f"[dim]{MODELED_NOTE}[/dim]")
 

@@ -17,36 +17,18 @@ from rich.table import Table
 from cluster.exceptions import InputError
 from cluster.shell.console import emit_json, json_option, out
 
-#: Share of a device's memory the placement may use (as vLLM's gpu_memory_utilization).
-MEMORY_UTILIZATION = 0.9
 NOTE = ("modeled: roofline prefill time, makespan x power energy and KV + activation memory "
         "from the catalog figures; not measured")
 
 
 def shard_inputs(model_name: str, kinds: list[str]):
-    """(ShardModel, [ShardDevice]) for a registry model and catalog device kinds."""
-    from cluster.models import DTYPE_BYTES, get_model
-    from cluster.perf import DEFAULT_EFFICIENCY, peak_flops
-    from cluster.probe import probed_catalog
-    from solvers.shards import ShardDevice, ShardModel
+    """(ModelShape, ShardModel, [ShardDevice]) for a registry model and catalog device kinds (the
+    same conversion the serving path uses, :mod:`actors.cp_adapter`)."""
+    from actors.cp_adapter import shard_device, shard_model
+    from cluster.models import get_model
 
     shape = get_model(model_name)
-    model = ShardModel(
-        shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.head_dim, shape.hidden_size,
-        shape.intermediate_size, float(shape.flops_per_token), float(shape.weight_bytes),
-        DTYPE_BYTES[shape.cache_dtype],
-    )
-    catalog = probed_catalog()
-    eff = DEFAULT_EFFICIENCY
-    devices = []
-    for kind in kinds:
-        spec = catalog.get(catalog.resolve(kind))
-        devices.append(ShardDevice(
-            spec.kind, spec.memory_gib * 2**30 * MEMORY_UTILIZATION, spec.link_gbs,
-            peak_flops(spec, shape.compute_dtype) * eff.compute, spec.mem_bw_gbs * eff.memory,
-            spec.power_max_w,
-        ))
-    return shape, model, devices
+    return shape, shard_model(shape), [shard_device(shape, kind) for kind in kinds]
 
 
 def plan_shards(

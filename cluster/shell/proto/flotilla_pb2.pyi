@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "model", "request_id", "raw")
+    __slots__ = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "model", "request_id", "raw", "context_parallel")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_tokens: int
     temperature: float
@@ -26,7 +27,8 @@ class GenerateRequest(_message.Message):
     model: str
     request_id: str
     raw: bool
-    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., raw: _Optional[bool] = ...) -> None: ...
+    context_parallel: str
+    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., raw: _Optional[bool] = ..., context_parallel: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -51,7 +53,7 @@ class Modeled(_message.Message):
     def __init__(self, ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., energy_j: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "ttft_ms", "tpot_ms", "e2e_ms", "device_id", "device_kind", "device_label", "simulated", "modeled", "attempts", "request_id", "model", "replayed")
+    __slots__ = ("text", "finish_reason", "usage", "ttft_ms", "tpot_ms", "e2e_ms", "device_id", "device_kind", "device_label", "simulated", "modeled", "attempts", "request_id", "model", "replayed", "context_parallel")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +69,7 @@ class Final(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: str
     usage: Usage
@@ -82,7 +85,26 @@ class Final(_message.Message):
     request_id: str
     model: str
     replayed: bool
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    context_parallel: ContextParallel
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ..., context_parallel: _Optional[_Union[ContextParallel, _Mapping]] = ...) -> None: ...
+
+class ContextParallel(_message.Message):
+    __slots__ = ("devices", "strategy", "shares", "modeled_prefill_ms", "modeled_energy_j", "note", "modeled_memory_bytes")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MODELED_PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    MODELED_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    MODELED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    strategy: str
+    shares: _containers.RepeatedScalarFieldContainer[int]
+    modeled_prefill_ms: float
+    modeled_energy_j: float
+    note: str
+    modeled_memory_bytes: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., shares: _Optional[_Iterable[int]] = ..., modeled_prefill_ms: _Optional[float] = ..., modeled_energy_j: _Optional[float] = ..., note: _Optional[str] = ..., modeled_memory_bytes: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "text")
@@ -130,10 +152,56 @@ class PlanQuery(_message.Message):
     def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("query",)
+    __slots__ = ("query", "shards")
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     query: PlanQuery
-    def __init__(self, query: _Optional[_Union[PlanQuery, _Mapping]] = ...) -> None: ...
+    shards: ShardsQuery
+    def __init__(self, query: _Optional[_Union[PlanQuery, _Mapping]] = ..., shards: _Optional[_Union[ShardsQuery, _Mapping]] = ...) -> None: ...
+
+class ShardsQuery(_message.Message):
+    __slots__ = ("tokens", "model", "devices", "latency_budget_s", "energy_budget_j", "objective")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_BUDGET_J_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    model: str
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    latency_budget_s: float
+    energy_budget_j: float
+    objective: str
+    def __init__(self, tokens: _Optional[int] = ..., model: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., latency_budget_s: _Optional[float] = ..., energy_budget_j: _Optional[float] = ..., objective: _Optional[str] = ...) -> None: ...
+
+class Shards(_message.Message):
+    __slots__ = ("devices", "kinds", "strategy", "shares", "modeled_latency_s", "modeled_energy_j", "modeled_memory_bytes", "candidates_evaluated", "solve_ms", "candidates", "model", "note")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MODELED_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    MODELED_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    MODELED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[int]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    strategy: str
+    shares: _containers.RepeatedScalarFieldContainer[int]
+    modeled_latency_s: float
+    modeled_energy_j: float
+    modeled_memory_bytes: _containers.RepeatedScalarFieldContainer[float]
+    candidates_evaluated: int
+    solve_ms: float
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    note: str
+    def __init__(self, devices: _Optional[_Iterable[int]] = ..., kinds: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., shares: _Optional[_Iterable[int]] = ..., modeled_latency_s: _Optional[float] = ..., modeled_energy_j: _Optional[float] = ..., modeled_memory_bytes: _Optional[_Iterable[float]] = ..., candidates_evaluated: _Optional[int] = ..., solve_ms: _Optional[float] = ..., candidates: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class PlanBucket(_message.Message):
     __slots__ = ("max_tokens", "kinds", "max_input_tokens", "max_output_tokens", "weights")
@@ -215,18 +283,20 @@ class Replica(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., kind: _Optional[str] = ..., capacity: _Optional[int] = ..., active: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
 
 class PlanResponse(_message.Message):
-    __slots__ = ("version", "source", "buckets", "replicas", "allocation")
+    __slots__ = ("version", "source", "buckets", "replicas", "allocation", "shards")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     source: str
     buckets: _containers.RepeatedCompositeFieldContainer[PlanBucket]
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     allocation: Allocation
-    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ...) -> None: ...
+    shards: Shards
+    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ..., shards: _Optional[_Union[Shards, _Mapping]] = ...) -> None: ...
 
 class SelectExpertsRequest(_message.Message):
     __slots__ = ("query", "energy_budget_j", "latency_budget_ms", "max_experts")
