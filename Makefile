@@ -26,7 +26,7 @@ demo: setup
 
 test: setup
 	$(BIN)/lint-imports --no-cache
-	@scripts/with-redis $(BIN)/python -m pytest -q
+	@PY=$(BIN)/python scripts/with-redis scripts/run-tests
 
 # Each benchmark writes its figures under bench/results/; docs/benchmarks.md cites them.
 # The GPU checks exit 0 with a message on a machine without CUDA.

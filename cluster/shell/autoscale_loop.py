@@ -29,7 +29,6 @@ Each :meth:`AutoscaleLoop.step`:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field

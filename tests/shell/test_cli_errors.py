@@ -30,7 +30,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, expected", [
     (("devices", "--bogus"), "flotilla: error: No such option: --bogus (see flotilla devices --help)"),
-    (("generate",), "flotilla: error: Missing argument 'prompt'. (see flotilla generate --help)"),
+    (("generate",), "flotilla: error: prompt: expected the prompt as an argument or --file FILE (exactly one)"),
+    (("plan-shards",), "flotilla: error: Missing option '--tokens'. (see flotilla plan-shards --help)"),
     (("nosuch",), "flotilla: error: No such command 'nosuch'. (see flotilla --help)"),
     (("plan", "--rate", "abc"), None),
 ])
