@@ -25,12 +25,7 @@ def plot_sweep(rows: list[dict], x_key: str, x_label: str, path: str | Path, tit
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.text(0.01, 0.01, "energy and latency are modeled (cluster/perf roofline), not measured", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_evaluation(doc: dict, path: str | Path) -> Path:
@@ -60,6 +55,13 @@ def plot_evaluation(doc: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.text(0.01, 0.01, "energy is modeled (cluster/perf roofline), not measured", fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Lay out (leaving room for the footnote), write the PNG (creating its folder), close."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

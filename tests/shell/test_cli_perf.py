@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from testkit import run_command
 from typer.testing import CliRunner
 
 from cluster import perf
@@ -26,24 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LLAMA7B = ["--hidden", "4096", "--heads", "32", "--kv-heads", "32", "--ffn", "11008", "--gated"]
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root() -> None:
-        """test root"""
-
-    register(app)
-    return app
-
-
 def run(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(_app(), list(args))
-    if isinstance(res.exception, InputError):
-        return 2, res.stdout, f"flotilla: error: {res.exception}"
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr if res.stderr_bytes is not None else ""
+    return run_command(register, *args)
 
 
 def test_roofline_fallback_equals_perf():

@@ -11,35 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
+from testkit import run_command
 
 from cluster.shell.cli.select import register
-from cluster.exceptions import InputError
 from edge.dataset import FIXTURE_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root() -> None:
-        """test root"""
-
-    register(app)
-    return app
-
-
 def run(*args: str) -> tuple[int, str, str]:
-    """Invoke like cluster.shell.cli.main.main: InputError -> exit 2 with a one-line reason."""
-    res = CliRunner().invoke(_app(), list(args))
-    if isinstance(res.exception, InputError):
-        return 2, res.stdout, f"flotilla: error: {res.exception}"
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr if res.stderr_bytes is not None else ""
+    return run_command(register, *args)
 
 
 INSTANCE = {

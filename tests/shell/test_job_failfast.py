@@ -19,21 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from testkit import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -59,7 +48,7 @@ def token_head(tmp_path_factory):
     token_file = token_dir / "auth_token"
     token_file.write_text("flotilla-test-token-" + os.urandom(8).hex())
     token_file.chmod(0o600)
-    gcs, node_mgr, obj_mgr, metrics, runtime_env, agent_grpc, agent_http, client = _free_ports(8)
+    gcs, node_mgr, obj_mgr, metrics, runtime_env, agent_grpc, agent_http, client = free_ports(8)
     tmp = tempfile.mkdtemp(prefix="rayff")
     bindir = str(Path(PY).parent)
     env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
@@ -96,7 +85,7 @@ def token_head(tmp_path_factory):
 
 
 def test_wrong_address_fails_within_the_timeout_naming_it():
-    (port,) = _free_ports(1)  # nothing listens there
+    (port,) = free_ports(1)  # nothing listens there
     address = f"127.0.0.1:{port}"
     p, took = _job(["--address", address, "--port", "0", "--http-port", "0"], _env(), timeout=60)
     assert p.returncode == 1, p.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,20 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from testkit import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 def _ray_auth_headers() -> dict[str, str]:
     """Ray's token authentication stays on: send the token ``ray start`` uses (``$RAY_AUTH_TOKEN``
@@ -47,7 +35,7 @@ def _ray_auth_headers() -> dict[str, str]:
 def head():
     from ray.job_submission import JobSubmissionClient
 
-    gcs, dash, agent_grpc, agent_http, node_mgr, obj_mgr, metrics, runtime_env, client = _free_ports(9)
+    gcs, dash, agent_grpc, agent_http, node_mgr, obj_mgr, metrics, runtime_env, client = free_ports(9)
     tmp = tempfile.mkdtemp(prefix="rayjob")
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""), RAY_USAGE_STATS_ENABLED="0")
@@ -88,7 +76,7 @@ def test_submitted_job_serves_through_the_gateway(head):
 
     from cluster.shell.client import Client
 
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     job = head.submit_job(
         entrypoint=f"python -m cluster.shell.job serve --model echo --port {port}",
         runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "**/__pycache__", ".hypothesis", ".pytest_cache"]},
