@@ -441,11 +441,12 @@ class Router:
         completed = False
         try:
             if journal:
-                stored = self._append(rid, req, pending.fingerprint, deadline)
-                if stored is not None:  # a retry of a request finished elsewhere
-                    pending.result = stored
-                    yield from self._replayed(stored)
+                what, got = self._append(rid, req, pending.fingerprint, deadline)
+                if what == "stored":  # a retry of a request finished elsewhere
+                    pending.result = got
+                    yield from self._replayed(got)
                     return
+                req = got  # ours to run: this request, or our own stranded entry as journaled
             ours = True
             final = yield from self._dispatch(rid, req, deadline)
             # Durable before the caller sees the end: a finished request is never replayed, and a
@@ -474,20 +475,29 @@ class Router:
                 if self._pending.get(rid) is pending:
                     del self._pending[rid]
 
-    def _append(self, rid: str, req: dict[str, Any], fp: str, deadline: float) -> dict[str, Any] | None:
-        """Journal the request; None when it is ours to run. A retry of a request that another
-        router is running waits for its stored result (returned); a request id in use by another
-        request raises RequestIdInUseError."""
+    def _append(self, rid: str, req: dict[str, Any], fp: str, deadline: float) -> tuple[str, dict[str, Any]]:
+        """Journal the request. ``("run", request)`` when it is ours to run; ``("stored",
+        result)`` for a retry of a finished request. A retry of a request that another router is
+        running waits for its stored result; a request id in use by another request raises
+        RequestIdInUseError.
+
+        A pending entry owned by this router that nobody here is running (its first run could not
+        store its result or acknowledge it while the store was down) is taken over at once and
+        run again as journaled: the caller holds ``_pending[rid]``, so no replay here runs it."""
         delay = 0.05
         while True:
             try:
                 self.store.journal_append(rid, req, fingerprint=fp, owner=self.owner)
-                return None
+                return "run", req
             except RequestIdInUseError as exc:
                 if not exc.same:
                     raise
                 if exc.result is not None:
-                    return exc.result
+                    return "stored", exc.result
+            entry = self.store.journal_get(rid)
+            if entry is not None and entry["owner"] == self.owner and entry["payload"] is not None:
+                self.store.incr("router.stranded_rerun")
+                return "run", entry["payload"]
             # Pending on another router (or an orphan about to be claimed): wait for its result.
             if time.monotonic() + delay > deadline:
                 raise DeadlineExceededError(f"request {rid}: deadline passed while another gateway was running it")

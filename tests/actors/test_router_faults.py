@@ -164,6 +164,32 @@ def test_retry_after_restart_returns_the_stored_answer(store, pool):
     assert store.journal_get("keep")["payload"] is None  # the prompt is not kept once done
 
 
+def test_a_retry_runs_this_routers_stranded_entry_at_once(store, pool):
+    # The first run could neither store its result nor acknowledge (the store was down): the entry
+    # stays pending, owned by this live router, and no lease tick is due (replay off). A retry
+    # with the same id must run it as journaled, not wait for a result nobody is computing.
+    router = _router(store, pool)
+    router.start(replay=False)
+    req = router.normalise({"prompt": WORDS, "max_tokens": 64, "temperature": 0.8, "seed": 7, "request_id": "stranded"})
+    from actors.router import fingerprint
+
+    store.journal_append("stranded", req, fingerprint=fingerprint(req), owner=router.owner)
+    t0 = time.monotonic()
+    final = router.generate({"prompt": WORDS, "max_tokens": 64, "temperature": 0.8, "seed": 7, "request_id": "stranded"},
+                            timeout_s=20)
+    assert time.monotonic() - t0 < 10  # ran now (30 words at 50 ms), not after a deadline
+    assert final["text"] == WORDS and final.get("replayed") is not True
+    assert store.counter("router.stranded_rerun") == 1 and store.counter("router.completed") == 1
+    assert store.journal_unacked() == []
+    # An entry owned by another live router is still left to it: the retry waits, then times out.
+    store.lease("other-router", 30)
+    store.journal_append("theirs", req, fingerprint=fingerprint(req), owner="other-router")
+    with pytest.raises(DeadlineExceededError):
+        router.generate(dict(req, request_id="theirs"), timeout_s=0.5)
+    assert store.journal_get("theirs")["owner"] == "other-router"
+    router.close()
+
+
 def test_two_routers_on_one_store_never_run_one_request_twice(store, pool):
     a = _router(store, pool)
     a.start()
