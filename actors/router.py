@@ -176,11 +176,14 @@ def _record_load(store: Any, req: dict[str, Any]) -> None:
 
 def fingerprint(req: dict[str, Any], caller: str = "") -> str:
     """What binds a request id to its request: a hash of the prompt, the sampling parameters as
-    the caller gave them (before a seed is drawn) and the caller's identity."""
+    the caller gave them (before a seed is drawn), how it is to run (``context_parallel``) and
+    the caller's identity."""
     import hashlib
     import json
 
     fields = {k: req.get(k) for k in ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "chat")}
+    if req.get("context_parallel") not in (None, "", "auto"):  # the default is left out of the hash
+        fields["context_parallel"] = req["context_parallel"]
     blob = json.dumps([fields, caller], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -270,3 +270,13 @@ def test_lease_loop_survives_a_store_outage(throwaway_redis):
     assert store.journal_unacked() == []
     router.close()
     store.close()
+
+
+def test_fingerprint_binds_how_a_request_runs():
+    from actors.router import fingerprint
+
+    base = {"prompt": "p q", "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "stop": [], "seed": None}
+    for default in (None, "", "auto"):  # the default mode is the same request
+        assert fingerprint(dict(base, context_parallel=default)) == fingerprint(base)
+    assert fingerprint(dict(base, context_parallel="off")) != fingerprint(base)
+    assert fingerprint(base, "alice") != fingerprint(base, "bob")
