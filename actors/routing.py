@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.exceptions import FlotillaError, InputError
+from cluster.exceptions import CapacityError, FlotillaError, InputError
 
 
 @dataclass
@@ -106,8 +106,6 @@ class WeightedTurns:
         return best
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Choice:
     """What :func:`choose_replica` decided: ``replica`` (None when every candidate is busy) and
@@ -119,6 +117,18 @@ class Choice:
 
 class NoReplicaError(FlotillaError):
     """No replica can serve the request (none alive, or every one died while serving it)."""
+
+
+class RouterClosedError(NoReplicaError):
+    """The router is shutting down; the request stays journaled for the next one to replay."""
+
+
+class DeadlineExceededError(FlotillaError):
+    """A request ran past its deadline (gRPC DEADLINE_EXCEEDED)."""
+
+
+class QueueFullError(CapacityError):
+    """The router already holds ``max_queue`` requests (gRPC RESOURCE_EXHAUSTED)."""
 
 
 def choose_replica(replicas: list[Replica], bucket: dict[str, Any], key: tuple[int, int],
