@@ -7,6 +7,9 @@ none of those kinds is alive: a *fallback*), those with a free slot (``active < 
 ``weights``, smooth weighted round robin (:class:`WeightedTurns`) picks the kind first among the
 kinds that have a free replica; then the least loaded (``active / capacity``) replica, ties broken
 round-robin by ``turn``. No free replica: no choice (the caller waits).
+
+The router's errors live here too, below every part that raises them: :class:`NoReplicaError`,
+:class:`RouterClosedError`, :class:`DeadlineExceededError`, :class:`QueueFullError`.
 """
 
 from __future__ import annotations
