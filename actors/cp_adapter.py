@@ -2,7 +2,7 @@
 
 A request whose prompt is longer than ``above`` tokens (and that does not ask for
 ``context_parallel: "off"``) is not given to one ExpertActor: the router's dispatch hook
-(:class:`ContextParallelRoute`, called from :meth:`actors.router.Router._acquire`) hands it to one
+(:class:`ContextParallelRoute`, called from :meth:`actors.dispatch.Dispatcher.acquire`) hands it to one
 :class:`ContextParallelServer` actor, which has the same ``generate_stream`` / ``generate``
 interface as an ExpertActor. The request is journaled, re-dispatched and acknowledged by the
 router exactly like any other; only the replica differs.

@@ -7,6 +7,9 @@ none of those kinds is alive: a *fallback*), those with a free slot (``active < 
 ``weights``, smooth weighted round robin (:class:`WeightedTurns`) picks the kind first among the
 kinds that have a free replica; then the least loaded (``active / capacity``) replica, ties broken
 round-robin by ``turn``. No free replica: no choice (the caller waits).
+
+The router's errors live here too, below every part that raises them: :class:`NoReplicaError`,
+:class:`RouterClosedError`, :class:`DeadlineExceededError`, :class:`QueueFullError`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.exceptions import FlotillaError, InputError
+from cluster.exceptions import CapacityError, FlotillaError, InputError
 
 
 @dataclass
@@ -106,8 +109,6 @@ class WeightedTurns:
         return best
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Choice:
     """What :func:`choose_replica` decided: ``replica`` (None when every candidate is busy) and
@@ -119,6 +120,18 @@ class Choice:
 
 class NoReplicaError(FlotillaError):
     """No replica can serve the request (none alive, or every one died while serving it)."""
+
+
+class RouterClosedError(NoReplicaError):
+    """The router is shutting down; the request stays journaled for the next one to replay."""
+
+
+class DeadlineExceededError(FlotillaError):
+    """A request ran past its deadline (gRPC DEADLINE_EXCEEDED)."""
+
+
+class QueueFullError(CapacityError):
+    """The router already holds ``max_queue`` requests (gRPC RESOURCE_EXHAUSTED)."""
 
 
 def choose_replica(replicas: list[Replica], bucket: dict[str, Any], key: tuple[int, int],

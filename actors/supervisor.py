@@ -81,7 +81,7 @@ class Supervisor:
         import ray
         from ray.exceptions import GetTimeoutError
 
-        from actors.router import _is_actor_death
+        from actors.dispatch import is_actor_death
 
         replicas = self.router.replicas()
         live = [r for r in replicas if r["alive"]]
@@ -93,7 +93,7 @@ class Supervisor:
             except GetTimeoutError:
                 continue  # busy, not dead
             except Exception as exc:  # noqa: BLE001 - sorted below
-                if _is_actor_death(exc):
+                if is_actor_death(exc):
                     self.router.mark_dead(device_id)
         replaced = []
         now = self._clock()

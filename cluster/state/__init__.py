@@ -50,14 +50,8 @@ from __future__ import annotations
 import urllib.parse
 
 from cluster.exceptions import InputError, did_you_mean
-from cluster.state.base import (
-    ALLOWED_SCHEMES,
-    DEFAULT_HISTOGRAM_CAP,
-    HistogramSummary,
-    StateStore,
-    percentile_nearest_rank,
-    redact_url,
-)
+from cluster.state.base import ALLOWED_SCHEMES, StateStore
+from cluster.state.values import DEFAULT_HISTOGRAM_CAP, HistogramSummary, percentile_nearest_rank, redact_url
 from cluster.state.memory_store import MemoryStore
 from cluster.state.redis_store import RedisStore
 

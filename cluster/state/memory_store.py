@@ -8,11 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from cluster.state.base import (
-    DEFAULT_HISTOGRAM_CAP,
-    HistogramSummary,
-    StateStore,
-)
+from cluster.state.base import StateStore
+from cluster.state.values import DEFAULT_HISTOGRAM_CAP, HistogramSummary
 
 
 @dataclasses.dataclass(slots=True)

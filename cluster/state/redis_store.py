@@ -7,14 +7,8 @@ import urllib.parse
 from collections.abc import Iterator
 
 from cluster.exceptions import InputError, StoreUnavailableError
-from cluster.state.base import (
-    _CONNECT_TIMEOUT_S,
-    _SOCKET_TIMEOUT_S,
-    DEFAULT_HISTOGRAM_CAP,
-    HistogramSummary,
-    StateStore,
-    redact_url,
-)
+from cluster.state.base import _CONNECT_TIMEOUT_S, _SOCKET_TIMEOUT_S, StateStore
+from cluster.state.values import DEFAULT_HISTOGRAM_CAP, HistogramSummary, redact_url
 
 _LUA_DEVICES = """
 local ids = redis.call('SMEMBERS', KEYS[1])

@@ -280,3 +280,23 @@ def test_fingerprint_binds_how_a_request_runs():
         assert fingerprint(dict(base, context_parallel=default)) == fingerprint(base)
     assert fingerprint(dict(base, context_parallel="off")) != fingerprint(base)
     assert fingerprint(base, "alice") != fingerprint(base, "bob")
+
+
+def test_a_finished_stream_holds_no_slot_while_its_caller_keeps_it_open(store, pool):
+    """Once the final event is out the request's queue and replica slots are free, even though
+    the caller has not closed the generator (it used to keep both until then)."""
+    router = _router(store, pool, max_queue=1)
+    router.start()
+    for n, max_tokens in enumerate((64, 1)):  # streamed, and one unary call
+        stream = router.stream({"prompt": "a b c", "max_tokens": max_tokens, "request_id": f"open-{n}"})
+        events = []
+        while not events or events[-1]["type"] != "done":
+            events.append(next(stream))
+        assert events[-1]["text"] == ("a b c" if max_tokens == 64 else "a")
+        assert router.status()["admitted"] == 0
+        assert all(r["active"] == 0 for r in router.replicas())
+        assert router._pending == {}
+        # the queue has room again although this generator is still open
+        assert router.generate({"prompt": "x y", "request_id": f"next-{n}"})["text"] == "x y"
+        stream.close()
+    router.close()
