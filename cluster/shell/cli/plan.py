@@ -91,6 +91,13 @@ def _render(doc: dict[str, Any]) -> None:
             "infeasible" if b is None else f"{b:.2f}", "—" if s is None else f"{100 * s:.1f}%",
         )
     out.print(table)
+    left = doc.get("unservable_buckets") or []
+    if left:
+        shown = "; ".join(f"[{b['tokens'] or tuple(b['bucket'])}] {b['mass']:.2g}" for b in left[:3])
+        more = f"; {len(left) - 3} more" if len(left) > 3 else ""
+        out.print(f"[yellow]left out: {len(left)} bucket(s), mass {doc['unservable_mass']:.3g} "
+                  f"({doc['unservable_rate']:.3g} req/s) that no candidate kind serves: {shown}{more}; "
+                  "--strict refuses instead[/yellow]")
     if doc.get("status") == "Feasible":
         out.print(f"[yellow]time limit reached: the best mix found, at most {100 * doc['gap']:.1f}% above the "
                   "optimum (LP bound); not proven optimal[/yellow]")
@@ -128,9 +135,13 @@ def plan(
     simulate: bool = typer.Option(False, "--simulate", help="Check the plan in the fleet simulator (modeled SLO attainment)."),
     target: float = typer.Option(0.99, "--target", help="With --simulate: warn when the attainment is below this."),
     sim_requests: int = typer.Option(5000, "--sim-requests", help="With --simulate: requests to simulate."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse (exit 2) when a bucket no candidate kind can serve has mass; default: plan for the rest and report it."),
     as_json: bool = json_option(),
 ) -> None:
-    """The cheapest mix of device types that serves a workload under a latency SLO."""
+    """The cheapest mix of device types that serves a workload under a latency SLO.
+
+    Buckets of the workload that no candidate kind can serve under the SLO are left out, at their
+    own rates, and reported (unservable_buckets, unservable_mass); --strict refuses instead."""
     import math
 
     from solvers.allocation import solve
@@ -146,12 +157,13 @@ def plan(
         if ignored:
             raise InputError(f"--config: the config file sets the problem; {', '.join(ignored)} would be ignored "
                              "(drop them, or drop --config)")
-        problem, desc = problem_from_config(config)
+        problem, desc = problem_from_config(config, strict=strict)
     else:
         problem, desc = build_problem(
             model=model, workload=workload, rate=rate, tpot_slo_ms=tpot_slo_ms, ttft_slo_ms=ttft_slo_ms,
             devices=devices, max_count=max_count, power_budget_w=power_budget_w, headroom=headroom,
             slice_factor=slice_factor, prices=prices, calibration=calibration, tables=tuple(tables),
+            strict=strict,
         )
     result = solver_call(solve, problem, solver=solver, time_limit_s=time_limit, accept_incumbent=time_limit is not None)
     doc = {**result.to_json(), **desc}
