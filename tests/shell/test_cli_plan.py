@@ -244,3 +244,26 @@ def test_plan_rpc_path_reports_unservable_and_strict_refuses():
         tuple(b["bucket"]) for b in desc["unservable_buckets"]]
     with pytest.raises(PlanInfeasibleError, match=r"^query.strict: infeasible: 3 bucket\(s\)"):
         solve_query(PlanQuery(devices=("l4", "a10g"), strict=True))
+
+
+def test_measured_cpu_table_drives_a_cost_plan_at_the_derived_cpu_price(flotilla, capsys, tmp_path):
+    """The cpu kind has a price (quoted vCPU-hour x logical CPUs), so its measured table plans."""
+    import os
+
+    from cluster.catalog import default_catalog
+
+    table_file = Path(__file__).parents[2] / "bench" / "results" / "profile_cpu_smollm2_table.json"
+    measured = json.loads(table_file.read_text())
+    reqs = tmp_path / "short.jsonl"  # only buckets (0, 0) and (0, 1), the two the profile measured
+    reqs.write_text("".join(json.dumps({"input_len": 20, "output_len": o}) + "\n" for o in (20, 20, 80)))
+    rc, out, err = run(flotilla, capsys, "--model", "smollm2-135m", "--devices", "cpu", "--workload", str(reqs),
+                       "--rate", "0.5", "--tables", str(table_file), "--tpot-slo-ms", "400", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    price = dict(default_catalog().host.figures)["price_per_vcpu_hour"].value * (os.cpu_count() or 1)
+    assert doc["prices_per_hour"]["cpu"] == pytest.approx(price)
+    assert doc["measured"]["cpu"]["measured_buckets"] == 2 and doc["throughput_source"] == "modeled+measured"
+    mu = measured["rates"][0]
+    load = 0.5 * (2 / 3 / mu[0] + 1 / 3 / mu[1])  # both buckets at the measured rates
+    assert doc["load_per_type"]["cpu"] == pytest.approx(load)
+    assert doc["allocation"] == {"cpu": math.ceil(load)} and doc["cost_per_hour"] == pytest.approx(math.ceil(load) * price)
