@@ -201,6 +201,12 @@ def test_calibration_profile_drives_the_tables(flotilla, capsys):
     assert cal["cost_per_hour"] > plain["cost_per_hour"]
     rc, out, err = run(flotilla, capsys, "--calibration", "nope")
     assert rc == 2 and err.startswith("flotilla: error: --calibration: no profile 'nope'")
+    assert "engines-2026 (today's engines" in err and "melange-2024 (the Mélange paper's setting" in err
+    rc, out, err = run(flotilla, capsys, "--calibration", "engines-2026", "--devices", "l4,a100-80g-sxm,h200-sxm",
+                       "--json")
+    assert rc == 0, err
+    assert json.loads(out)["calibration"] == {"profile": "engines-2026", "calibrated_kinds": ["a100-80g-sxm",
+                                                                                              "h200-sxm"]}
 
 
 def test_config_refuses_flags_it_would_ignore(flotilla, capsys):

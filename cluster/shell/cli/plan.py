@@ -128,7 +128,7 @@ def plan(
     solver: str = typer.Option("cbc", "--solver", help="cbc | highs."),
     prices: str = typer.Option("catalog", "--prices", help="catalog (today's) | melange (the paper's)."),
     tables: list[str] = typer.Option([], "--tables", help="A measured rate table (`flotilla profile --table`) for one kind; used where it profiled a bucket (repeatable)."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration profile for the modeled tables: melange-2024, vidur-2024 or a profile JSON file."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration profile for the modeled tables: engines-2026 (today's engines: Vidur A100/H100 operators, H200 measurements), melange-2024 (the Mélange paper's published capacities, vLLM 0.2.7), vidur-2024 (A100/H100 operators only), or a profile JSON file."),
     config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop the solver after S seconds and report the best mix found, with its optimality gap."),
