@@ -214,7 +214,7 @@ def test_config_refuses_flags_it_would_ignore(flotilla, capsys):
     assert rc == 2 and "--rate, --devices would be ignored" in err
 
 
-def test_unservable_buckets_are_left_out_reported_or_refused_with_strict(flotilla, capsys):
+def test_unservable_buckets_are_left_out_reported_or_refused_with_strict(flotilla, capsys, tmp_path):
     # L4 and A10G cannot hold Arena's 12k-16k-token buckets: planned without them, and said
     rc, out, err = run(flotilla, capsys, "--devices", "l4,a10g", "--json")
     assert rc == 0, err
@@ -233,6 +233,12 @@ def test_unservable_buckets_are_left_out_reported_or_refused_with_strict(flotill
     assert rc == 0 and json.loads(out)["unservable_mass"] == 0.0
     rc, out, _ = run(flotilla, capsys, "--devices", "l4,a10g")
     assert rc == 0 and "left out: 3 bucket(s)" in out and "--strict refuses" in out
+    # the plot's x axis is the total rate: at the requested 4 req/s it shows this plan's cost
+    rc, out, err = run(flotilla, capsys, "--devices", "l4,a10g", "--plot", str(tmp_path / "p.png"), "--json")
+    assert rc == 0, err
+    plotted = json.loads(out)
+    at = plotted["plot"]["rates"].index(4.0)
+    assert plotted["plot"]["requested_rate"] == 4.0 and plotted["plot"]["mix"][at] == pytest.approx(doc["cost_per_hour"])
     rc, out, err = run(flotilla, capsys, "--devices", "l4,a10g", "--strict")
     assert rc == 2 and out == ""
     assert "3 bucket(s) of total mass" in err and "12001-16000 in, 251-500 out" in err

@@ -25,10 +25,13 @@ from cluster.shell.planner import (
 )
 
 def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], title: str,
-                      requested: float | None = None) -> dict[str, Any]:
+                      requested: float | None = None, served_share: float = 1.0) -> dict[str, Any]:
     """Draw cost/h against total rate for the mix and each single type, as steps (devices are
     bought whole, so cost jumps between the rates solved); the requested rate is marked and a kind
-    that cannot serve the workload alone at any plotted rate is labelled so. Returns the data."""
+    that cannot serve the workload alone at any plotted rate is labelled so. Returns the data.
+
+    ``served_share`` is 1 - the left-out mass: ``problem`` carries only the servable buckets, so a
+    total rate r is solved at r x served_share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +44,7 @@ def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], 
     mix: list[float | None] = []
     single: dict[str, list[float | None]] = {n: [] for n in names}
     for r in rates:
-        p = dataclasses.replace(problem, workload=Workload(problem.workload.histogram, r))
+        p = dataclasses.replace(problem, workload=Workload(problem.workload.histogram, r * served_share))
         try:
             plan = solver_call(solve, p, solver=solver)
         except InputError as e:
@@ -169,13 +172,14 @@ def plan(
     doc = {**result.to_json(), **desc}
     doc.setdefault("prices_per_hour", {t.name: t.price_per_hour for t in problem.device_types})
     if plot is not None:
-        r = problem.workload.total_rate
+        r = desc.get("rate", problem.workload.total_rate)  # the total, left-out buckets included
+        share = problem.workload.total_rate / r if r > 0 else 1.0
         top = max(2 * r, 1.0)
         rates = sorted({round(top * k / 12, 6) for k in range(1, 13)} | {r} - {0.0})
         title = (f"{desc.get('model', 'config')} / {desc.get('workload', {}).get('name', desc.get('config'))}"
                  f" / TPOT {desc.get('tpot_slo_ms', '-')} ms — {desc['throughput_source']} throughput tables")
         with err.status(f"solving {len(rates)} rates for the plot…", spinner="dots"):
-            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title, requested=r)
+            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title, requested=r, served_share=share)
     if simulate:
         from cluster.shell.simulator import check_plan
 
