@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/bench_simulator.py --out bench/results/simulator.json
 	$(BIN)/python bench/bench_opmodel.py --out bench/results/opmodel.json
 	$(BIN)/python bench/bench_calibration.py --out bench/results/calibration.json
+	$(BIN)/python bench/bench_calibration_holdout.py --out bench/results/calibration_holdout.json
 	$(BIN)/python bench/bench_shards.py --out bench/results/shards.json
 	$(BIN)/python bench/bench_shards.py --context-parallel --reps 3 --out bench/results/context_parallel.json
 	$(BIN)/python bench/gpu_device_check.py --out bench/results/gpu_device_check.json

@@ -215,7 +215,46 @@ def profile_cpu() -> str:
             f"in the profiled buckets ({tab['engine']} {tab['model']} on {tab['device_kind']}, host {tab['host']}).\n")
 
 
+def calibration_holdout() -> str:
+    d = _load("calibration_holdout.json")
+    rows = [["Fig. 9 capacities (fitted)", "melange-2024, one scale per kind",
+             ", ".join(f"{k} off by {v:.0e}" for k, v in d["by_construction"]["capacity_error_after"].items()), "—",
+             "by construction"]]
+    for key, loo in d["capacity_loo"].items():
+        for kind, f in loo.items():
+            rows.append([f"Fig. 9: {kind} capacity ({key.removeprefix('tpot_').replace('ms', ' ms')})",
+                         f"one shared scale fitted on {', '.join(f['fitted_on'])}",
+                         f"{f['predicted_rps']:.3f} vs {f['published_rps']:g} req/s ({f['error']:+.0%})", "—", "held out"])
+    names = {"fig3b": "Fig. 3b: A10G vs A100 per bucket", "fig7": "Fig. 7: A10G vs A100 per size × TPOT SLO",
+             "fig5a": "Fig. 5a: best of L4/A10G/A100/H100 per bucket"}
+    for fig, p in d["preferences"].items():
+        rows.append([names.get(fig, fig), "preferred GPU (req/$ at the paper's prices)",
+                     f"default {p['default']['agree']}/{p['n']}, melange-2024 {p['melange-2024']['agree']}/{p['n']}",
+                     f"{p['majority_agree']}/{p['n']} (always {p['majority_label']})", "held out"])
+    return _table(["published point", "predicted by", "agreement", "constant guess", "status"], rows)
+
+
+def calibration_engines() -> str:
+    d = _load("calibration.json")
+    rows = []
+    for kind, f in d["vidur"].items():
+        rows.append([kind, "Vidur layer times (in-sample)", str(f["rows"])]
+                    + [f"{f[k]['median']:.1%} / {f[k]['p90']:.1%}" for k in ("error_before", "error_after")])
+    e = d["engines"]
+    h = e["h200-sxm"]
+    rows.append(["h200-sxm", "CUDA-graph decode steps (fitted)", str(h["rows"])]
+                + [f"{h[k]['median']:.1%} / {h[k]['p90']:.1%}" for k in ("error_before", "error_after")])
+    c = h["check_prefill_eager"]
+    rows.append(["h200-sxm", "eager prefill (check, not fitted)", str(c["rows"])]
+                + [f"{c[k]['median']:.1%} / {c[k]['p90']:.1%}" for k in ("error_before", "error_after")])
+    cpu = e["cpu_not_shipped"]
+    rows.append(["cpu (not shipped)", f"TPOT p50, probe {cpu['host']['tflops_fp16'] * 1e3:.2g} GFLOP/s", str(cpu["rows"])]
+                + [f"{cpu[k]['median']:.1%} / {cpu[k]['p90']:.1%}" for k in ("error_before", "error_after")])
+    return _table(["kind", "measured target", "points", "error before (median / p90)", "after"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "calibration-holdout": calibration_holdout, "calibration-engines": calibration_engines,
     "summary": summary,
     "profile-cpu": profile_cpu,
     "http": http,

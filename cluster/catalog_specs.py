@@ -40,13 +40,15 @@ _FIGURE_RULES: Mapping[str, tuple[str, bool, str]] = MappingProxyType(
         "link_gbs": ("number", False, "positive"),
         "price_per_hour": ("number", True, "non-negative"),
         "price_per_hour_melange": ("number", False, "positive"),
+        "price_per_vcpu_hour": ("number", False, "positive"),
     }
 )
 #: Figures every typed (non-host) entry must carry; DeviceSpec has one field per name.
-_SPEC_FIGURES = tuple(n for n in _FIGURE_RULES if n != "price_per_hour_melange")
+_SPEC_FIGURES = tuple(n for n in _FIGURE_RULES if n not in ("price_per_hour_melange", "price_per_vcpu_hour"))
 _OPTIONAL_FIGURES = ("price_per_hour_melange",)
-#: Figures the host entry carries; the rest are measured.
-_HOST_FIGURES = ("power_idle_w", "power_max_w")
+#: Figures the host entry carries; the rest are measured (its price_per_hour is
+#: price_per_vcpu_hour x the host's logical CPUs, derived at start-up).
+_HOST_FIGURES = ("power_idle_w", "power_max_w", "price_per_vcpu_hour")
 
 _DATE_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?")
 _KIND_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
@@ -237,7 +239,8 @@ def _check_figures(where: str, spec: DeviceSpec | None, figures: object) -> None
 class HostTemplate:
     """The catalog entry of the measured host kind: what is typed in; the rest is measured.
 
-    ``figures`` holds ``power_idle_w`` and ``power_max_w`` (documented estimates).
+    ``figures`` holds ``power_idle_w`` and ``power_max_w`` (documented estimates) and
+    ``price_per_vcpu_hour`` (a quoted cloud vCPU-hour price, scaled to the host's logical CPUs).
     """
 
     kind: str
@@ -257,9 +260,10 @@ class HostTemplate:
         names = {n for n, _ in self.figures}
         if names != set(_HOST_FIGURES):
             raise InputError(f"{where}.figures: expected exactly {', '.join(_HOST_FIGURES)}, got {sorted(names)}")
-        idle, peak = (dict(self.figures)[n].value for n in _HOST_FIGURES)
+        idle, peak, vcpu = (dict(self.figures)[n].value for n in _HOST_FIGURES)
         _check_number(where, "power_idle_w", idle, nullable=False, rule="non-negative")
         _check_number(where, "power_max_w", peak, nullable=False, rule="positive")
+        _check_number(where, "price_per_vcpu_hour", vcpu, nullable=False, rule="positive")
         if idle > peak:  # type: ignore[operator]
             raise InputError(f"{where}.power_idle_w: {idle} W exceeds power_max_w {peak} W")
 

@@ -167,6 +167,7 @@ def _host_spec(template: HostTemplate, m: HostMeasurement) -> DeviceSpec:
         return Figure(value=value, source=why, date=m.date, basis="derived")
 
     power = dict(template.figures)
+    vcpu_price = power["price_per_vcpu_hour"]
     figures = (
         ("memory_gib", measured(m.memory_gib, "physical memory (os.sysconf / /proc/meminfo, cgroup limit if lower)")),
         ("mem_bw_gbs", measured(m.copy_gbs, "best torch copy of a 64 MiB fp32 tensor, bytes read + written / time")),
@@ -176,7 +177,9 @@ def _host_spec(template: HostTemplate, m: HostMeasurement) -> DeviceSpec:
         ("power_max_w", power["power_max_w"]),
         ("interconnect", derived("host memory", "the local host: data reaches it by a memory copy")),
         ("link_gbs", measured(m.copy_gbs, "the memory copy bandwidth (data reaches the host by a copy)")),
-        ("price_per_hour", derived(None, "the local host: owned, not rented by the hour")),
+        ("price_per_hour", derived(vcpu_price.value * cpus,
+                                   f"{cpus} logical CPUs x ${vcpu_price.value:g} per vCPU-hour "
+                                   f"(price_per_vcpu_hour: {vcpu_price.source}, {vcpu_price.date})")),
     )
     values = {name: fig.value for name, fig in figures}
     return DeviceSpec(

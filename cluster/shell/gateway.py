@@ -268,6 +268,10 @@ def allocation_message(doc: dict[str, Any]) -> Any:
         solver=doc["solver"], throughput_source=doc.get("throughput_source", ""), note=doc.get("note", ""),
         applied=doc["applied"], allocation_version=doc.get("allocation_version") or 0, bundles=doc.get("bundles", 0),
         status=doc.get("status", "Optimal"), gap=doc.get("gap", 0.0),
+        unservable_mass=doc.get("unservable_mass", 0.0),
+        unservable_buckets=[pb.UnservableBucket(input_index=b["bucket"][0], output_index=b["bucket"][1],
+                                                tokens=b.get("tokens") or "", mass=b["mass"])
+                            for b in doc.get("unservable_buckets", ())],
     )
 
 

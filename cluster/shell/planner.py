@@ -100,16 +100,22 @@ def build_problem(
     *, model: str, workload: str, rate: float, tpot_slo_ms: float, ttft_slo_ms: float | None,
     devices: str, max_count: list[str], power_budget_w: float | None, headroom: float,
     slice_factor: int, prices: str, calibration: str | None = None, tables: tuple[str, ...] = (),
+    strict: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """The allocation problem the flags describe, and a JSON-ready description of its inputs.
 
     ``calibration`` names a calibration profile (``melange-2024``, or a profile JSON file): each
-    kind's throughput table is then modeled with that kind's fitted efficiencies."""
+    kind's throughput table is then modeled with that kind's fitted efficiencies.
+
+    Buckets that no candidate kind can serve are left out (:func:`solvers.allocation.servable_split`:
+    the problem returned carries the servable buckets at their own rates) and reported as
+    ``unservable_buckets`` / ``unservable_mass``; with ``strict`` they are refused instead
+    (InputError naming them, exit 2)."""
     from cluster.calibration import load_profile
-    from cluster.catalog import default_catalog
     from cluster.models import get_model
+    from cluster.probe import probed_catalog
     from cluster.tables import ServingConfig, modeled_rate_table, paper_grid
-    from solvers.allocation import AllocationProblem, DeviceType, Workload
+    from solvers.allocation import AllocationProblem, DeviceType, Workload, refuse_unservable, servable_split
 
     if prices not in PRICE_SOURCES:
         raise InputError(f"--prices: {prices!r}; allowed: {list(PRICE_SOURCES)}")
@@ -123,7 +129,7 @@ def build_problem(
         raise InputError(f"--ttft-slo-ms: {ttft_slo_ms!r}; allowed: a number > 0")
     if power_budget_w is not None and not (math.isfinite(power_budget_w) and power_budget_w >= 0):
         raise InputError(f"--power-budget-w: {power_budget_w!r}; allowed: a number >= 0")
-    catalog = default_catalog()
+    catalog = probed_catalog()  # the cpu kind is measured on first use, never before
     kinds: list[str] = []
     for name in (d.strip() for d in devices.split(",")):
         if not name:
@@ -175,6 +181,11 @@ def build_problem(
         workload=solver_call(Workload, histogram=hist, total_rate=rate), slice_factor=slice_factor,
         headroom=headroom, power_budget_w=power_budget_w,
     )
+    split = solver_call(servable_split, problem)
+    labels = {b: bucket_label(grid, b) for b, _ in split.unservable}
+    if strict:
+        solver_call(refuse_unservable, split, labels)
+    problem = split.problem
     desc = {
         "model": shape.name, "workload": wl_desc, "rate": rate, "tpot_slo_ms": tpot_slo_ms,
         "ttft_slo_ms": ttft_slo_ms, "devices": kinds, "max_count": caps, "power_budget_w": power_budget_w,
@@ -187,10 +198,21 @@ def build_problem(
         "measured": {k: {"file": m["file"], "engine": m.get("engine"), "model": m.get("model"), "host": m.get("host"),
                          "date": m.get("date"), "measured_buckets": sum(lim != "unprofiled" for row in m["limits"] for lim in row)}
                      for k, m in measured.items()},
+        "unservable_mass": split.unservable_mass,
+        "unservable_rate": split.unservable_rate,
+        "planned_rate": problem.workload.total_rate,
+        "unservable_buckets": [
+            {"bucket": list(b), "tokens": labels[b], "mass": w} for b, w in split.unservable],
         "calibration": None if profile is None else {
             "profile": profile.name, "calibrated_kinds": sorted(k for k in kinds if k in profile.efficiency)},
     }
     return problem, desc
+
+
+def bucket_label(grid: Any, bucket: tuple[int, int]) -> str:
+    """``"12000-16000 in, 100-250 out"``: a bucket's token ranges (each edge is a bucket's top)."""
+    (i, j), ins, outs = bucket, (0, *grid.in_edges), (0, *grid.out_edges)
+    return f"{ins[i] + 1}-{ins[i + 1]} in, {outs[j] + 1}-{outs[j + 1]} out"
 
 
 def _measured_tables(paths: tuple[str, ...], kinds: list[str], catalog: Any, tpot_slo_ms: float,
@@ -227,9 +249,12 @@ def _measured_tables(paths: tuple[str, ...], kinds: list[str], catalog: Any, tpo
     return out
 
 
-def problem_from_config(path: str) -> tuple[Any, dict[str, Any]]:
-    """A Mélange config file as a problem; its GPU names mapped to catalog kinds where they resolve."""
+def problem_from_config(path: str, strict: bool = False) -> tuple[Any, dict[str, Any]]:
+    """A Mélange config file as a problem; its GPU names mapped to catalog kinds where they resolve.
+    Buckets no GPU of the file can serve are left out and reported, or refused with ``strict``
+    (as in :func:`build_problem`)."""
     from cluster.catalog import default_catalog
+    from solvers.allocation import refuse_unservable, servable_split
     from solvers.melange_format import parse_melange_config
 
     try:
@@ -248,10 +273,15 @@ def problem_from_config(path: str) -> tuple[Any, dict[str, Any]]:
             kind = t.name
         names[t.name] = kind if kind not in names.values() else t.name
     types = tuple(dataclasses.replace(t, name=names[t.name]) for t in problem.device_types)
-    problem = dataclasses.replace(problem, device_types=types)
-    return problem, {
+    split = solver_call(servable_split, dataclasses.replace(problem, device_types=types))
+    if strict:
+        solver_call(refuse_unservable, split)
+    return split.problem, {
         "config": path, "names": names, "rate": problem.workload.total_rate,
         "slice_factor": problem.slice_factor, "throughput_source": "config", "note": CONFIG_TABLES_NOTE,
+        "unservable_mass": split.unservable_mass, "unservable_rate": split.unservable_rate,
+        "planned_rate": split.problem.workload.total_rate,
+        "unservable_buckets": [{"bucket": list(b), "tokens": None, "mass": w} for b, w in split.unservable],
     }
 
 
@@ -292,6 +322,7 @@ class PlanQuery:
     max_count: tuple[tuple[str, int], ...] = ()
     power_budget_w: float | None = None
     apply: bool = False
+    strict: bool = False
 
     def __post_init__(self) -> None:
         from solvers.workloads import WORKLOADS
@@ -328,6 +359,7 @@ class PlanQuery:
             ttft_slo_ms=q.ttft_slo_ms if q.HasField("ttft_slo_ms") else None,
             devices=tuple(q.devices), max_count=tuple(sorted(q.max_count.items())),
             power_budget_w=q.power_budget_w if q.HasField("power_budget_w") else None, apply=q.apply,
+            strict=q.strict,
         )
 
 
@@ -365,9 +397,11 @@ def solve_query(query: PlanQuery, *, time_limit_s: float | None = None, worker: 
             model=query.model, workload=query.workload, rate=query.rate, tpot_slo_ms=query.tpot_slo_ms,
             ttft_slo_ms=query.ttft_slo_ms, devices=",".join(query.devices) or DEFAULT_DEVICES,
             max_count=[f"{k}={n}" for k, n in query.max_count], power_budget_w=query.power_budget_w,
-            headroom=0.0, slice_factor=8, prices="catalog",
+            headroom=0.0, slice_factor=8, prices="catalog", strict=query.strict,
         )
     except InputError as exc:
+        if str(exc).startswith("infeasible:"):  # no candidate serves some (strict) or every bucket
+            raise PlanInfeasibleError(f"query.strict: {exc}" if query.strict else str(exc)) from None
         raise _field_error(exc) from None
     limit = SOLVE_TIME_LIMIT_S if time_limit_s is None else max(0.5, min(time_limit_s, SOLVE_TIME_LIMIT_S))
     try:

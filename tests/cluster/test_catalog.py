@@ -74,9 +74,9 @@ def test_every_figure_has_source_date_and_basis(typed: list[DeviceSpec]) -> None
         assert spec.figure("power_idle_w").basis == "derived"  # no vendor publishes idle power
 
 
-def test_host_entry_carries_only_power_estimates(catalog: Catalog) -> None:
+def test_host_entry_carries_only_power_estimates_and_a_vcpu_price(catalog: Catalog) -> None:
     assert catalog.host is not None and catalog.host.kind == "cpu"
-    assert {n for n, _ in catalog.host.figures} == {"power_idle_w", "power_max_w"}
+    assert {n for n, _ in catalog.host.figures} == {"power_idle_w", "power_max_w", "price_per_vcpu_hour"}
     assert "cpu" not in {s.kind for s in catalog.specs}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 
 import pytest
 from cluster import probe
@@ -26,7 +27,13 @@ def test_measure_host_cpu_returns_measured_figures() -> None:
     assert 0.5 < spec.memory_gib < 16384
     assert 1e-4 < spec.tflops_fp16 < 1000 and 0.1 < spec.mem_bw_gbs < 10_000
     assert spec.figure("power_max_w") == default_catalog().host.figures[1][1]
-    assert spec.price_per_hour is None and spec.tflops_fp8 is None
+    assert spec.tflops_fp8 is None
+    # price: the catalog's quoted vCPU-hour price x this host's logical CPUs, labelled derived
+    vcpu = dict(default_catalog().host.figures)["price_per_vcpu_hour"]
+    assert vcpu.basis == "quote" and vcpu.value > 0 and "vCPU" in vcpu.source
+    price = spec.figure("price_per_hour")
+    assert spec.price_per_hour == pytest.approx(vcpu.value * (os.cpu_count() or 1))
+    assert price.basis == "derived" and "per vCPU-hour" in price.source and vcpu.date in price.source
     json.dumps(spec.to_dict())
     with pytest.raises(InputError, match="seconds_budget"):
         measure_host_cpu(seconds_budget=0)

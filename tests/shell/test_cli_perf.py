@@ -135,6 +135,18 @@ def test_calibrate_reports_before_and_after(tmp_path):
         assert code == 2 and stdout == "" and stderr.startswith(f"flotilla: error: {field}")
 
 
+def test_calibrate_engines_profile_is_todays_engines_with_errors_before_and_after():
+    code, stdout, _ = run_cal("calibrate", "--profile", "engines-2026", "--json")
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc["name"] == "engines-2026" and "today's engines" in doc["description"]
+    assert set(doc["fits"]) == {"a100-80g-sxm", "h100-sxm", "h200-sxm"}
+    for fit in doc["fits"].values():
+        assert fit["error_after"]["median"] < fit["error_before"]["median"]
+    code, stdout, stderr = run_cal("calibrate", "--profile", "nope")
+    assert code == 2 and "engines-2026" in stderr and "melange-2024" in stderr
+
+
 def test_perf_layer_with_a_calibration_profile_uses_its_efficiency():
     from cluster.calibration import load_profile
 

@@ -114,7 +114,8 @@ def test_caps_power_and_ttft_change_the_answer(flotilla, capsys):
     (["--devices", "rtx4070"], "'rtx4070' has no catalog price"),
     (["--solver", "gurobi"], "solver = 'gurobi': unknown"),
     (["--tpot-slo-ms", "0"], "--tpot-slo-ms: 0.0; allowed: > 0"),
-    (["--workload", "pubmed", "--devices", "l4"], "infeasible: bucket"),
+    (["--workload", "pubmed", "--devices", "l4", "--strict"], "cannot be served by any candidate type (['l4'])"),
+    (["--devices", "l4", "--tpot-slo-ms", "0.5"], "infeasible: bucket"),
     (["--devices", "a100-80g-sxm", "--max-count", "a100-80g-sxm=0"], "infeasible: caps too low"),
 ])
 def test_bad_input_exits_2_naming_the_field(flotilla, capsys, args, needle):
@@ -200,8 +201,81 @@ def test_calibration_profile_drives_the_tables(flotilla, capsys):
     assert cal["cost_per_hour"] > plain["cost_per_hour"]
     rc, out, err = run(flotilla, capsys, "--calibration", "nope")
     assert rc == 2 and err.startswith("flotilla: error: --calibration: no profile 'nope'")
+    assert "engines-2026 (today's engines" in err and "melange-2024 (the Mélange paper's setting" in err
+    rc, out, err = run(flotilla, capsys, "--calibration", "engines-2026", "--devices", "l4,a100-80g-sxm,h200-sxm",
+                       "--json")
+    assert rc == 0, err
+    assert json.loads(out)["calibration"] == {"profile": "engines-2026", "calibrated_kinds": ["a100-80g-sxm",
+                                                                                              "h200-sxm"]}
 
 
 def test_config_refuses_flags_it_would_ignore(flotilla, capsys):
     rc, out, err = run(flotilla, capsys, "--config", "examples/melange_config.json", "--rate", "5", "--devices", "l4")
     assert rc == 2 and "--rate, --devices would be ignored" in err
+
+
+def test_unservable_buckets_are_left_out_reported_or_refused_with_strict(flotilla, capsys, tmp_path):
+    # L4 and A10G cannot hold Arena's 12k-16k-token buckets: planned without them, and said
+    rc, out, err = run(flotilla, capsys, "--devices", "l4,a10g", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    left = {tuple(b["bucket"]): b for b in doc["unservable_buckets"]}
+    assert left and all(i == 9 for i, _ in left) and all(b["tokens"].startswith("12001-16000 in") for b in left.values())
+    assert doc["unservable_mass"] == pytest.approx(sum(b["mass"] for b in left.values()))
+    assert 0 < doc["unservable_mass"] < 1e-3
+    assert doc["planned_rate"] == pytest.approx(4.0 * (1 - doc["unservable_mass"]))
+    assert sum(doc["allocation"].values()) > 0 and doc["cost_per_hour"] > 0
+    for key in left:  # the plan never assigns a left-out bucket
+        assert f"{key[0]},{key[1]}" not in doc["assignment"]
+    # the same buckets are served when a kind that serves them is a candidate: they count as
+    # unservable only because the user left A100/H100 out
+    rc, out, _ = run(flotilla, capsys, "--json")
+    assert rc == 0 and json.loads(out)["unservable_mass"] == 0.0
+    rc, out, _ = run(flotilla, capsys, "--devices", "l4,a10g")
+    assert rc == 0 and "left out: 3 bucket(s)" in out and "--strict refuses" in out
+    # the plot's x axis is the total rate: at the requested 4 req/s it shows this plan's cost
+    rc, out, err = run(flotilla, capsys, "--devices", "l4,a10g", "--plot", str(tmp_path / "p.png"), "--json")
+    assert rc == 0, err
+    plotted = json.loads(out)
+    at = plotted["plot"]["rates"].index(4.0)
+    assert plotted["plot"]["requested_rate"] == 4.0 and plotted["plot"]["mix"][at] == pytest.approx(doc["cost_per_hour"])
+    rc, out, err = run(flotilla, capsys, "--devices", "l4,a10g", "--strict")
+    assert rc == 2 and out == ""
+    assert "3 bucket(s) of total mass" in err and "12001-16000 in, 251-500 out" in err
+
+
+def test_plan_rpc_path_reports_unservable_and_strict_refuses():
+    from cluster.shell.gateway import allocation_message
+    from cluster.shell.planner import PlanInfeasibleError, PlanQuery, solve_query
+
+    plan, desc = solve_query(PlanQuery(devices=("l4", "a10g")))
+    assert desc["unservable_mass"] > 0 and len(desc["unservable_buckets"]) == 3
+    msg = allocation_message({**plan.to_json(), **desc, "applied": False})
+    assert msg.unservable_mass == pytest.approx(desc["unservable_mass"])
+    assert [(b.input_index, b.output_index) for b in msg.unservable_buckets] == [
+        tuple(b["bucket"]) for b in desc["unservable_buckets"]]
+    with pytest.raises(PlanInfeasibleError, match=r"^query.strict: infeasible: 3 bucket\(s\)"):
+        solve_query(PlanQuery(devices=("l4", "a10g"), strict=True))
+
+
+def test_measured_cpu_table_drives_a_cost_plan_at_the_derived_cpu_price(flotilla, capsys, tmp_path):
+    """The cpu kind has a price (quoted vCPU-hour x logical CPUs), so its measured table plans."""
+    import os
+
+    from cluster.catalog import default_catalog
+
+    table_file = Path(__file__).parents[2] / "bench" / "results" / "profile_cpu_smollm2_table.json"
+    measured = json.loads(table_file.read_text())
+    reqs = tmp_path / "short.jsonl"  # only buckets (0, 0) and (0, 1), the two the profile measured
+    reqs.write_text("".join(json.dumps({"input_len": 20, "output_len": o}) + "\n" for o in (20, 20, 80)))
+    rc, out, err = run(flotilla, capsys, "--model", "smollm2-135m", "--devices", "cpu", "--workload", str(reqs),
+                       "--rate", "0.5", "--tables", str(table_file), "--tpot-slo-ms", "400", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    price = dict(default_catalog().host.figures)["price_per_vcpu_hour"].value * (os.cpu_count() or 1)
+    assert doc["prices_per_hour"]["cpu"] == pytest.approx(price)
+    assert doc["measured"]["cpu"]["measured_buckets"] == 2 and doc["throughput_source"] == "modeled+measured"
+    mu = measured["rates"][0]
+    load = 0.5 * (2 / 3 / mu[0] + 1 / 3 / mu[1])  # both buckets at the measured rates
+    assert doc["load_per_type"]["cpu"] == pytest.approx(load)
+    assert doc["allocation"] == {"cpu": math.ceil(load)} and doc["cost_per_hour"] == pytest.approx(math.ceil(load) * price)

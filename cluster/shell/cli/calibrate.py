@@ -2,7 +2,8 @@
 
 Thin surface over :mod:`cluster.calibration`. ``--profile melange-2024`` fits one efficiency scale
 per kind to the Mélange paper's published capacities; ``--profile vidur-2024`` fits compute and
-memory efficiency and kernel overhead to Vidur's measured A100/H100 operator times. ``--write``
+memory efficiency and kernel overhead to Vidur's measured A100/H100 operator times;
+``--profile engines-2026`` (today's engines) adds the H200's measured GEMM and decode steps. ``--write``
 saves the profile as JSON (the shipped ones are in cluster/data/calibration/). Every figure computed
 from a profile is modeled (calibrated), not measured.
 """
@@ -19,7 +20,7 @@ from cluster.shell.console import emit_json, err, json_option, out
 
 
 def calibrate(
-    profile: str = typer.Option("melange-2024", "--profile", help="melange-2024 | vidur-2024."),
+    profile: str = typer.Option("melange-2024", "--profile", help="engines-2026 (today's engines: Vidur A100/H100 operators, H200 measurements) | melange-2024 (the Mélange paper's published capacities, vLLM 0.2.7) | vidur-2024 (A100/H100 operators only)."),
     tpot_slo_ms: float = typer.Option(120.0, "--tpot-slo-ms", help="melange-2024: the TPOT SLO the capacities are read at."),
     write: Optional[Path] = typer.Option(None, "--write", help="Save the fitted profile to this JSON file."),
     as_json: bool = json_option(),
@@ -49,7 +50,8 @@ def calibrate(
         table.add_row(kind, f"{e.compute:.3f}", f"{e.memory:.3f}", f"{e.attention:.3f}", fmt(b), fmt(a))
     out.print(table)
     first = next(iter(prof.fits.values()))
-    what = "|rate / target - 1|" if isinstance(first["error_before"], float) else "layer time error median / p90"
+    what = ("|rate / target - 1|" if isinstance(first["error_before"], float)
+            else "time error median / p90 against each kind's measurements")
     out.print(f"before/after: {what}")
     for kind, fit in prof.fits.items():
         out.print(f"{kind}: {fit['target']}")

@@ -25,10 +25,13 @@ from cluster.shell.planner import (
 )
 
 def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], title: str,
-                      requested: float | None = None) -> dict[str, Any]:
+                      requested: float | None = None, served_share: float = 1.0) -> dict[str, Any]:
     """Draw cost/h against total rate for the mix and each single type, as steps (devices are
     bought whole, so cost jumps between the rates solved); the requested rate is marked and a kind
-    that cannot serve the workload alone at any plotted rate is labelled so. Returns the data."""
+    that cannot serve the workload alone at any plotted rate is labelled so. Returns the data.
+
+    ``served_share`` is 1 - the left-out mass: ``problem`` carries only the servable buckets, so a
+    total rate r is solved at r x served_share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +44,7 @@ def plot_cost_vs_rate(problem: Any, path: str, solver: str, rates: list[float], 
     mix: list[float | None] = []
     single: dict[str, list[float | None]] = {n: [] for n in names}
     for r in rates:
-        p = dataclasses.replace(problem, workload=Workload(problem.workload.histogram, r))
+        p = dataclasses.replace(problem, workload=Workload(problem.workload.histogram, r * served_share))
         try:
             plan = solver_call(solve, p, solver=solver)
         except InputError as e:
@@ -91,6 +94,13 @@ def _render(doc: dict[str, Any]) -> None:
             "infeasible" if b is None else f"{b:.2f}", "—" if s is None else f"{100 * s:.1f}%",
         )
     out.print(table)
+    left = doc.get("unservable_buckets") or []
+    if left:
+        shown = "; ".join(f"[{b['tokens'] or tuple(b['bucket'])}] {b['mass']:.2g}" for b in left[:3])
+        more = f"; {len(left) - 3} more" if len(left) > 3 else ""
+        out.print(f"[yellow]left out: {len(left)} bucket(s), mass {doc['unservable_mass']:.3g} "
+                  f"({doc['unservable_rate']:.3g} req/s) that no candidate kind serves: {shown}{more}; "
+                  "--strict refuses instead[/yellow]")
     if doc.get("status") == "Feasible":
         out.print(f"[yellow]time limit reached: the best mix found, at most {100 * doc['gap']:.1f}% above the "
                   "optimum (LP bound); not proven optimal[/yellow]")
@@ -121,16 +131,20 @@ def plan(
     solver: str = typer.Option("cbc", "--solver", help="cbc | highs."),
     prices: str = typer.Option("catalog", "--prices", help="catalog (today's) | melange (the paper's)."),
     tables: list[str] = typer.Option([], "--tables", help="A measured rate table (`flotilla profile --table`) for one kind; used where it profiled a bucket (repeatable)."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration profile for the modeled tables: melange-2024, vidur-2024 or a profile JSON file."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration profile for the modeled tables: engines-2026 (today's engines: Vidur A100/H100 operators, H200 measurements), melange-2024 (the Mélange paper's published capacities, vLLM 0.2.7), vidur-2024 (A100/H100 operators only), or a profile JSON file."),
     config: Optional[str] = typer.Option(None, "--config", help="A Mélange solver config (JSON); replaces the flags above."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write cost/h vs rate for the mix and each single type (PNG)."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop the solver after S seconds and report the best mix found, with its optimality gap."),
     simulate: bool = typer.Option(False, "--simulate", help="Check the plan in the fleet simulator (modeled SLO attainment)."),
     target: float = typer.Option(0.99, "--target", help="With --simulate: warn when the attainment is below this."),
     sim_requests: int = typer.Option(5000, "--sim-requests", help="With --simulate: requests to simulate."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse (exit 2) when a bucket no candidate kind can serve has mass; default: plan for the rest and report it."),
     as_json: bool = json_option(),
 ) -> None:
-    """The cheapest mix of device types that serves a workload under a latency SLO."""
+    """The cheapest mix of device types that serves a workload under a latency SLO.
+
+    Buckets of the workload that no candidate kind can serve under the SLO are left out, at their
+    own rates, and reported (unservable_buckets, unservable_mass); --strict refuses instead."""
     import math
 
     from solvers.allocation import solve
@@ -146,24 +160,26 @@ def plan(
         if ignored:
             raise InputError(f"--config: the config file sets the problem; {', '.join(ignored)} would be ignored "
                              "(drop them, or drop --config)")
-        problem, desc = problem_from_config(config)
+        problem, desc = problem_from_config(config, strict=strict)
     else:
         problem, desc = build_problem(
             model=model, workload=workload, rate=rate, tpot_slo_ms=tpot_slo_ms, ttft_slo_ms=ttft_slo_ms,
             devices=devices, max_count=max_count, power_budget_w=power_budget_w, headroom=headroom,
             slice_factor=slice_factor, prices=prices, calibration=calibration, tables=tuple(tables),
+            strict=strict,
         )
     result = solver_call(solve, problem, solver=solver, time_limit_s=time_limit, accept_incumbent=time_limit is not None)
     doc = {**result.to_json(), **desc}
     doc.setdefault("prices_per_hour", {t.name: t.price_per_hour for t in problem.device_types})
     if plot is not None:
-        r = problem.workload.total_rate
+        r = desc.get("rate", problem.workload.total_rate)  # the total, left-out buckets included
+        share = problem.workload.total_rate / r if r > 0 else 1.0
         top = max(2 * r, 1.0)
         rates = sorted({round(top * k / 12, 6) for k in range(1, 13)} | {r} - {0.0})
         title = (f"{desc.get('model', 'config')} / {desc.get('workload', {}).get('name', desc.get('config'))}"
                  f" / TPOT {desc.get('tpot_slo_ms', '-')} ms — {desc['throughput_source']} throughput tables")
         with err.status(f"solving {len(rates)} rates for the plot…", spinner="dots"):
-            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title, requested=r)
+            doc["plot"] = plot_cost_vs_rate(problem, plot, solver, rates, title, requested=r, served_share=share)
     if simulate:
         from cluster.shell.simulator import check_plan
 

@@ -123,7 +123,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[Chunk, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
 
 class PlanQuery(_message.Message):
-    __slots__ = ("model", "workload", "rate", "tpot_slo_ms", "ttft_slo_ms", "devices", "max_count", "power_budget_w", "apply")
+    __slots__ = ("model", "workload", "rate", "tpot_slo_ms", "ttft_slo_ms", "devices", "max_count", "power_budget_w", "apply", "strict")
     class MaxCountEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class PlanQuery(_message.Message):
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     POWER_BUDGET_W_FIELD_NUMBER: _ClassVar[int]
     APPLY_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
     model: str
     workload: str
     rate: float
@@ -149,7 +150,8 @@ class PlanQuery(_message.Message):
     max_count: _containers.ScalarMap[str, int]
     power_budget_w: float
     apply: bool
-    def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ...) -> None: ...
+    strict: bool
+    def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
     __slots__ = ("query", "shards")
@@ -225,7 +227,7 @@ class PlanBucket(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., max_input_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles", "status", "gap")
+    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles", "status", "gap", "unservable_mass", "unservable_buckets")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +255,8 @@ class Allocation(_message.Message):
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
+    UNSERVABLE_MASS_FIELD_NUMBER: _ClassVar[int]
+    UNSERVABLE_BUCKETS_FIELD_NUMBER: _ClassVar[int]
     counts: _containers.ScalarMap[str, int]
     cost_per_hour: float
     baselines: _containers.ScalarMap[str, float]
@@ -266,7 +270,21 @@ class Allocation(_message.Message):
     bundles: int
     status: str
     gap: float
-    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ..., status: _Optional[str] = ..., gap: _Optional[float] = ...) -> None: ...
+    unservable_mass: float
+    unservable_buckets: _containers.RepeatedCompositeFieldContainer[UnservableBucket]
+    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ..., status: _Optional[str] = ..., gap: _Optional[float] = ..., unservable_mass: _Optional[float] = ..., unservable_buckets: _Optional[_Iterable[_Union[UnservableBucket, _Mapping]]] = ...) -> None: ...
+
+class UnservableBucket(_message.Message):
+    __slots__ = ("input_index", "output_index", "tokens", "mass")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MASS_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    output_index: int
+    tokens: str
+    mass: float
+    def __init__(self, input_index: _Optional[int] = ..., output_index: _Optional[int] = ..., tokens: _Optional[str] = ..., mass: _Optional[float] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("device_id", "kind", "capacity", "active", "alive")
