@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,12 +116,16 @@ def bring_up(
     address: str | None = None,
     catalog: Catalog | None = None,
     num_cpus: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> RunningFleet:
-    """Start or join Ray, spawn one DeviceActor per device slot and register each in ``store``."""
+    """Start or join Ray, spawn one DeviceActor per device slot and register each in ``store``;
+    ``progress`` gets a line when Ray is up."""
     from actors.device import spawn
 
     catalog = catalog or probed_catalog()
     runtime = start(fleet, address=address, num_cpus=num_cpus)
+    if progress is not None:
+        progress(f"Ray is up; starting {len(runtime.slots)} device actors…")
     running = RunningFleet(runtime=runtime, store=store)
     try:
         for slot in runtime.slots:

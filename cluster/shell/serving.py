@@ -195,10 +195,10 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
         if join is not None:
             say(f"joining the Ray cluster at {join}…")
         elif fleet is not None:
-            say(f"starting Ray and {fleet.size} device actors (fleet {fleet.name!r})…")
+            say(f"starting Ray for {fleet.size} devices (fleet {fleet.name!r})…")
         else:
             say("starting Ray with this host's GPUs…")
-        running = bring_up(fleet, store, address=cfg.ray_address)
+        running = bring_up(fleet, store, address=cfg.ray_address, progress=say)
     except BaseException:
         if http is not None:
             http.stop()
