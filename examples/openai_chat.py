@@ -26,8 +26,9 @@ def wait_for_server(client: OpenAI, base_url: str, wait_s: float) -> str:
     said = -1.0
     while True:
         try:
-            return client.models.list().data[0].id
-        except APIConnectionError:
+            # a short timeout: the port may be bound (and accept) before the server answers
+            return client.with_options(timeout=5).models.list().data[0].id
+        except APIConnectionError:  # refused, or timed out (APITimeoutError is one)
             waited = time.monotonic() - t0
             if said < 0 or waited - said >= 5:
                 print(f"waiting for the server at {base_url} ({waited:.0f} s; `flotilla serve` prints "
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the server's OpenAI API (default: %(default)s)")
     ap.add_argument("--model", default=None, help="default: the model the server lists")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
     ap.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the server (default: %(default)s)")
     args = ap.parse_args(argv)
     client = OpenAI(base_url=args.base_url, api_key=os.environ.get("FLOTILLA_TOKEN") or "none", max_retries=0)
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         listed = wait_for_server(client, args.base_url, args.wait)  # also when --model is given
         model = args.model or listed
         stream = client.chat.completions.create(model=model, max_tokens=args.max_tokens, stream=True,
+                                                temperature=args.temperature,
                                                 messages=[{"role": "user", "content": args.prompt}])
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:

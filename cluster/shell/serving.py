@@ -220,8 +220,8 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
             handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated,
                                               node_id=slots[device_id].node_id, start=False, weights=weights)
         experts.update(handles)
-        shared = f" from one shared copy ({weights.nbytes / 2**20:.0f} MiB)" if weights is not None else ""
-        say(f"starting {len(handles)} experts ({source.name}{shared})…")
+        shared = f" on one shared copy of its weights ({weights.nbytes / 2**20:.0f} MiB)" if weights is not None else ""
+        say(f"starting {len(handles)} {source.name} experts{shared}…")
         ray.get([h.start.remote() for h in handles.values()])
         say(f"{len(handles)} experts loaded; starting the router and the gateways…")
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
