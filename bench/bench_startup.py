@@ -9,14 +9,12 @@ answers. ``ready_s`` is from the process start to that line; the lines in betwee
 (the current tree prints one per phase: Ray, device actors, weights, experts, gateways).
 
 ``--after DIR`` times another checkout than this one (e.g. a clone frozen at a commit while this
-one changes). With ``--before DIR`` (a checkout of an earlier commit, e.g.
-``git clone -q . /tmp/flotilla-before && git -C /tmp/flotilla-before checkout 6cc927b``) the two
-trees are run alternately, ``--reps`` times each, so both see the same machine load; the result
-file holds every run, the median per tree, ``os.getloadavg()`` around each run, the machine and
+one changes). With ``--before DIR`` (a checkout of an earlier commit) or ``--before COMMIT``
+(cloned from this repository into a temporary directory) the two trees are run alternately,
+``--reps`` times each, so both see the same machine load; the result file holds every run, the median per tree, ``os.getloadavg()`` around each run, the machine and
 the date. Run it under the shared lock::
 
-    flock /work/bench.lock python bench/bench_startup.py --before /tmp/flotilla-before \\
-        --out bench/results/startup.json
+    flock /work/bench.lock python bench/bench_startup.py --before 6cc927b --out bench/results/startup.json
 """
 
 from __future__ import annotations
@@ -110,7 +108,8 @@ def run_once(tree: Path, model: str, timeout_s: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", type=Path, default=None, help="a checkout of the commit to compare against")
+    ap.add_argument("--before", default=None,
+                    help="the tree to compare against: a checkout, or a commit of this repository (cloned to a temporary directory)")
     ap.add_argument("--after", type=Path, default=ROOT, help="the checkout to time (default: this one)")
     ap.add_argument("--model", default="smollm2-135m", help="the served model (default: %(default)s)")
     ap.add_argument("--reps", type=int, default=3, help="runs per tree (alternating), 1..10")
@@ -119,6 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.reps <= 10:
         ap.error(f"--reps: {args.reps}; allowed: 1..10")
+    tmp = None
+    if args.before is not None and not Path(args.before).is_dir():
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="flotilla-before-")
+        clone = subprocess.run(["git", "clone", "-q", str(ROOT), tmp.name], capture_output=True, text=True)
+        checkout = subprocess.run(["git", "-C", tmp.name, "checkout", "-q", args.before], capture_output=True, text=True)
+        if clone.returncode or checkout.returncode:
+            ap.error(f"--before: {args.before!r} is neither a directory nor a commit of {ROOT}")
+        args.before = tmp.name
+    if args.before is not None:
+        args.before = Path(args.before)
     for flag, tree in (("--before", args.before), ("--after", args.after)):
         if tree is not None and not (tree / "cluster" / "shell" / "cli" / "main.py").is_file():
             ap.error(f"{flag}: {tree} is not a flotilla checkout")
@@ -138,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
     result = {
         "benchmark": "startup",
-        "command": "flock /work/bench.lock python bench/bench_startup.py" + (" --before DIR" if args.before else "")
+        "command": "flock /work/bench.lock python bench/bench_startup.py"
+                   + (f" --before {commit(args.before)}" if args.before else "")
                    + (" --after DIR" if args.after.resolve() != ROOT else "")
                    + (f" --model {args.model}" if args.model != "smollm2-135m" else "")
                    + f" --reps {args.reps} --out {args.out.relative_to(ROOT) if args.out.is_absolute() and args.out.is_relative_to(ROOT) else args.out}",
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["median_ready_s"]))
+    if tmp is not None:
+        tmp.cleanup()
     return 0
 
 
