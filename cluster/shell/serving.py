@@ -198,7 +198,7 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
             say(f"starting Ray for {fleet.size} devices (fleet {fleet.name!r})…")
         else:
             say("starting Ray with this host's GPUs…")
-        running = bring_up(fleet, store, address=cfg.ray_address, progress=say)
+        running = bring_up(fleet, store, address=cfg.ray_address, progress=say, wait=False)
     except BaseException:
         if http is not None:
             http.stop()
@@ -208,9 +208,10 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
     experts: dict[str, Any] = {}
     supervisor = None
     try:
+        # The experts' processes start (and import their libraries) while the device actors come up.
         weights = None
         if source.kind != "echo":
-            say(f"{len(running.actors)} device actors up; putting the {source.name} weights in the object store once…")
+            say(f"putting the {source.name} weights in the object store once…")
             weights = put_weights(cfg.model)
         econf = ExpertConfig(model=cfg.model, max_concurrency=cfg.max_concurrency, max_context=cfg.max_context)
         handles = {}
@@ -222,7 +223,10 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
         experts.update(handles)
         shared = f" on one shared copy of its weights ({weights.nbytes / 2**20:.0f} MiB)" if weights is not None else ""
         say(f"starting {len(handles)} {source.name} experts{shared}…")
-        ray.get([h.start.remote() for h in handles.values()])
+        started = [h.start.remote() for h in handles.values()]
+        running.register_all()
+        say(f"{len(running.actors)} device actors up")
+        ray.get(started)
         say(f"{len(handles)} experts loaded; starting the router and the gateways…")
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
         cp_route = None

@@ -62,7 +62,7 @@ def test_progress_lines_outside_a_terminal_then_ready():
     phases = [m.groups() for m in (re.match(r"^\[ *(\d+\.\d) s\] (.*)$", ln) for ln in lines) if m]
     said = [text for _, text in phases]
     assert said[0] == "starting Ray for 5 devices (fleet 'example')…", lines
-    assert said[1:] == ["Ray is up; starting 5 device actors…", "starting 5 echo experts…",
+    assert said[1:] == ["Ray is up; starting 5 device actors…", "starting 5 echo experts…", "5 device actors up",
                         "5 experts loaded; starting the router and the gateways…", "ready"], lines
     times = [float(t) for t, _ in phases]
     assert times == sorted(times)
