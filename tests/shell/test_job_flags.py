@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from actors.cp_adapter import CP_DEFAULT_ABOVE
-from cluster.shell.job import main, parser, serve_config
+from cluster.shell.job import parser, serve_config
 
 FLEET = str(Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml")
 
@@ -40,10 +40,15 @@ def test_default_is_the_one_flotilla_serve_uses():
 
 
 @pytest.mark.parametrize("bad", ["0", "-5", "many", ""])
-def test_bad_value_exits_2_with_one_line_before_joining(bad, capsys):
-    import ray
+def test_bad_value_exits_2_with_one_line_before_joining(bad, tmp_path):
+    """Run as Ray runs a job: exit 2, the one line on stderr and nothing else (nothing started)."""
+    import os
+    import subprocess
+    import sys
 
-    assert main(["serve", "--fleet", FLEET, "--context-parallel-above", bad]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"flotilla: error: --context-parallel-above: expected TOKENS (an integer >= 1) or off, got {bad!r}"]
-    assert not ray.is_initialized()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["FLOTILLA_CONFIG"] = str(tmp_path / "none.yaml")
+    p = subprocess.run([sys.executable, "-m", "cluster.shell.job", "serve", "--fleet", FLEET, "--context-parallel-above", bad],
+                       cwd=Path(FLEET).parents[1], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.splitlines() == [f"flotilla: error: --context-parallel-above: expected TOKENS (an integer >= 1) or off, got {bad!r}"]
