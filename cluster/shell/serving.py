@@ -171,7 +171,7 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
         metrics_port = metrics.serve(cfg.gateway.host, cfg.metrics_port) if cfg.metrics_port is not None else None
         if source.kind == "bundled":
             if not is_cached(source):
-                say(f"dequantising {source.name} once into {cache_dir()} (a minute or two; later starts read the cache)…")
+                say(f"dequantising {source.name} into {cache_dir()} (once; a minute or two)…")
             ensure_cached(source)  # dequantise once here, not in every actor at the same time
         if http is not None:
             def load_template() -> None:
@@ -221,7 +221,7 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
             handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated,
                                               node_id=slots[device_id].node_id, start=False, weights=weights)
         experts.update(handles)
-        shared = f" on one shared copy of its weights ({weights.nbytes / 2**20:.0f} MiB)" if weights is not None else ""
+        shared = f" on one shared copy ({weights.nbytes / 2**20:.0f} MiB)" if weights is not None else ""
         say(f"starting {len(handles)} {source.name} experts{shared}…")
         started = [h.start.remote() for h in handles.values()]
         running.register_all()
