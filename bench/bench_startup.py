@@ -52,7 +52,7 @@ def commit(tree: Path) -> str:
 
 def chat(port: int, model: str, timeout_s: float) -> str:
     """One non-streaming chat completion through the OpenAI-compatible API; its text."""
-    body = json.dumps({"model": model, "max_tokens": 8,
+    body = json.dumps({"model": model, "max_tokens": 8, "temperature": 0,
                        "messages": [{"role": "user", "content": "What is the capital of France?"}]}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
