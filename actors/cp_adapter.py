@@ -59,6 +59,23 @@ def check_mode(value: Any) -> str:
     return mode
 
 
+#: ``--context-parallel-above`` default of ``flotilla serve`` and ``python -m cluster.shell.job serve``, tokens.
+CP_DEFAULT_ABOVE = 1024
+
+
+def parse_above(value: str) -> int | None:
+    """The ``--context-parallel-above`` flag: a token count >= 1, or ``off`` (None)."""
+    if value.strip().lower() == "off":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InputError(f"--context-parallel-above: expected TOKENS (an integer >= 1) or off, got {value!r}")
+    return n
+
+
 def check_above(value: Any) -> int | None:
     """``context_parallel_above``: an integer >= 1 (tokens) or None (off)."""
     if value is None:

@@ -101,13 +101,15 @@ class DeviceActor:
     """The state and operations of one device. Wrapped with ``ray.remote`` by :func:`spawn`."""
 
     def __init__(self, spec: DeviceSpec, device_id: str, *, real_cuda: bool = False) -> None:
-        import torch
+        if real_cuda:  # torch is imported here only for a real device: a simulated one starts without it
+            import torch
 
-        if real_cuda and not torch.cuda.is_available():
-            raise InputError(f"device {device_id}: real_cuda=True but this worker sees no CUDA device")
+            if not torch.cuda.is_available():
+                raise InputError(f"device {device_id}: real_cuda=True but this worker sees no CUDA device")
         self.spec = spec
         self.device_id = device_id
-        self.torch_device = torch.device("cuda", 0) if real_cuda else torch.device("cpu")
+        #: "cuda:0" or "cpu" (a string, which every torch call accepts).
+        self.torch_device = "cuda:0" if real_cuda else "cpu"
         # The host CPU is itself a real device: its figures are measured, nothing is simulated.
         self.simulated = not real_cuda and spec.kind != "cpu"
         self._lock = threading.Lock()
@@ -195,7 +197,7 @@ class DeviceActor:
         args = _to_device(args, self.torch_device)
         kwargs = _to_device(kwargs, self.torch_device)
         counter = FlopCounterMode(display=False)
-        sync = torch.cuda.synchronize if self.torch_device.type == "cuda" else (lambda: None)
+        sync = torch.cuda.synchronize if self.torch_device.startswith("cuda") else (lambda: None)
         sync()
         t0 = time.perf_counter()
         with counter:

@@ -12,6 +12,13 @@ Memory: :meth:`ExpertActor.start` reserves the weights as loaded plus the KV cac
 ``max_context`` tokens x ``max_concurrency`` requests in the DeviceActor's ledger; a model that
 does not fit is refused with :class:`~cluster.exceptions.CapacityError` and nothing is reserved.
 
+Weights: :func:`put_weights` puts a model's weights in Ray's object store once; experts spawned
+with that :class:`SharedWeights` build their model from the object's numpy arrays, which every
+worker on a node maps read-only from the same shared memory (zero-copy), so N experts on a node
+hold one copy of the weights, not N, and none of them reads the weight file (on another node
+Ray copies the object into that node's store once, and its experts share that copy). A real CUDA
+device copies them to the GPU once, as bf16. Without shared weights each expert loads its own.
+
 Responses: :meth:`ExpertActor.generate_stream` yields ``{"type": "chunk", "text"}`` dicts and one
 final ``{"type": "done", ...}`` dict carrying the text, usage, measured ``ttft_s`` / ``tpot_s`` /
 ``e2e_s`` on the hardware it ran on, and, for a simulated device, the device kind's *modeled*
@@ -59,6 +66,36 @@ class ExpertConfig:
                 raise InputError(f"{name}: {v!r}; allowed: 0..10 seconds")
 
 
+@dataclass(frozen=True, slots=True)
+class SharedWeights:
+    """A model's weights in Ray's object store (:func:`put_weights`), for ExpertActors to share."""
+
+    #: The model name as :func:`actors.llm.loader.resolve_source` gives it (checked by the expert).
+    model: str
+    #: The ObjectRef of ``{parameter name: numpy array}``.
+    ref: Any
+    #: Bytes of all arrays (one copy).
+    nbytes: int
+
+
+def put_weights(model: str | None) -> SharedWeights | None:
+    """Read ``model``'s weights once (building its cache entry if absent) and put them in the
+    object store; None for the echo model or weights numpy cannot hold (each expert then loads
+    its own copy). The caller keeps the returned object (its ``ref``) alive while experts serve."""
+    import ray
+
+    from actors.llm.loader import ensure_cached, resolve_source, weight_arrays
+
+    source = resolve_source(model)
+    if source.kind == "echo":
+        return None
+    arrays = weight_arrays(ensure_cached(source))
+    if arrays is None:
+        return None
+    nbytes = sum(int(a.nbytes) for a in arrays.values())
+    return SharedWeights(source.name, ray.put(arrays), nbytes)
+
+
 def request_params(request: dict[str, Any]) -> Any:
     """The :class:`~actors.llm.generate.SamplingParams` of a request dict (InputError naming the field)."""
     from actors.llm.generate import SamplingParams
@@ -78,10 +115,12 @@ def request_params(request: dict[str, Any]) -> Any:
 class ExpertActor:
     """One model on one device. Wrapped with ``ray.remote`` by :func:`spawn_expert`."""
 
-    def __init__(self, config: ExpertConfig, device_id: str, kind: str, device_actor: Any = None, *, real_cuda: bool = False) -> None:
+    def __init__(self, config: ExpertConfig, device_id: str, kind: str, device_actor: Any = None, *, real_cuda: bool = False,
+                 weights: SharedWeights | None = None) -> None:
         from cluster.probe import probed_catalog
 
         self.config = config
+        self.weights = weights
         self.device_id = device_id
         self.spec = probed_catalog().get(kind)
         self.device_actor = device_actor
@@ -120,7 +159,12 @@ class ExpertActor:
             self.model_name = ECHO_MODEL
             nbytes = 0
         else:
-            lm = load(self.config.model, self.torch_device)
+            arrays = None
+            if self.weights is not None:
+                if self.weights.model != source.name:
+                    raise InputError(f"weights: shared weights of {self.weights.model!r}, but this expert serves {source.name!r}")
+                arrays = ray.get(self.weights.ref)  # zero-copy: read-only views of the node's shared memory
+            lm = load(self.config.model, self.torch_device, arrays=arrays)
             # The KV cache is held in the dtype the weights were loaded in (fp32 on the CPU).
             loaded_dtype = {4: "fp32", 2: "bf16", 1: "int8"}[next(lm.model.parameters()).element_size()]
             kv_per_token = model_shape(lm, dtype=loaded_dtype).kv_bytes_per_token
@@ -158,6 +202,7 @@ class ExpertActor:
             "simulated": self.simulated,
             "model": getattr(self, "model_name", None),
             "reserved_bytes": self._reserved,
+            "weights": "shared" if self.weights is not None and self._lm is not None and not self.real_cuda else "own",
             "max_concurrency": self.config.max_concurrency,
             "max_context": self.config.max_context,
             "active": active,
@@ -251,8 +296,9 @@ class ExpertActor:
 
 def spawn_expert(device_actor: Any, kind: str, device_id: str, config: ExpertConfig | None = None, *,
                  real_cuda: bool = False, node_id: str | None = None, name: str | None = None,
-                 namespace: str | None = None, start: bool = True) -> Any:
-    """Start an ExpertActor next to ``device_actor`` (see the module docstring for placement).
+                 namespace: str | None = None, start: bool = True, weights: SharedWeights | None = None) -> Any:
+    """Start an ExpertActor next to ``device_actor`` (see the module docstring for placement),
+    building its model from ``weights`` (:func:`put_weights`) when given.
 
     With ``start`` (the default) the model is loaded and its memory reserved before returning;
     a CapacityError or InputError from that is re-raised and the actor is killed.
@@ -265,7 +311,8 @@ def spawn_expert(device_actor: Any, kind: str, device_id: str, config: ExpertCon
     options = placement_options(kind, 1 - DEVICE_ACTOR_SHARE - CONTEXT_PARALLEL_SHARE, cpus=EXPERT_CPUS, real_cuda=real_cuda, node_id=node_id,
                                 name=name, namespace=namespace)
     options.update(max_concurrency=config.max_concurrency + 2, max_restarts=0)  # + info/ping while serving
-    actor = ray.remote(ExpertActor).options(**options).remote(config, device_id, kind, device_actor, real_cuda=real_cuda)
+    actor = ray.remote(ExpertActor).options(**options).remote(config, device_id, kind, device_actor, real_cuda=real_cuda,
+                                                                       weights=weights)
     if start:
         try:
             ray.get(actor.start.remote())

@@ -253,6 +253,25 @@ def calibration_engines() -> str:
     return _table(["kind", "measured target", "points", "error before (median / p90)", "after"], rows)
 
 
+def startup() -> str:
+    """Time to ready of ``flotilla serve`` per tree (each run, median, load), then the phase lines
+    of the current tree's median run with their arrival times."""
+    d = _load("startup.json")
+    rows = []
+    for label, rs in d["runs"].items():
+        rows.append([f"{label} ({d['trees'][label]['commit']})", ", ".join(f"{r['ready_s']:.1f}" for r in rs),
+                     f"**{d['median_ready_s'][label]:.1f}**", ", ".join(f"{r['loadavg_before'][0]:.1f}" for r in rs)])
+    out = _table(["tree (commit)", "ready s, each run", "median s", "load average at start"], rows)
+    after = sorted(d["runs"]["after"], key=lambda r: r["ready_s"])[len(d["runs"]["after"]) // 2]
+    phases = [[f"{t:.1f}", text.replace("|", "\\|")] for t, text in after["stderr"]
+              if text.startswith("[") or "gateway on" in text]
+    out += "\n" + _table(["s after start", f"line printed by `flotilla serve` (after, its median run: {after['ready_s']:.1f} s)"], phases)
+    m = d["machine"]
+    out += (f"\nMeasured {d['date']} on {m['cpus']} CPUs, {m['memory_gib']} GiB ({m['platform']}); goal "
+            f"{d['goal_s']:g} s. Command: `{d['command']}`.\n")
+    return out
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "calibration-holdout": calibration_holdout, "calibration-engines": calibration_engines,
     "summary": summary,
@@ -261,6 +280,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "allocation": allocation, "attention-time": attention_time, "attention-capacity": attention_capacity,
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,
     "gpu-check": gpu_check,
+    "startup": startup,
 }
 
 

@@ -160,8 +160,11 @@ def detect_cuda_devices() -> list[DetectedDevice]:
     """CUDA devices on this host, named as the driver names them and mapped to catalog kinds.
 
     Uses torch when it sees CUDA; Ray's own accelerator detection is not used because it labels
-    every GeForce card alike and finds no GPU on a Jetson.
+    every GeForce card alike and finds no GPU on a Jetson. A host with neither a CUDA driver
+    library nor an NVIDIA device node answers at once, without importing torch (seconds).
     """
+    if not _may_have_cuda():
+        return []
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -174,6 +177,20 @@ def detect_cuda_devices() -> list[DetectedDevice]:
         mem = props.total_memory / 2**30
         found.append(DetectedDevice(i, props.name, mem, kind_from_device_name(props.name, memory_gib=mem)))
     return found
+
+
+def _may_have_cuda() -> bool:
+    """False only when CUDA cannot be there: no ``libcuda`` the loader knows and no NVIDIA device
+    node (``/dev/nvidia*``; ``/dev/nvhost-*`` and ``/dev/nvgpu`` on a Jetson; ``/dev/dxg`` under WSL)."""
+    import ctypes.util
+    import sys
+
+    if "torch" in sys.modules:
+        return True
+    dev = Path("/dev")
+    if any(dev.glob("nvidia*")) or any(dev.glob("nvhost-*")) or (dev / "nvgpu").exists() or (dev / "dxg").exists():
+        return True
+    return ctypes.util.find_library("cuda") is not None
 
 
 def host_resources() -> dict[str, float]:

@@ -116,3 +116,54 @@ def test_console_example_runs(where, lineno, cmd, expected):
     else:
         assert p.stdout.strip(), f"{where}:{lineno} {cmd}: printed nothing"
         assert "…" not in p.stdout and max(len(line) for line in p.stdout.splitlines()) <= 80, p.stdout
+
+
+def _console_commands(text: str) -> list[list[str]]:
+    """The ``$ ...`` commands of each console block of ``text`` (continuation lines joined,
+    words re-joined without comments)."""
+    blocks = []
+    for block in re.finditer(r"^ *```console\n(.*?)^ *```", text, re.S | re.M):
+        cmds, lines = [], block.group(1).splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i].strip()
+            i += 1
+            if not line.startswith("$ "):
+                continue
+            cmd = line[2:]
+            while cmd.rstrip().endswith("\\") and i < len(lines):
+                cmd = cmd.rstrip()[:-1] + " " + lines[i].strip()
+                i += 1
+            cmds.append(shlex.join(_argv(cmd)))
+        blocks.append(cmds)
+    return blocks
+
+
+def test_first_steps_are_the_same_in_readme_and_getting_started():
+    """README's top and getting-started's first ten minutes show the one sequence the issue asks
+    for: make demo, then flotilla serve with no flags, then the openai client, each in order."""
+    readme = _console_commands((REPO / "README.md").read_text(encoding="utf-8"))[0]
+    guide = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    first = _console_commands(guide.split("## The first ten minutes", 1)[1])[0]
+    assert first[0].startswith("git clone ") and first[1:] == readme
+    assert readme == ["make demo", "source .venv/bin/activate", "flotilla serve", readme[3], "flotilla stop"]
+    assert readme[3].startswith("python examples/openai_chat.py ")
+
+
+def test_python_example_lines_run_as_written():
+    """Every ``$ python examples/openai_chat.py ...`` line parses and runs: with no server there
+    (a free port, no waiting) it exits 1 with its one line, no traceback."""
+    from testkit import free_ports
+
+    lines = {c for path in DOCS for block in _console_commands(path.read_text(encoding="utf-8"))
+             for c in block if c.startswith("python examples/")}
+    assert lines, "no python examples/ line in the docs"
+    (port,) = free_ports(1)
+    for cmd in sorted(lines):
+        argv = shlex.split(cmd)
+        assert (REPO / argv[1]).is_file(), cmd
+        p = subprocess.run([sys.executable, *argv[1:], "--base-url", f"http://127.0.0.1:{port}/v1", "--wait", "0"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1, (cmd, p.stderr)
+        assert p.stderr.strip().splitlines()[-1].startswith("openai_chat: no server answers at"), (cmd, p.stderr)
+        assert "Traceback" not in p.stderr

@@ -9,6 +9,11 @@ Model sources (``model`` argument of :func:`resolve_source`):
 * a path to a local Hugging Face model directory (``config.json`` + weights + tokenizer).
 * ``"echo"``: the trivial echo model of :mod:`actors.llm.echo` (no weights).
 
+Sharing one copy: :func:`weight_arrays` reads a cache entry's weights as numpy arrays (no torch);
+the serving path puts them in Ray's object store once (:func:`actors.expert.put_weights`) and
+every ExpertActor on a node builds its model from the same read-only shared-memory buffers
+(:func:`load` with ``arrays``: ``torch.from_numpy``, no copy), instead of each reading its own.
+
 The cache directory is ``$FLOTILLA_CACHE_DIR`` or ``~/.cache/flotilla/models``. A cache entry is
 built in a temporary sibling directory and renamed into place, so concurrent builders (two actors,
 two test processes) never see a half-written entry; the loser of the rename race discards its copy.
@@ -97,6 +102,15 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def is_cached(source: ModelSource, root: Path | None = None) -> bool:
+    """True when ``source`` loads without building anything (a local directory, or a bundled
+    model whose cache entry exists); :func:`ensure_cached` would dequantise otherwise."""
+    if source.kind != "bundled":
+        return source.kind == "local"
+    target = (root or cache_dir()) / source.name
+    return (target / _WEIGHTS).is_file() and (target / "config.json").is_file()
+
+
 def ensure_cached(source: ModelSource, root: Path | None = None) -> Path:
     """The directory to load ``source`` from; for a bundled GGUF, build the cache entry if absent."""
     if source.kind == "local":
@@ -105,7 +119,7 @@ def ensure_cached(source: ModelSource, root: Path | None = None) -> Path:
         raise InputError(f"model: {source.name!r} has no weights to cache")
     root = root or cache_dir()
     target = root / source.name
-    if (target / _WEIGHTS).is_file() and (target / "config.json").is_file():
+    if is_cached(source, root):
         return target
     root.mkdir(parents=True, exist_ok=True)
     _offline()
@@ -150,10 +164,57 @@ class LoadedModel:
     max_positions: int
 
 
-def load(model: str | None, device: str = "cpu", *, root: Path | None = None) -> LoadedModel:
+def weight_arrays(path: str | Path) -> dict[str, Any] | None:
+    """The weights of the model directory ``path`` as numpy arrays (read with safetensors' numpy
+    reader, without torch), or None when they cannot be shared that way: no single
+    ``model.safetensors`` (sharded or ``.bin`` weights), or a dtype numpy lacks (bf16)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    file = Path(path) / _WEIGHTS
+    if not file.is_file():
+        return None
+    try:
+        return load_file(str(file))
+    except (SafetensorError, TypeError, ValueError):  # e.g. bf16, which numpy has no dtype for
+        return None
+
+
+def _from_arrays(path: Path, arrays: dict[str, Any], dtype: Any) -> Any:
+    """The causal LM of ``path``'s config with ``arrays`` as its parameters, without a copy.
+
+    The model is built with empty parameters (accelerate's ``init_empty_weights``; buffers such
+    as the rotary frequencies are computed as usual), then each parameter is assigned a tensor
+    that views its array (``torch.from_numpy``; the arrays are read-only, and inference never
+    writes a weight). Tied output heads are re-tied. InputError names a missing weight.
+    """
+    import warnings
+
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path))
+    with init_empty_weights(include_buffers=False):
+        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with warnings.catch_warnings():  # "the given NumPy array is not writable": by design, shared
+        warnings.simplefilter("ignore", UserWarning)
+        state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    lm.load_state_dict(state, strict=False, assign=True)
+    lm.tie_weights()
+    empty = [n for n, p in lm.named_parameters() if p.is_meta]
+    if empty:
+        raise InputError(f"model: the shared weights of {path.name!r} lack {empty[0]!r} ({len(empty)} missing)")
+    return lm
+
+
+def load(model: str | None, device: str = "cpu", *, root: Path | None = None,
+         arrays: dict[str, Any] | None = None) -> LoadedModel:
     """Load ``model`` (see :func:`resolve_source`) on ``device`` in eval mode.
 
-    fp32 on the CPU (bf16 matmuls are slow there), bf16 on CUDA.
+    fp32 on the CPU (bf16 matmuls are slow there), bf16 on CUDA. With ``arrays`` (the model's
+    weights as numpy arrays, e.g. read zero-copy from Ray's object store) a CPU model uses them
+    as its parameters without copying; on CUDA they are copied to the device once, as bf16.
     """
     source = resolve_source(model)
     if source.kind == "echo":
@@ -165,7 +226,10 @@ def load(model: str | None, device: str = "cpu", *, root: Path | None = None) ->
 
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     tok = AutoTokenizer.from_pretrained(str(path))
-    lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    if arrays is not None:
+        lm = _from_arrays(path, arrays, torch.float32).to(device=device, dtype=dtype).eval()
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
     nbytes = sum(p.numel() * p.element_size() for p in lm.parameters())
     max_pos = int(getattr(lm.config, "max_position_embeddings", 2048) or 2048)
     return LoadedModel(source.name, lm, tok, str(device), nbytes, max_pos)

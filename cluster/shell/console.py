@@ -138,10 +138,22 @@ def line(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _foreground_terminal() -> bool:
+    """stderr is a terminal and this process is its foreground job (a spinner from a job sent to
+    the background with ``&`` would keep redrawing over the shell's prompt)."""
+    if not err.is_terminal:
+        return False
+    try:
+        return os.getpgrp() == os.tcgetpgrp(sys.stderr.fileno())
+    except (OSError, ValueError):  # no controlling terminal (rich was told it is one)
+        return True
+
+
 @contextlib.contextmanager
 def status(message: str) -> Iterator[None]:
-    """A spinner with ``message`` in a terminal; outside one, ``message`` as one line."""
-    if err.is_terminal:
+    """A spinner with ``message`` in a terminal, when in the foreground; otherwise ``message``
+    as one line."""
+    if _foreground_terminal():
         with err.status(message, spinner="dots"):
             yield
         return

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,12 @@ class RunningFleet:
         self._beat = threading.Thread(target=loop, name="flotilla-heartbeat", daemon=True)
         self._beat.start()
 
+    def register_all(self) -> None:
+        """Wait for every DeviceActor to answer and register it in the store (what
+        :func:`bring_up` does unless told ``wait=False``)."""
+        for info in self.infos():
+            self._register(info["device_id"], info)
+
     def _register(self, device_id: str, info: dict[str, Any] | None = None) -> None:
         spec = self.specs[device_id]
         record = {
@@ -115,20 +122,27 @@ def bring_up(
     address: str | None = None,
     catalog: Catalog | None = None,
     num_cpus: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    wait: bool = True,
 ) -> RunningFleet:
-    """Start or join Ray, spawn one DeviceActor per device slot and register each in ``store``."""
+    """Start or join Ray, spawn one DeviceActor per device slot and register each in ``store``;
+    ``progress`` gets a line when Ray is up. With ``wait=False`` the actors are only spawned: the
+    caller starts more work next to them while they come up, then calls
+    :meth:`RunningFleet.register_all`."""
     from actors.device import spawn
 
     catalog = catalog or probed_catalog()
     runtime = start(fleet, address=address, num_cpus=num_cpus)
+    if progress is not None:
+        progress(f"Ray is up; starting {len(runtime.slots)} device actors…")
     running = RunningFleet(runtime=runtime, store=store)
     try:
         for slot in runtime.slots:
             spec = catalog.get(slot.kind)
             running.specs[slot.device_id] = spec
             running.actors[slot.device_id] = spawn(spec, slot.device_id, real_cuda=not slot.simulated, node_id=slot.node_id)
-        for info in running.infos():
-            running._register(info["device_id"], info)
+        if wait:
+            running.register_all()
     except BaseException:
         running.shutdown()
         raise

@@ -1,6 +1,7 @@
 """Entry points for Ray job submission and the demo.
 
-* ``python -m cluster.shell.job serve [--port N] [--http-port N] [--model M] [--token T] [--redis URL]``:
+* ``python -m cluster.shell.job serve [--port N] [--http-port N] [--model M] [--token T] [--redis URL]
+  [--context-parallel-above TOKENS|off]``:
   run the serving path on the Ray cluster the job runs in (``ray job submit --working-dir . -- python -m
   cluster.shell.job serve``; Ray sets ``RAY_ADDRESS`` for the job, so it joins that cluster and serves
   the devices its nodes advertise as ``device:<kind>`` resources). It runs until the job is stopped.
@@ -175,12 +176,12 @@ def demo_rows(results: list[Any], price_per_hour: dict[str, float | None]) -> li
     return rows
 
 
-def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model: str | None = None,
+def run_demo(*, fleet: str, n_requests: int = 10, model: str | None = None,
              as_json: bool = False) -> dict[str, Any]:
     from rich.table import Table
 
     from cluster.shell.client import Client
-    from cluster.shell.console import MODELED_NOTE, emit_json, out, status
+    from cluster.shell.console import MODELED_NOTE, emit_json, line, out, status
     from cluster.shell.console import fmt as _fmt
     from cluster.probe import probed_catalog
     from cluster.exceptions import InputError
@@ -191,7 +192,7 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
         raise InputError(f"requests: {n_requests}; allowed: 1..1000")
     t0 = time.perf_counter()
     with status("starting the embedded fleet, its experts and the gateway…"):
-        serving = start_serving(ServeConfig(fleet=fleet, model=model, gateway=GatewayConfig(port=0)))
+        serving = start_serving(ServeConfig(fleet=fleet, model=model, gateway=GatewayConfig(port=0)), progress=line)
     startup_s = time.perf_counter() - t0
     try:
         prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(n_requests)]
@@ -234,7 +235,30 @@ def run_demo(*, fleet: str = "examples/fleet.yaml", n_requests: int = 10, model:
             serving.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve_config(args: argparse.Namespace) -> Any:
+    """The :class:`~cluster.shell.serving.ServeConfig` of ``serve``'s parsed flags (settings file <
+    environment < flags); InputError naming a bad flag. The Ray address is ``--address``, else
+    ``RAY_ADDRESS``, else ``auto`` (the cluster the job runs in) unless a fleet is embedded."""
+    from actors.cp_adapter import CP_DEFAULT_ABOVE, parse_above
+    from cluster.config import load_config
+    from cluster.exceptions import InputError
+    from cluster.shell.gateway import GatewayConfig
+    from cluster.shell.openai_api import HttpConfig
+    from cluster.shell.serving import ServeConfig
+
+    cp_above = parse_above(str(CP_DEFAULT_ABOVE) if args.context_parallel_above is None else args.context_parallel_above)
+    if not 0 <= args.http_port <= 65535:
+        raise InputError(f"--http-port: {args.http_port}; allowed: 1..65535, or 0 to disable the HTTP server")
+    cfg = load_config(redis_url=args.redis, namespace=args.namespace, ray_address=args.address, fleet=args.fleet)
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or ("auto" if not cfg.fleet else None)
+    http = HttpConfig(host=args.host, port=args.http_port, token=args.token) if args.http_port else None
+    return ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=address,
+                       model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token),
+                       http=http, context_parallel_above=cp_above)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m cluster.shell.job``."""
     parser = argparse.ArgumentParser(prog="python -m cluster.shell.job")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve on the Ray cluster this job runs in")
@@ -248,38 +272,36 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--namespace", default=None)
     s.add_argument("--address", default=None)
     s.add_argument("--fleet", default=None)
+    s.add_argument("--context-parallel-above", default=None, metavar="TOKENS|off",
+                   help="prompts longer than TOKENS are prefilled and decoded across the cluster's devices "
+                        "(shard solver); off: never (default: 1024, as flotilla serve)")
     d = sub.add_parser("demo", help="the make demo walk-through")
-    d.add_argument("--fleet", default="examples/fleet.yaml")
+    d.add_argument("--fleet", default=None, help="fleet YAML (default: the packaged example fleet)")
     d.add_argument("--requests", type=int, default=10)
     d.add_argument("--model", default=None)
     d.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         if args.cmd == "demo":
             from cluster.shell.console import reserve_stdout_for_json
+            from cluster.shell.serving import example_fleet
 
             with reserve_stdout_for_json() if args.json else contextlib.nullcontext():
-                run_demo(fleet=args.fleet, n_requests=args.requests, model=args.model, as_json=args.json)
+                run_demo(fleet=args.fleet or example_fleet(), n_requests=args.requests, model=args.model, as_json=args.json)
             return 0
-        from cluster.config import load_config
-        from cluster.exceptions import InputError
         from cluster.shell.console import line
-        from cluster.shell.gateway import GatewayConfig
-        from cluster.shell.openai_api import HttpConfig
-        from cluster.shell.serving import ServeConfig, run_until_stopped
+        from cluster.shell.serving import run_until_stopped
 
-        if not 0 <= args.http_port <= 65535:
-            raise InputError(f"--http-port: {args.http_port}; allowed: 1..65535, or 0 to disable the HTTP server")
-        cfg = load_config(redis_url=args.redis, namespace=args.namespace, ray_address=args.address, fleet=args.fleet)
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or ("auto" if not cfg.fleet else None)
-        if address is not None:
-            line(f"joining the Ray cluster at {address}…")
-            n = join_cluster(address)
+        sc = serve_config(args)  # every flag checked before joining anything
+        if sc.ray_address is not None:
+            line(f"joining the Ray cluster at {sc.ray_address}…")
+            n = join_cluster(sc.ray_address)
             line(f"joined: {n} devices advertised; starting their experts and the gateway…")
-        http = HttpConfig(host=args.host, port=args.http_port, token=args.token) if args.http_port else None
-        run_until_stopped(ServeConfig(fleet=cfg.fleet, redis_url=cfg.redis_url, namespace=cfg.namespace, ray_address=address,
-                                      model=args.model, gateway=GatewayConfig(host=args.host, port=args.port, token=args.token),
-                                      http=http))
+        run_until_stopped(sc)
         return 0
     except FlotillaError as exc:
         from cluster.shell.console import exit_code_for

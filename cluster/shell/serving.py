@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from actors.router import Router, RouterConfig
 from cluster.exceptions import InputError
-from cluster.shell.console import err, status
+from cluster.shell.console import err, line, status
 from cluster.shell.gateway import Gateway, GatewayConfig
 from cluster.shell.openai_api import HttpConfig
 
@@ -75,6 +76,9 @@ class Serving:
     metrics: Any = None  # cluster.shell.metrics.Metrics
     metrics_port: int | None = None
     cp_route: Any = None  # actors.cp_adapter.ContextParallelRoute or None
+    #: The model's weights in the object store (actors.expert.SharedWeights), kept alive while
+    #: the experts (and any the supervisor respawns) use them; None for echo.
+    weights: Any = None
 
     def shutdown(self) -> None:
         import ray
@@ -98,23 +102,58 @@ class Serving:
         self.store.close()
 
 
-def start_serving(cfg: ServeConfig) -> Serving:
+def check_port_free(host: str, port: int, field_name: str, flag: str) -> None:
+    """InputError naming ``field_name`` when ``host:port`` is taken (port 0: nothing to check).
+
+    Called before Ray starts, so a busy port is reported in a second rather than after the fleet
+    came up. The probe socket does not set SO_REUSEPORT, so a gRPC server that did (gRPC's
+    default) still makes it fail; the real bind later reports a port taken in between."""
+    import socket
+
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"{field_name}: cannot bind {host}:{port} ({exc.strerror}); is another flotilla serve "
+                             f"running (flotilla stop)? pick another {flag}") from None
+
+
+def _quiet(_message: str) -> None:
+    """The default progress callback of :func:`start_serving`: says nothing."""
+
+
+def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) -> Serving:
     """Fleet -> one ExpertActor per device -> Router (replaying its journal) -> gRPC gateway (+ HTTP).
 
-    The HTTP and metrics ports are bound first, so a busy one is reported before Ray starts.
+    The gRPC, HTTP and metrics ports are checked (HTTP and metrics bound) first, so a busy one is
+    reported before Ray starts. The model's weights are put in Ray's object store once and every
+    ExpertActor builds its model from that shared copy (:func:`actors.expert.put_weights`).
+    ``progress`` gets one line per phase, with the seconds since the start (``flotilla serve``
+    prints them, in a terminal or not).
     """
+    import time
+
     import ray
 
     from cluster.shell.metrics import Metrics
     from cluster.shell.openai_api import ChatTemplate, HttpServer, OpenAIApp
 
-    from actors.expert import ExpertConfig, spawn_expert
-    from actors.llm.loader import ensure_cached, resolve_source
+    from actors.expert import ExpertConfig, put_weights, spawn_expert
+    from actors.llm.loader import cache_dir, ensure_cached, is_cached, resolve_source
     from actors.routing import Replica
     from actors.supervisor import Supervisor
     from cluster.shell.fleet import bring_up
     from cluster.runtime import load_fleet
     from cluster.state import open_store
+
+    t0 = time.monotonic()
+
+    def say(message: str) -> None:
+        progress(f"[{time.monotonic() - t0:5.1f} s] {message}")
 
     selector = None
     if cfg.experts is not None:
@@ -122,13 +161,27 @@ def start_serving(cfg: ServeConfig) -> Serving:
 
         selector = ExpertSelector.from_file(cfg.experts)  # fails fast on a bad file, before any actor starts
     source = resolve_source(cfg.model)
+    fleet = load_fleet(cfg.fleet) if cfg.fleet else None  # a bad fleet file fails before anything starts
+    check_port_free(cfg.gateway.host, cfg.gateway.port, "port", "--port")
     http = HttpServer(cfg.http) if cfg.http is not None else None
     metrics = Metrics()
+    template: list[Any] = []  # the chat template, loaded in a thread while Ray starts
+    loader: threading.Thread | None = None
     try:
         metrics_port = metrics.serve(cfg.gateway.host, cfg.metrics_port) if cfg.metrics_port is not None else None
         if source.kind == "bundled":
+            if not is_cached(source):
+                say(f"dequantising {source.name} into {cache_dir()} (once; a minute or two)…")
             ensure_cached(source)  # dequantise once here, not in every actor at the same time
-        template = ChatTemplate.for_model(cfg.model) if http is not None else None
+        if http is not None:
+            def load_template() -> None:
+                try:
+                    template.append(ChatTemplate.for_model(cfg.model))
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    template.append(exc)
+
+            loader = threading.Thread(target=load_template, name="flotilla-chat-template", daemon=True)
+            loader.start()
         store = open_store(cfg.redis_url, namespace=cfg.namespace)
     except BaseException:
         if http is not None:
@@ -136,8 +189,16 @@ def start_serving(cfg: ServeConfig) -> Serving:
         metrics.close()
         raise
     try:
-        fleet = load_fleet(cfg.fleet) if cfg.fleet else None
-        running = bring_up(fleet, store, address=cfg.ray_address)
+        from cluster.runtime import resolve_address
+
+        join = resolve_address(cfg.ray_address)
+        if join is not None:
+            say(f"joining the Ray cluster at {join}…")
+        elif fleet is not None:
+            say(f"starting Ray for {fleet.size} devices (fleet {fleet.name!r})…")
+        else:
+            say("starting Ray with this host's GPUs…")
+        running = bring_up(fleet, store, address=cfg.ray_address, progress=say, wait=False)
     except BaseException:
         if http is not None:
             http.stop()
@@ -147,15 +208,26 @@ def start_serving(cfg: ServeConfig) -> Serving:
     experts: dict[str, Any] = {}
     supervisor = None
     try:
+        # The experts' processes start (and import their libraries) while the device actors come up.
+        weights = None
+        if source.kind != "echo":
+            say(f"putting the {source.name} weights in the object store once…")
+            weights = put_weights(cfg.model)
         econf = ExpertConfig(model=cfg.model, max_concurrency=cfg.max_concurrency, max_context=cfg.max_context)
         handles = {}
         slots = {s.device_id: s for s in running.runtime.slots}
         for device_id, dev in running.actors.items():
             spec = running.specs[device_id]
             handles[device_id] = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slots[device_id].simulated,
-                                              node_id=slots[device_id].node_id, start=False)
+                                              node_id=slots[device_id].node_id, start=False, weights=weights)
         experts.update(handles)
-        ray.get([h.start.remote() for h in handles.values()])
+        shared = f" on one shared copy ({weights.nbytes / 2**20:.0f} MiB)" if weights is not None else ""
+        say(f"starting {len(handles)} {source.name} experts{shared}…")
+        started = [h.start.remote() for h in handles.values()]
+        running.register_all()
+        say(f"{len(running.actors)} device actors up")
+        ray.get(started)
+        say(f"{len(handles)} experts loaded; starting the router and the gateways…")
         replicas = [Replica(d, running.specs[d].kind, h, cfg.max_concurrency) for d, h in handles.items()]
         cp_route = None
         if cfg.context_parallel_above is not None and source.kind != "echo":
@@ -172,7 +244,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
 
         def respawn(device_id: str) -> Any:
             """A fresh ExpertActor for a dead one, next to the same DeviceActor (itself replaced
-            when it is gone too)."""
+            when it is gone too), built from the same shared weights."""
             from actors.device import spawn
 
             slot, spec = slots[device_id], running.specs[device_id]
@@ -181,15 +253,21 @@ def start_serving(cfg: ServeConfig) -> Serving:
                 ray.get(dev.info.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - the device actor died with it: start a new one
                 dev = running.actors[device_id] = spawn(spec, device_id, real_cuda=not slot.simulated, node_id=slot.node_id)
-            handle = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slot.simulated, node_id=slot.node_id)
+            handle = spawn_expert(dev, spec.kind, device_id, econf, real_cuda=not slot.simulated, node_id=slot.node_id,
+                                  weights=weights)
             experts[device_id] = handle
             return handle
 
         supervisor = Supervisor(router, respawn).start()
         gateway = Gateway(router, store, cfg.gateway, source.name, selector, metrics).start()
         if http is not None:
-            http.start(OpenAIApp(router, source.name, token=cfg.gateway.token, metrics=metrics, template=template))
+            assert loader is not None
+            loader.join()
+            if isinstance(template[0], BaseException):
+                raise template[0]
+            http.start(OpenAIApp(router, source.name, token=cfg.gateway.token, metrics=metrics, template=template[0]))
         running.start_heartbeats()  # devices stay in the store's registry while serving
+        say("ready")
     except BaseException:
         if supervisor is not None:
             supervisor.stop()
@@ -201,7 +279,8 @@ def start_serving(cfg: ServeConfig) -> Serving:
         running.shutdown()
         store.close()
         raise
-    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port, cp_route)
+    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port, cp_route,
+                   weights)
 
 
 def pidfile_dir() -> Path:
@@ -247,8 +326,8 @@ def remove_pidfile(path: Path) -> None:
 def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
     """Start serving, report the address on stderr, write the pidfile ``flotilla stop`` reads,
     block until SIGINT/SIGTERM, shut down."""
-    with status("starting Ray, the device actors and the experts…"):
-        serving = start_serving(sc)
+    with status("starting…"):
+        serving = start_serving(sc, progress=line)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

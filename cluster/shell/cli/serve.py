@@ -17,6 +17,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from actors.cp_adapter import CP_DEFAULT_ABOVE, parse_above  # noqa: F401 - the flag's parser, shared with the job entry
 from cluster.shell.console import MODELED_NOTE, emit_json, err, json_option, out
 from cluster.shell.console import fmt as _fmt
 
@@ -42,25 +43,6 @@ def with_default_fleet(cfg: Any) -> Any:
         return cfg
     err.print(f"no --fleet: serving the packaged example fleet ({example_fleet()})")
     return dataclasses.replace(cfg, fleet=example_fleet())
-
-
-#: ``flotilla serve --context-parallel-above`` default, tokens.
-CP_DEFAULT_ABOVE = 1024
-
-
-def parse_above(value: str) -> int | None:
-    """``--context-parallel-above``: a token count >= 1, or ``off``."""
-    from cluster.exceptions import InputError
-
-    if value.strip().lower() == "off":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise InputError(f"--context-parallel-above: expected TOKENS (an integer >= 1) or off, got {value!r}")
-    return n
 
 
 def serve(
