@@ -308,6 +308,25 @@ def merge_partials(
     return w1 * out1 + w2 * out2, lse
 
 
+def merge_partials_(
+    out: torch.Tensor, lse: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor
+) -> None:
+    """:func:`merge_partials` in place: ``(out, lse)`` becomes the merge of itself and
+    ``(out2, lse2)``; ``out2`` is scaled in place too (the caller gives it up). Allocates only
+    ``lse``-sized temporaries, so a long accumulator can be merged into without a second copy of it
+    (``out`` may be a view, e.g. a slice of rows of a larger accumulator)."""
+    if out.shape != out2.shape or lse.shape != lse2.shape or out.shape[:-1] != lse.shape:
+        raise AttentionInputError(
+            f"partials do not match: out {tuple(out.shape)} / {tuple(out2.shape)}, "
+            f"lse {tuple(lse.shape)} / {tuple(lse2.shape)}"
+        )
+    new = torch.logaddexp(lse, lse2)
+    safe = torch.where(torch.isneginf(new), torch.zeros_like(new), new)
+    out.mul_(torch.exp(lse - safe).unsqueeze(-1))
+    out.add_(out2.mul_(torch.exp(lse2 - safe).unsqueeze(-1)))
+    lse.copy_(new)
+
+
 def naive_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -158,6 +158,7 @@ class AttentionWorker:
         num_threads: int | None,
         return_output: bool = True,
         memory_cap_bytes: int | None = None,
+        kv_heads_per_pass: int | None = None,
     ) -> dict:
         """Run ``strategy`` on this rank's shard; returns out/lse (on CPU), seconds, bytes sent,
         the intra-op threads used and ``over_cap`` (with the allocator's message in ``error``).
@@ -191,6 +192,7 @@ class AttentionWorker:
                 out, lse = run_strategy(
                     strategy, self.comm, q, k, v, plan, causal=causal, speeds=speeds,
                     ulysses_degree=ulysses_degree, block=block,
+                    kv_heads_per_pass=kv_heads_per_pass,
                 )
                 if out.is_cuda:
                     torch.cuda.synchronize()

@@ -14,6 +14,7 @@ from attention.blockwise import (
     blockwise_attention,
     fused_kernel_available,
     merge_partials,
+    merge_partials_,
     naive_attention,
 )
 from attention.exceptions import AttentionInputError
@@ -301,3 +302,22 @@ def test_unknown_kernel_and_fused_off_cpu_are_named():
     qm, km, vm = (t.to("meta") for t in (q, k, v))
     with pytest.raises(AttentionInputError, match="kernel 'fused' needs CPU tensors"):
         blockwise_attention(qm, km, vm, causal=True, kernel="fused")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_in_place_merge_equals_merge_and_writes_into_a_view(causal):
+    q, k, v = _qkv(1, 4, 2, 37, 50, 8, torch.float64, 3)
+    p1 = naive_attention(q, k[:, :, :20], v[:, :, :20], causal, q_offset=13, k_offset=0)
+    p2 = naive_attention(q, k[:, :, 20:], v[:, :, 20:], causal, q_offset=13, k_offset=20)
+    want = merge_partials(*p1, *p2)
+    big_out = torch.zeros(1, 4, 60, 8, dtype=torch.float64)
+    big_lse = torch.full((1, 4, 60), 7.0, dtype=torch.float64)
+    out, lse = big_out[:, :, 10:47], big_lse[:, :, 10:47]
+    out.copy_(p1[0])
+    lse.copy_(p1[1])
+    merge_partials_(out, lse, p2[0].clone(), p2[1])
+    assert torch.equal(out, want[0]) or (out - want[0]).abs().max() <= 1e-14
+    assert (lse - want[1]).abs().max() <= 1e-14
+    assert (big_lse[:, :, :10] == 7.0).all() and (big_out[:, :, 47:] == 0).all()
+    ref = naive_attention(q, k, v, causal, q_offset=13)
+    assert (out - ref[0]).abs().max() <= 1e-12
