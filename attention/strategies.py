@@ -19,9 +19,11 @@ Each function takes this rank's local tensors (rows given by a :class:`ShardPlan
   ``n <= Hkv``; otherwise query heads are split and K/V expanded per query head.
 * ``hybrid``: Ulysses inside groups of ``u`` consecutive ranks x ring across the ``n / u`` groups
   (ranks with the same position in their group form a ring over the group chunks).
-* ``tree_decode``: q replicated, K/V sharded; local (out, lse), then ``m = allreduce_max(lse)``
-  and one packed ``allreduce_sum`` of ``[exp(lse - m) out, exp(lse - m)]`` (Tree Attention's
-  three reductions, numerator and denominator packed in one message).
+* ``tree_decode``: q replicated, K/V sharded; local (out, lse), then one allgather of the packed
+  ``[out, lse]`` partials (tiny: ``H x (D + 1)`` numbers per query row) and the exact merge on every
+  rank: ``m = max lse``, Tree Attention's numerator ``sum exp(lse - m) out`` and denominator
+  ``sum exp(lse - m)``. One collective per layer (latency-bound at decode sizes) instead of an
+  ``allreduce_max`` and an ``allreduce_sum``.
 """
 
 from __future__ import annotations
@@ -428,21 +430,24 @@ def tree_decode_attention(
     ``plan.seq_len - Lq ...``), K/V sharded by ``plan``; every rank returns the whole result.
 
     ``m = max_r lse_r``; ``out = sum_r exp(lse_r - m) out_r / sum_r exp(lse_r - m)``,
-    ``lse = m + log sum_r exp(lse_r - m)``.
+    ``lse = m + log sum_r exp(lse_r - m)``, from one allgather of the packed partials (merged in
+    rank order on every rank, so all ranks return bitwise the same result).
     """
     lq = q.shape[2]
     out, lse = empty_partial(q)
-    kv = torch.stack([k, v])
     q_seg = ((plan.seq_len - lq, plan.seq_len),)
-    _attend_segments(q, q_seg, kv, plan.segments[comm.rank], out, lse, causal=causal, block=block)
-    m = lse.clone()
-    comm.allreduce(m, "max")
+    # k, v are read in place (no stacked copy of the cache shard per call)
+    _attend_into(q, q_seg, k, v, plan.segments[comm.rank], out, lse, causal=causal, block=block)
+    # one collective: every rank's packed (out, lse) partial, merged locally in rank order (so
+    # every rank computes bitwise the same result)
+    parts = comm.allgather(torch.cat([out.reshape(-1), lse.reshape(-1)]), check=False)
+    outs = torch.stack([p[: out.numel()].view(out.shape) for p in parts])
+    lses = torch.stack([p[out.numel() :].view(lse.shape) for p in parts])
+    m = lses.amax(dim=0)
     m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    w = torch.exp(lse - m_safe)
-    packed = torch.cat([(out * w.unsqueeze(-1)).reshape(-1), w.reshape(-1)])
-    comm.allreduce(packed, "sum")
-    num = packed[: out.numel()].view(out.shape)
-    den = packed[out.numel() :].view(w.shape)
+    w = torch.exp(lses - m_safe)
+    num = (outs * w.unsqueeze(-1)).sum(dim=0)
+    den = w.sum(dim=0)
     seen = den > 0
     res = torch.where(seen.unsqueeze(-1), num / torch.where(seen, den, 1.0).unsqueeze(-1), 0.0)
     res_lse = torch.where(seen, m_safe + torch.log(torch.where(seen, den, 1.0)), -math.inf)
