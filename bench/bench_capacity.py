@@ -20,15 +20,16 @@ the bracket is within ``--tol`` of L), for:
 Measure: per rank, the kernel's peak resident set (``VmHWM`` reset through
 ``/proc/self/clear_refs`` before the trial) minus the resident set at the reset; the rank's own q,
 k, v rows are created inside the measured window, so inputs, outputs, buffers, communication
-buffers and kernel scratch all count (a warm-up run first, so code pages do not). A trial passes
+buffers and kernel scratch all count (a warm-up run first, so code pages do not); the peak is
+read as soon as the method returns, before anything else runs. A trial passes
 when it completes and every rank's peak is <= the cap. To end a too-large trial early, each trial
 also runs under a soft ``RLIMIT_DATA`` of the cap (:func:`attention.worker.memory_cap`); an
 allocation it refuses is a failure (the group is then discarded and restarted). One torch thread
 per process.
 
 ``--goal-caps``: at those caps only the vanilla methods are searched; every other method runs
-once at ``--goal`` x the ``vanilla`` L, pass or fail (searching them is too slow on a 2-core
-machine: the work grows as L^2, ~16x from 64 to 256 MiB).
+once at ``--goal`` x the L of ``--goal-baseline`` (default ``vanilla_inplace``), pass or fail
+(searching them is too slow on a 2-core machine: the work grows as L^2, ~16x from 64 to 256 MiB).
 
 Run: ``python bench/bench_capacity.py`` (writes bench/results/capacity.json).
 """
@@ -139,13 +140,16 @@ class CapacityRank:
                     out, _ = ring_attention(self.comm, q, k, v, plan, causal=True)
                 else:
                     raise ValueError(f"unknown method {method!r}")
-                finite = bool(torch.isfinite(out).all())
+                peak = peak_rss_bytes() - base  # before the check below, which allocates
+                # a sum is finite iff every element is (torch.isfinite would allocate 4 B per
+                # element); no NaN or infinity may come out of an exact attention
+                finite = math.isfinite(float(out.sum()))
             except (RuntimeError, MemoryError) as e:
                 if not is_over_cap(e):
                     raise
                 error, finite = str(e).splitlines()[0][:200], None
+                peak = peak_rss_bytes() - base
             out = q = k = v = None
-            peak = peak_rss_bytes() - base
         return {"ok": error is None, "peak_bytes": peak, "rows": rows, "finite": finite,
                 "seconds": round(time.perf_counter() - t0, 2), "error": error}
 
@@ -234,9 +238,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--caps", default="64,256", help="per-device caps, MiB (comma-separated)")
     ap.add_argument("--goal-caps", default="256",
-                    help="caps where the 4-actor methods run once at --goal x vanilla L "
+                    help="caps where all but the vanilla methods run once at --goal x the "
+                         "--goal-baseline L "
                          "instead of being searched ('' for none)")
     ap.add_argument("--goal", type=float, default=40.0)
+    ap.add_argument("--goal-baseline", default="vanilla_inplace", choices=("vanilla", "vanilla_inplace"),
+                    help="the vanilla L the goal multiplies (default the leaner, stricter one)")
     ap.add_argument("--methods", default=",".join(SINGLE + GROUP))
     ap.add_argument("--heads", type=int, default=9)
     ap.add_argument("--kv-heads", type=int, default=3)
@@ -245,6 +252,7 @@ def main() -> None:
                     help="stop bisection when the bracket is within this fraction of L")
     ap.add_argument("--max-len", type=int, default=1 << 19)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--note", default="", help="recorded in the result (e.g. how it was run)")
     ap.add_argument("--out", default="bench/results/capacity.json")
     args = ap.parse_args()
     caps = [int(c) for c in args.caps.split(",") if c]
@@ -259,6 +267,7 @@ def main() -> None:
                      "(MEASURED)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
+        "note": args.note,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "python": platform.python_version()},
         "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -287,12 +296,13 @@ def main() -> None:
             unit = 64 if m in SINGLE else 256
             rows[m] = search(runner, m, cap, unit, args.max_len, args.tol)
             print(f"  {m}: L={rows[m]['L']} (failed at {rows[m]['L_failed']})", flush=True)
-        if cap_mib in goal_caps and "vanilla" in rows:
-            target = math.ceil(args.goal * rows["vanilla"]["L"] / 256) * 256
+        if cap_mib in goal_caps and args.goal_baseline in rows:
+            target = math.ceil(args.goal * rows[args.goal_baseline]["L"] / 256) * 256
             for m in methods:
                 if not m.startswith("vanilla"):
                     e = runner.trial(m, target, cap)
-                    rows[m] = {"method": m, "cap_mib": cap_mib, "mode": f"goal {args.goal:g}x",
+                    rows[m] = {"method": m, "cap_mib": cap_mib,
+                               "mode": f"goal {args.goal:g}x {args.goal_baseline}",
                                "L": target if e["passed"] else None, "L_tried": target,
                                "passed": e["passed"], "peak_mib": e["peak_mib"],
                                "seconds_at_L": e["seconds"], "runs": 1}

@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--label", default="")
+    ap.add_argument("--note", default="", help="recorded in the result (e.g. how it was run)")
     ap.add_argument("--out", default="bench/results/cp_decode.json")
     args = ap.parse_args()
 
@@ -80,6 +81,7 @@ def main() -> None:
     doc = {
         "benchmark": "context-parallel decode ms/token, 2 actors vs 1 process (MEASURED)",
         "label": args.label,
+        "note": args.note,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
         "machine": platform.platform(), "cpus": os.cpu_count(),
