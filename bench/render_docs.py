@@ -167,7 +167,7 @@ def summary() -> str:
                  "≤ 1.3×", ratios, yes(all(v <= 1.3 for v in cp["ratio_vs_single"].values()))])
     capr = [r for r in _load("capacity.json")["results"] if r["method"] == "grouped_zigzag_4"]
     for r in capr:
-        how = "" if r.get("mode", "search") == "search" else f" ({r['mode']} run)"
+        how = ", largest found" if r.get("mode", "search") == "search" else ", one run at the goal"
         got = (f"{r['ratio_vs_vanilla']:.1f}× (L {r['L']:,}{how}); {r.get('ratio_vs_vanilla_inplace', 0):.1f}× "
                f"vs in-place vanilla" if r.get("L") else f"{r['mode']}: refused")
         rows.append(["12", f"capacity under a {r['cap_mib']} MiB cap per device (measured peak RSS), 4 device "
