@@ -259,8 +259,9 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "http": http,
     "allocation": allocation, "attention-time": attention_time, "attention-capacity": attention_capacity,
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,
-    "gpu-check": gpu_check, "capacity": capacity,
+    "gpu-check": gpu_check,
 }
+RENDERERS["capacity"] = capacity
 
 
 def render(text: str) -> tuple[str, list[str]]:
