@@ -49,7 +49,9 @@ bench: setup
 	$(BIN)/python bench/bench_shards.py --context-parallel --reps 3 --out bench/results/context_parallel.json
 	$(BIN)/python bench/bench_startup.py --before 6cc927b --reps 3 --out bench/results/startup.json
 	$(BIN)/python bench/gpu_device_check.py --out bench/results/gpu_device_check.json
-	$(BIN)/python bench/gpu_attention_check.py
+	$(BIN)/python bench/gpu_attention_check.py --out bench/results/gpu_attention_check.json
+	$(BIN)/python bench/bench_capacity.py --out bench/results/capacity.json
+	$(BIN)/python bench/bench_cp_decode.py --label after --out bench/results/cp_decode_after.json
 	$(BIN)/python bench/render_docs.py
 
 clean:

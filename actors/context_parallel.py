@@ -20,8 +20,10 @@ layer rank ``r`` computes ``(out_r, lse_r)`` of the query over its shard; the ex
     m   = max_r lse_r
     out = sum_r exp(lse_r - m) out_r / sum_r exp(lse_r - m)
 
-(one ``allreduce(max)`` and one packed ``allreduce(sum)``:
-:func:`attention.strategies.tree_decode_attention`). All ranks then hold the same logits.
+(one allgather of the packed partials, merged on every rank in rank order:
+:func:`attention.strategies.tree_decode_attention`). All ranks then hold bitwise the same hidden
+state; rank 0 turns it into logits. The owner's shard grows in place (a buffer with spare rows,
+grown by a quarter when full), so a step does not copy the cache.
 
 :class:`ContextParallelGroup` is the driver side: ``generate(prompt_ids, n)`` gives the greedy
 tokens, the logits that chose them and the final hidden states of every prompt row.
@@ -75,8 +77,7 @@ class _DecodeAttention:
     def __call__(self, layer: int, q, k, v, positions) -> torch.Tensor:
         r = self.rank
         if r.comm.rank == r.owner:
-            r.k[layer] = torch.cat([r.k[layer], k], dim=2)
-            r.v[layer] = torch.cat([r.v[layer], v], dim=2)
+            r.append_kv(layer, k, v)
         lengths = r.kv_lengths()
         segs, pos = [], 0
         for n in lengths:
@@ -111,6 +112,25 @@ class ContextParallelRank:
         self.comm = Communicator.join(self.world_size, self.rank_id, "gloo", self.group_name)
         return self.rank_id
 
+    def append_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append one token's K/V to this rank's shard of ``layer``: written into spare rows of a
+        buffer that grows by a quarter (at least 256 rows) when full, so a step copies the shard
+        only once every ``max(256, n / 4)`` tokens instead of every token; ``self.k[layer]``
+        stays a view of the filled rows."""
+        n = self.k[layer].shape[2]
+        buf_k, buf_v = self._kv_room[layer]
+        if buf_k is None or buf_k.shape[2] < n + k.shape[2]:
+            room = n + max(256, n // 4, k.shape[2])
+            shape = (*k.shape[:2], room, k.shape[3])
+            buf_k = torch.empty(shape, dtype=k.dtype)
+            buf_v = torch.empty(shape, dtype=v.dtype)
+            buf_k[:, :, :n], buf_v[:, :, :n] = self.k[layer], self.v[layer]
+            self._kv_room[layer] = (buf_k, buf_v)
+        buf_k[:, :, n : n + k.shape[2]] = k
+        buf_v[:, :, n : n + v.shape[2]] = v
+        self.k[layer] = buf_k[:, :, : n + k.shape[2]]
+        self.v[layer] = buf_v[:, :, : n + v.shape[2]]
+
     def kv_lengths(self) -> list[int]:
         """Every rank's KV shard length in the layer being decoded (no communication needed:
         the prefill plan's lengths, the owner's grown by the tokens decoded so far)."""
@@ -129,6 +149,7 @@ class ContextParallelRank:
         logits (on the rank holding it, else None), seconds and bytes sent."""
         n_layers = self.model.cfg.num_layers
         self.k, self.v = [None] * n_layers, [None] * n_layers
+        self._kv_room = [(None, None)] * n_layers
         self.lengths = [plan.length(r) for r in range(plan.world_size)]
         self.decoded = 0
         last = plan.seq_len - 1
@@ -156,7 +177,11 @@ class ContextParallelRank:
         hidden = self.model.hidden(torch.tensor([[int(token)]]), torch.tensor([int(position)]),
                                    _DecodeAttention(self))
         self.decoded += 1
-        return {"logits": self.model.logits(hidden[0, -1]).numpy(), "kv_rows": int(self.k[0].shape[2])}
+        last = hidden[0, -1]
+        # every rank holds the same final hidden state (checked by the driver); one computes
+        # the logits from it
+        logits = self.model.logits(last).numpy() if self.rank_id == 0 else None
+        return {"logits": logits, "hidden": last.numpy(), "kv_rows": int(self.k[0].shape[2])}
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,14 +307,16 @@ class ContextParallelGroup:
         return logits, plan, outs
 
     def decode(self, token: int) -> tuple[torch.Tensor, bool]:
-        """One tree-decoding step of ``token`` (after :meth:`prefill`): the next-token logits and
-        whether every rank computed exactly the same ones."""
+        """One tree-decoding step of ``token`` (after :meth:`prefill`): the next-token logits (rank
+        0 computes them) and whether every rank computed exactly the same final hidden state, from
+        which they follow."""
         import ray
 
         res = ray.get([a.decode.remote(int(token), self._prompt_len + self._decoded) for a in self.actors])
         self._decoded += 1
-        got = [np.asarray(x["logits"]) for x in res]
-        return torch.from_numpy(np.array(got[0])), all(np.array_equal(got[0], g) for g in got[1:])
+        hidden = [np.asarray(x["hidden"]) for x in res]
+        same = all(np.array_equal(hidden[0], h) for h in hidden[1:])
+        return torch.from_numpy(np.array(res[0]["logits"])), same
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, *, strategy: str = "ring",
                  speeds: Sequence[float] | None = None, ulysses_degree: int | None = None,

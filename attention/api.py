@@ -223,6 +223,7 @@ def run_distributed(
     block: int = DEFAULT_BLOCK,
     num_threads: int | None = None,
     memory_cap_bytes: int | None = None,
+    kv_heads_per_pass: int | None = None,
 ) -> DistributedResult:
     """:func:`distributed_attention` with the lse, the plan and per-rank timings and bytes.
 
@@ -230,6 +231,10 @@ def run_distributed(
     during the step (:func:`attention.worker.memory_cap`: its shards, buffers, outputs and kernel
     scratch count); a rank that needs more raises :class:`cluster.exceptions.CapacityError` and
     the group is discarded (recreated on the next call).
+
+    ``kv_heads_per_pass`` (``ring`` and ``zigzag`` only; default ``None``: the plain ring) runs
+    :func:`attention.strategies.grouped_ring_attention`: one ring pass per that many key/value
+    heads, the same result with per-rank memory bounded by the shard (see docs/attention.md).
     """
     import ray
 
@@ -246,6 +251,17 @@ def run_distributed(
             f"memory_cap_bytes must be a positive int or None, got {memory_cap_bytes!r}"
         )
     h = q.shape[1]
+    if kv_heads_per_pass is not None and (
+        strategy not in ("ring", "zigzag")
+        or isinstance(kv_heads_per_pass, bool)
+        or not isinstance(kv_heads_per_pass, int)
+        or not 1 <= kv_heads_per_pass <= k.shape[1]
+    ):
+        raise AttentionInputError(
+            f"kv_heads_per_pass must be None or an int in [1, {k.shape[1]}] (the key/value "
+            f"heads) with strategy 'ring' or 'zigzag'; got {kv_heads_per_pass!r} with "
+            f"{strategy!r}"
+        )
     u = None
     if strategy == "hybrid":
         u = ulysses_degree or default_ulysses_degree(world_size, h)
@@ -267,7 +283,7 @@ def run_distributed(
                     causal=causal, speeds=speeds, ulysses_degree=u, block=block,
                     num_threads=num_threads,
                     return_output=strategy != "tree_decode" or r == 0,
-                    memory_cap_bytes=memory_cap_bytes,
+                    memory_cap_bytes=memory_cap_bytes, kv_heads_per_pass=kv_heads_per_pass,
                 )
             )
         if memory_cap_bytes is None:

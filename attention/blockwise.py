@@ -24,10 +24,12 @@ Positions: ``q_offset`` and ``k_offset`` give the absolute position of the first
 key row, so a shard of a longer sequence knows where it sits; causal masking compares absolute
 positions, hence any pair of shards can be evaluated and merged.
 
-Two kernels compute the same (out, lse). ``"fused"`` (CPU tensors, when torch provides
-``aten._scaled_dot_product_flash_attention_for_cpu``, which returns the log-sum-exp) calls torch's
-fused flash kernel; that kernel only knows "no mask" and top-left-aligned causal (row ``i`` sees
-key ``j <= i``), so offsets are reduced to those two cases. With ``delta = q_offset - k_offset``,
+Two kernels compute the same (out, lse). ``"fused"`` calls a fused kernel of torch that returns the
+log-sum-exp: on CPU ``aten._scaled_dot_product_flash_attention_for_cpu``, on CUDA the
+memory-efficient kernel ``aten._scaled_dot_product_efficient_attention(..., compute_log_sumexp=
+True)`` (fp16, bf16, fp32; the flash CUDA kernel refuses causal with ``Lq != Lk``, which every
+off-diagonal shard pair needs). Both only know "no mask" and top-left-aligned causal (row ``i``
+sees key ``j <= i``), so offsets are reduced to those two cases. With ``delta = q_offset - k_offset``,
 row ``i`` sees key ``j`` iff ``j <= i + delta``; let ``r0 = max(0, -delta)`` be the first row that
 sees any key and ``P = q_offset + r0`` its position. Then::
 
@@ -41,7 +43,8 @@ and the two partials of rows ``[r0, Lq)`` are merged with :func:`merge_partials`
 alignment is exact for the tail because tail key ``j'`` and row ``r0 + i'`` sit at ``P + j'`` and
 ``P + i'``; a tail shorter than the rows (keys run out, or were cut at the last row's position) is
 also exact, since the missing keys do not exist. ``"tiled"`` is the pure-torch blockwise loop
-below (any device, any torch); ``"auto"`` picks ``"fused"`` where it is available.
+below (any device, any dtype, any torch: the fallback); ``"auto"`` picks by device and dtype
+(:func:`choose_kernel`).
 """
 
 from __future__ import annotations
@@ -56,11 +59,61 @@ DEFAULT_BLOCK = 512
 KERNELS = ("auto", "fused", "tiled")
 
 
-def fused_kernel_available(device: torch.device | str) -> bool:
-    """True when torch's fused CPU flash kernel (with log-sum-exp) can run on ``device``."""
-    return torch.device(device).type == "cpu" and hasattr(
-        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"
+#: dtypes torch's CUDA memory-efficient attention kernel takes (no float64)
+CUDA_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def choose_kernel(
+    kernel: str, device_type: str, dtype: torch.dtype, *, cpu_op: bool, cuda_op: bool
+) -> str:
+    """The kernel that runs: ``"fused_cpu"``, ``"fused_cuda"`` or ``"tiled"`` (pure rule).
+
+    ``"auto"``: CPU tensors take torch's fused CPU flash kernel when torch has it (``cpu_op``);
+    CUDA tensors take the memory-efficient CUDA kernel when torch has it (``cuda_op``: built with
+    CUDA and a device present) and the dtype is one it takes (fp16, bf16, fp32); anything else
+    (float64 on CUDA, other devices, a torch without the op) takes the tiled loop. ``"fused"``
+    is the same choice but refuses to fall back; ``"tiled"`` always is the loop.
+    """
+    if kernel not in KERNELS:
+        raise AttentionInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    if kernel == "tiled":
+        return "tiled"
+    if device_type == "cpu" and cpu_op:
+        return "fused_cpu"
+    if device_type == "cuda" and cuda_op and dtype in CUDA_FUSED_DTYPES:
+        return "fused_cuda"
+    if kernel == "fused":
+        raise AttentionInputError(
+            f"kernel 'fused' needs CPU tensors and torch's "
+            f"_scaled_dot_product_flash_attention_for_cpu, or CUDA tensors of "
+            f"{', '.join(str(d).removeprefix('torch.') for d in CUDA_FUSED_DTYPES)} and "
+            f"_scaled_dot_product_efficient_attention; got {device_type} {dtype}, torch "
+            f"{torch.__version__}; use kernel='tiled' or 'auto'"
+        )
+    return "tiled"
+
+
+def _cpu_op() -> bool:
+    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def _cuda_op() -> bool:
+    return torch.cuda.is_available() and hasattr(
+        torch.ops.aten, "_scaled_dot_product_efficient_attention"
     )
+
+
+def kernel_for(device: torch.device | str, dtype: torch.dtype, kernel: str = "auto") -> str:
+    """:func:`choose_kernel` for tensors of ``dtype`` on ``device`` in this process's torch."""
+    dev = torch.device(device)
+    return choose_kernel(
+        kernel, dev.type, dtype, cpu_op=_cpu_op(), cuda_op=dev.type == "cuda" and _cuda_op()
+    )
+
+
+def fused_kernel_available(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
+    """True when a fused kernel (with log-sum-exp) runs for ``dtype`` tensors on ``device``."""
+    return kernel_for(device, dtype) != "tiled"
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -147,29 +200,22 @@ def blockwise_attention(
     Key-side blocking is done one level up, by :func:`merge_partials` (ring steps, shard pairs).
     Rows that see no key get out = 0 and lse = -inf (never NaN). ``out_dtype`` defaults to q's.
 
-    ``kernel``: ``"tiled"`` is that loop; ``"fused"`` calls torch's fused CPU flash kernel
-    (module docstring: offsets become one non-causal and one top-left causal call, merged; its
-    own tiling replaces ``block``); ``"auto"`` uses ``"fused"`` when
-    :func:`fused_kernel_available` and ``"tiled"`` otherwise (CUDA, older torch, and tensors with
-    a zero-sized dimension, which that kernel cannot take).
+    ``kernel``: ``"tiled"`` is that loop; ``"fused"`` calls torch's fused kernel for the device
+    (CPU flash, CUDA memory-efficient; module docstring: offsets become one non-causal and one
+    top-left causal call, merged; its own tiling replaces ``block``) and raises where there is
+    none; ``"auto"`` uses it where :func:`choose_kernel` finds one and ``"tiled"`` otherwise
+    (float64 on CUDA, other devices, older torch, and tensors with a zero-sized dimension,
+    which the fused kernels cannot take).
     """
     check_qkv(q, k, v, same_length=False)
     if block < 1:
         raise AttentionInputError(f"block must be >= 1, got {block}")
-    if kernel not in KERNELS:
-        raise AttentionInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
-    fused_ok = fused_kernel_available(q.device)
-    if kernel == "fused" and not fused_ok:
-        raise AttentionInputError(
-            f"kernel 'fused' needs CPU tensors and torch's "
-            f"_scaled_dot_product_flash_attention_for_cpu; got device {q.device}, torch "
-            f"{torch.__version__}; use kernel='tiled' or 'auto'"
-        )
+    chosen = kernel_for(q.device, q.dtype, kernel)
     acc = accumulator_dtype(q.dtype)
     out_dtype = out_dtype or q.dtype
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    nonempty = q.numel() > 0 and k.numel() > 0  # the fused kernel divides by the sizes (SIGFPE)
-    if nonempty and (kernel == "fused" or (kernel == "auto" and fused_ok)):
+    nonempty = q.numel() > 0 and k.numel() > 0  # the fused kernels divide by the sizes (SIGFPE)
+    if nonempty and chosen != "tiled":
         out, lse = _fused_attention(q, k, v, causal, q_offset, k_offset, scale, acc)
         return out.to(out_dtype), lse
     return _tiled_attention(q, k, v, causal, q_offset, k_offset, block, scale, acc, out_dtype)
@@ -178,13 +224,26 @@ def blockwise_attention(
 def _fused_call(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One call of torch's fused CPU flash kernel (inputs in the accumulator dtype, Lq, Lk >= 1).
+    """One call of a fused kernel (Lq, Lk >= 1): (out in the accumulator dtype, lse in fp32/64).
 
-    Query head ``h`` reads key/value head ``h // (H // Hkv)`` inside the kernel (GQA natively);
-    causal is top-left aligned: row ``i`` sees key ``j <= i``.
+    CPU: torch's fused flash kernel, inputs in the accumulator dtype; query head ``h`` reads
+    key/value head ``h // (H // Hkv)`` inside the kernel. CUDA: the memory-efficient kernel
+    (``aten._scaled_dot_product_efficient_attention(q, k, v, None, compute_log_sumexp=True,
+    is_causal=...)``), inputs in their own dtype (it accumulates in fp32), K/V repeated to the
+    query heads when ``Hkv < H``, and its lse (padded to a multiple of 32 rows) cut to ``Lq``.
+    Both are top-left causal: row ``i`` sees key ``j <= i``.
     """
+    acc = accumulator_dtype(q.dtype)
+    if q.device.type == "cuda":
+        g = q.shape[1] // k.shape[1]
+        if g > 1:
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, None, True, 0.0, causal, scale=scale
+        )[:2]
+        return out.to(acc), lse[:, :, : q.shape[2]].to(acc)
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, 0.0, causal, scale=scale
+        q.to(acc), k.to(acc), v.to(acc), 0.0, causal, scale=scale
     )
 
 
@@ -203,7 +262,7 @@ def _fused_attention(
     Needs every dimension of q and k non-zero.
     """
     lq, lk = q.shape[2], k.shape[2]
-    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    qa, ka, va = q, k, v  # _fused_call casts for the kernel it calls
     if not causal:
         return _fused_call(qa, ka, va, False, scale)
     delta = q_offset - k_offset
@@ -306,6 +365,25 @@ def merge_partials(
     w1 = torch.exp(lse1 - lse_safe).unsqueeze(-1)
     w2 = torch.exp(lse2 - lse_safe).unsqueeze(-1)
     return w1 * out1 + w2 * out2, lse
+
+
+def merge_partials_(
+    out: torch.Tensor, lse: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor
+) -> None:
+    """:func:`merge_partials` in place: ``(out, lse)`` becomes the merge of itself and
+    ``(out2, lse2)``; ``out2`` is scaled in place too (the caller gives it up). Allocates only
+    ``lse``-sized temporaries, so a long accumulator can be merged into without a second copy of it
+    (``out`` may be a view, e.g. a slice of rows of a larger accumulator)."""
+    if out.shape != out2.shape or lse.shape != lse2.shape or out.shape[:-1] != lse.shape:
+        raise AttentionInputError(
+            f"partials do not match: out {tuple(out.shape)} / {tuple(out2.shape)}, "
+            f"lse {tuple(lse.shape)} / {tuple(lse2.shape)}"
+        )
+    new = torch.logaddexp(lse, lse2)
+    safe = torch.where(torch.isneginf(new), torch.zeros_like(new), new)
+    out.mul_(torch.exp(lse - safe).unsqueeze(-1))
+    out.add_(out2.mul_(torch.exp(lse2 - safe).unsqueeze(-1)))
+    lse.copy_(new)
 
 
 def naive_attention(

@@ -260,13 +260,15 @@ class Communicator:
 
     # -- collectives ------------------------------------------------------------------------
 
-    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+    def allgather(self, tensor: torch.Tensor, *, check: bool = True) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (same dtype and shape on all ranks, checked first: a mismatch
-        raises :class:`CommMisuseError` on every rank, naming the shapes)."""
+        raises :class:`CommMisuseError` on every rank, naming the shapes). ``check=False`` skips
+        that header round (one collective instead of two) for callers whose shapes agree by
+        construction, e.g. a decoding step's partials; all ranks must pass the same ``check``."""
         import ray.util.collective as col
 
         tensor = tensor.contiguous()
-        headers = self._gather_headers(tensor)
+        headers = self._gather_headers(tensor) if check else []
         if any(not torch.equal(h, headers[0]) for h in headers):
             raise CommMisuseError(
                 "allgather needs the same dtype and shape on every rank, got "

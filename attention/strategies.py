@@ -9,15 +9,21 @@ Each function takes this rank's local tensors (rows given by a :class:`ShardPlan
   log-sum-exp. Zigzag is the ring over the zigzag plan; query/key segment pairs that causality
   hides are skipped, which is where zigzag's balance shows. Bytes sent per rank: ``(n - 1)`` K/V
   shards, ``~ 2 L Hkv D (n-1)/n`` elements.
+* ``ring`` / ``zigzag`` with ``kv_heads_per_pass`` (:func:`grouped_ring_attention`): the same
+  ring, one full pass per group of key/value heads, query rows ``block`` at a time, partials merged
+  in place; per-rank memory is linear in the shard and, beyond q, k, v and the output (which may be
+  q's own storage), only one head group's accumulator and two of its K/V buffers.
 * ``gather_kv``: one (uneven) allgather of K/V, then local queries against all keys.
 * ``ulysses``: all-to-all from sequence shards to head shards, full-sequence attention on a
   rank's heads, all-to-all back. Heads follow the KV heads (GQA groups stay whole) when
   ``n <= Hkv``; otherwise query heads are split and K/V expanded per query head.
 * ``hybrid``: Ulysses inside groups of ``u`` consecutive ranks x ring across the ``n / u`` groups
   (ranks with the same position in their group form a ring over the group chunks).
-* ``tree_decode``: q replicated, K/V sharded; local (out, lse), then ``m = allreduce_max(lse)``
-  and one packed ``allreduce_sum`` of ``[exp(lse - m) out, exp(lse - m)]`` (Tree Attention's
-  three reductions, numerator and denominator packed in one message).
+* ``tree_decode``: q replicated, K/V sharded; local (out, lse), then one allgather of the packed
+  ``[out, lse]`` partials (tiny: ``H x (D + 1)`` numbers per query row) and the exact merge on every
+  rank: ``m = max lse``, Tree Attention's numerator ``sum exp(lse - m) out`` and denominator
+  ``sum exp(lse - m)``. One collective per layer (latency-bound at decode sizes) instead of an
+  ``allreduce_max`` and an ``allreduce_sum``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from attention.blockwise import (
     blockwise_attention,
     empty_partial,
     merge_partials,
+    merge_partials_,
 )
 from attention.comm import Communicator
 from attention.exceptions import AttentionInputError
@@ -108,6 +115,121 @@ def ring_attention(
         )
         if handle is not None:
             kv = handle.wait()
+    return out, lse
+
+
+def _attend_into(
+    q: torch.Tensor,
+    q_segs: Sequence[tuple[int, int]],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_segs: Sequence[tuple[int, int]],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    causal: bool,
+    block: int,
+) -> None:
+    """Merge in place into (out, lse) the attention of q's segments over k/v's segments, query
+    rows ``block`` at a time (so a partial never exceeds ``block`` rows of one head group)."""
+    qo = 0
+    for qs, qe in q_segs:
+        for cs in range(qs, qe, block):
+            ce = min(cs + block, qe)
+            rows = slice(qo + cs - qs, qo + ce - qs)
+            ko = 0
+            for ks, ke in k_segs:
+                if not (causal and ks > ce - 1):
+                    o, l = blockwise_attention(
+                        q[:, :, rows], k[:, :, ko : ko + ke - ks], v[:, :, ko : ko + ke - ks],
+                        causal=causal, q_offset=cs, k_offset=ks, block=block,
+                        out_dtype=out.dtype,
+                    )
+                    merge_partials_(out[:, :, rows], lse[:, :, rows], o, l)
+                ko += ke - ks
+        qo += qe - qs
+
+
+def grouped_ring_attention(
+    comm: Communicator,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: ShardPlan,
+    *,
+    causal: bool,
+    kv_heads_per_pass: int = 1,
+    ring: Sequence[int] | None = None,
+    block: int = DEFAULT_BLOCK,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ring attention with bounded extra memory: exact, same result as :func:`ring_attention`.
+
+    Key/value heads are taken ``kv_heads_per_pass`` at a time (with their ``H / Hkv`` query heads);
+    for each group the K/V shards make one full ring pass, this rank's query rows are processed
+    ``block`` at a time and every partial is merged into the group's accumulator in place
+    (:func:`attention.blockwise.merge_partials_`). When the pass ends, the group's rows are written
+    to ``out`` [B, H, Lq, D] (accumulator dtype; allocated when ``None``). ``out`` may be ``q``
+    itself when q is in the accumulator dtype: a group's query heads are read only during its own
+    pass, so writing them afterwards is safe, and the output then costs no memory of its own.
+
+    Extra memory beyond q, k, v, out and lse: the group accumulator (``Lq x g`` rows of ``D``,
+    ``g = kv_heads_per_pass x H / Hkv``), two K/V buffers of one group (the shard being used and
+    the next one arriving: at most ``2 x 2 x max_shard x kv_heads_per_pass x D``) and one query
+    block's partial. Messages: ``(n - 1)`` per group instead of ``n - 1``, each ``Hkv /
+    kv_heads_per_pass`` times smaller; bytes sent are those of :func:`ring_attention`.
+    """
+    ring = list(range(comm.world_size)) if ring is None else list(ring)
+    n = len(ring)
+    if plan.world_size != n:
+        raise AttentionInputError(f"plan has {plan.world_size} ranks, ring has {n}")
+    b, h, lq, d = q.shape
+    hkv = k.shape[1]
+    if isinstance(kv_heads_per_pass, bool) or not isinstance(kv_heads_per_pass, int) or not (
+        1 <= kv_heads_per_pass <= hkv
+    ):
+        raise AttentionInputError(
+            f"kv_heads_per_pass must be an int in [1, {hkv}] (the key/value heads), "
+            f"got {kv_heads_per_pass!r}"
+        )
+    acc = accumulator_dtype(q.dtype)
+    if out is None:
+        out = torch.empty((b, h, lq, d), dtype=acc, device=q.device)
+    elif out.shape != q.shape or out.dtype != acc or out.device != q.device:
+        raise AttentionInputError(
+            f"out must be a {acc} tensor of q's shape {tuple(q.shape)} on {q.device}, got "
+            f"{out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    lse = torch.empty((b, h, lq), dtype=acc, device=q.device)
+    i = ring.index(comm.rank)
+    g = h // hkv
+    for a in range(0, hkv, kv_heads_per_pass):
+        e = min(a + kv_heads_per_pass, hkv)
+        heads = slice(a * g, e * g)
+        qg = q[:, heads]
+        out_g, lse_g = empty_partial(qg, acc)
+        kv = torch.stack([k[:, a:e], v[:, a:e]]) if n > 1 else None
+        for step in range(n):
+            src_pos = (i - step) % n
+            handle = None
+            if step < n - 1:
+                shape = list(kv.shape)
+                shape[3] = plan.length((i - step - 1) % n)
+                buf = torch.empty(shape, dtype=kv.dtype, device=kv.device)
+                handle = comm.exchange(kv, ring[(i + 1) % n], buf, ring[(i - 1) % n])
+            kk, vv = (k[:, a:e], v[:, a:e]) if kv is None else (kv[0], kv[1])
+            _attend_into(
+                qg, plan.segments[i], kk, vv, plan.segments[src_pos], out_g, lse_g,
+                causal=causal, block=block,
+            )
+            del kk, vv
+            if handle is not None:
+                kv = handle.wait()
+                del buf
+        kv = None
+        out[:, heads] = out_g
+        lse[:, heads] = lse_g
+        del out_g, lse_g
     return out, lse
 
 
@@ -308,21 +430,24 @@ def tree_decode_attention(
     ``plan.seq_len - Lq ...``), K/V sharded by ``plan``; every rank returns the whole result.
 
     ``m = max_r lse_r``; ``out = sum_r exp(lse_r - m) out_r / sum_r exp(lse_r - m)``,
-    ``lse = m + log sum_r exp(lse_r - m)``.
+    ``lse = m + log sum_r exp(lse_r - m)``, from one allgather of the packed partials (merged in
+    rank order on every rank, so all ranks return bitwise the same result).
     """
     lq = q.shape[2]
     out, lse = empty_partial(q)
-    kv = torch.stack([k, v])
     q_seg = ((plan.seq_len - lq, plan.seq_len),)
-    _attend_segments(q, q_seg, kv, plan.segments[comm.rank], out, lse, causal=causal, block=block)
-    m = lse.clone()
-    comm.allreduce(m, "max")
+    # k, v are read in place (no stacked copy of the cache shard per call)
+    _attend_into(q, q_seg, k, v, plan.segments[comm.rank], out, lse, causal=causal, block=block)
+    # one collective: every rank's packed (out, lse) partial, merged locally in rank order (so
+    # every rank computes bitwise the same result)
+    parts = comm.allgather(torch.cat([out.reshape(-1), lse.reshape(-1)]), check=False)
+    outs = torch.stack([p[: out.numel()].view(out.shape) for p in parts])
+    lses = torch.stack([p[out.numel() :].view(lse.shape) for p in parts])
+    m = lses.amax(dim=0)
     m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    w = torch.exp(lse - m_safe)
-    packed = torch.cat([(out * w.unsqueeze(-1)).reshape(-1), w.reshape(-1)])
-    comm.allreduce(packed, "sum")
-    num = packed[: out.numel()].view(out.shape)
-    den = packed[out.numel() :].view(w.shape)
+    w = torch.exp(lses - m_safe)
+    num = (outs * w.unsqueeze(-1)).sum(dim=0)
+    den = w.sum(dim=0)
     seen = den > 0
     res = torch.where(seen.unsqueeze(-1), num / torch.where(seen, den, 1.0).unsqueeze(-1), 0.0)
     res_lse = torch.where(seen, m_safe + torch.log(torch.where(seen, den, 1.0)), -math.inf)
@@ -341,9 +466,21 @@ def run_strategy(
     speeds: Sequence[float] | None = None,
     ulysses_degree: int | None = None,
     block: int = DEFAULT_BLOCK,
+    kv_heads_per_pass: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-actor entry point for already-sharded tensors: dispatch ``strategy`` (see module doc)."""
+    """In-actor entry point for already-sharded tensors: dispatch ``strategy`` (see module doc).
+
+    ``kv_heads_per_pass`` (ring and zigzag only) selects :func:`grouped_ring_attention`."""
+    if kv_heads_per_pass is not None and strategy not in ("ring", "zigzag"):
+        raise AttentionInputError(
+            f"kv_heads_per_pass is only for strategies 'ring' and 'zigzag', not {strategy!r}"
+        )
     if strategy in ("ring", "zigzag"):
+        if kv_heads_per_pass is not None:
+            return grouped_ring_attention(
+                comm, q, k, v, plan, causal=causal, kv_heads_per_pass=kv_heads_per_pass,
+                block=block,
+            )
         return ring_attention(comm, q, k, v, plan, causal=causal, block=block)
     if strategy == "gather_kv":
         return gather_kv_attention(comm, q, k, v, plan, causal=causal, block=block)

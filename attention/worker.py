@@ -12,6 +12,10 @@ stacks), so an allocation that would take the process more than ``cap`` bytes ab
 started fails: torch raises ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory"),
 numpy ``MemoryError``; :func:`is_over_cap` recognises both. Shared mappings (Ray's object store)
 do not count. The limit is process-wide, so other threads' allocations in the block count too.
+
+Peak memory (measured): :func:`reset_peak_rss` resets the kernel's high-water mark of resident
+memory (``VmHWM``) to the current ``VmRSS``; :func:`peak_rss_bytes` minus that baseline is the
+most memory a block made resident at once (bench/bench_capacity.py reports it per rank).
 """
 
 from __future__ import annotations
@@ -65,14 +69,41 @@ _malloc_fixed = False
 
 def data_bytes() -> int:
     """This process's private writable memory in bytes: ``VmData`` of ``/proc/self/status``."""
+    return _status_kib("VmData")
+
+
+def _status_kib(field: str) -> int:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmData:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError as e:
-        raise RuntimeError(f"memory caps need Linux's /proc/self/status: {e}") from e
-    raise RuntimeError("memory caps need Linux: /proc/self/status has no VmData line")
+        raise RuntimeError(f"peak memory needs Linux's /proc/self/status: {e}") from e
+    raise RuntimeError(f"peak memory needs Linux: /proc/self/status has no {field} line")
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (``VmRSS``), bytes."""
+    return _status_kib("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since start or the last :func:`reset_peak_rss`
+    (``VmHWM``), bytes: measured by the kernel, every page the process touched counts (torch
+    tensors, kernel scratch, communication buffers, numpy arrays)."""
+    return _status_kib("VmHWM")
+
+
+def reset_peak_rss() -> int:
+    """Reset ``VmHWM`` to the current ``VmRSS`` (writing ``5`` to ``/proc/self/clear_refs``,
+    Linux >= 4.0) and return that resident size, bytes: the baseline of a peak measurement."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        raise RuntimeError(f"cannot reset the peak RSS (/proc/self/clear_refs): {e}") from e
+    return rss_bytes()
 
 
 def _steady_malloc() -> None:
@@ -158,6 +189,7 @@ class AttentionWorker:
         num_threads: int | None,
         return_output: bool = True,
         memory_cap_bytes: int | None = None,
+        kv_heads_per_pass: int | None = None,
     ) -> dict:
         """Run ``strategy`` on this rank's shard; returns out/lse (on CPU), seconds, bytes sent,
         the intra-op threads used and ``over_cap`` (with the allocator's message in ``error``).
@@ -191,6 +223,7 @@ class AttentionWorker:
                 out, lse = run_strategy(
                     strategy, self.comm, q, k, v, plan, causal=causal, speeds=speeds,
                     ulysses_degree=ulysses_degree, block=block,
+                    kv_heads_per_pass=kv_heads_per_pass,
                 )
                 if out.is_cuda:
                     torch.cuda.synchronize()

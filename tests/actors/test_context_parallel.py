@@ -85,3 +85,24 @@ def test_shares_plan_gives_each_rank_its_share(strategy):
         assert all(len(s) == 1 for s in plan.segments)
     with pytest.raises(InputError, match="shares"):
         shares_plan(strategy, [3, 0])
+
+
+def test_kv_shard_grows_in_place_and_equals_concatenation():
+    """The owner's decode-time appends (spare rows, grown when full) give exactly the
+    concatenated cache, as views of one buffer between regrowths."""
+    from actors.context_parallel import ContextParallelRank
+
+    rank = object.__new__(ContextParallelRank)  # the append logic only; no model, no Ray
+    g = torch.Generator().manual_seed(0)
+    k0, v0 = torch.randn(1, 3, 700, 8, generator=g), torch.randn(1, 3, 700, 8, generator=g)
+    rank.k, rank.v, rank._kv_room = [k0], [v0], [(None, None)]
+    ks, vs = [k0], [v0]
+    ptrs = set()
+    for _ in range(600):
+        k, v = torch.randn(1, 3, 1, 8, generator=g), torch.randn(1, 3, 1, 8, generator=g)
+        rank.append_kv(0, k, v)
+        ks.append(k)
+        vs.append(v)
+        ptrs.add(rank.k[0].data_ptr())
+    assert torch.equal(rank.k[0], torch.cat(ks, dim=2)) and torch.equal(rank.v[0], torch.cat(vs, dim=2))
+    assert len(ptrs) == 3  # room 956, 1212, 1515 rows: three buffers for 600 tokens, not 600

@@ -12,8 +12,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attention.blockwise import (
     blockwise_attention,
+    choose_kernel,
     fused_kernel_available,
+    kernel_for,
     merge_partials,
+    merge_partials_,
     naive_attention,
 )
 from attention.exceptions import AttentionInputError
@@ -301,3 +304,67 @@ def test_unknown_kernel_and_fused_off_cpu_are_named():
     qm, km, vm = (t.to("meta") for t in (q, k, v))
     with pytest.raises(AttentionInputError, match="kernel 'fused' needs CPU tensors"):
         blockwise_attention(qm, km, vm, causal=True, kernel="fused")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_in_place_merge_equals_merge_and_writes_into_a_view(causal):
+    q, k, v = _qkv(1, 4, 2, 37, 50, 8, torch.float64, 3)
+    p1 = naive_attention(q, k[:, :, :20], v[:, :, :20], causal, q_offset=13, k_offset=0)
+    p2 = naive_attention(q, k[:, :, 20:], v[:, :, 20:], causal, q_offset=13, k_offset=20)
+    want = merge_partials(*p1, *p2)
+    big_out = torch.zeros(1, 4, 60, 8, dtype=torch.float64)
+    big_lse = torch.full((1, 4, 60), 7.0, dtype=torch.float64)
+    out, lse = big_out[:, :, 10:47], big_lse[:, :, 10:47]
+    out.copy_(p1[0])
+    lse.copy_(p1[1])
+    merge_partials_(out, lse, p2[0].clone(), p2[1])
+    assert torch.equal(out, want[0]) or (out - want[0]).abs().max() <= 1e-14
+    assert (lse - want[1]).abs().max() <= 1e-14
+    assert (big_lse[:, :, :10] == 7.0).all() and (big_out[:, :, 47:] == 0).all()
+    ref = naive_attention(q, k, v, causal, q_offset=13)
+    assert (out - ref[0]).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "kernel,device,dtype,cpu_op,cuda_op,want",
+    [
+        ("auto", "cpu", torch.float32, True, False, "fused_cpu"),
+        ("auto", "cpu", torch.float64, True, False, "fused_cpu"),
+        ("auto", "cpu", torch.float32, False, False, "tiled"),  # older torch
+        ("auto", "cuda", torch.bfloat16, True, True, "fused_cuda"),
+        ("auto", "cuda", torch.float16, False, True, "fused_cuda"),
+        ("auto", "cuda", torch.float32, True, True, "fused_cuda"),
+        ("auto", "cuda", torch.float64, True, True, "tiled"),  # no fp64 efficient kernel
+        ("auto", "cuda", torch.float32, True, False, "tiled"),  # torch without CUDA
+        ("auto", "meta", torch.float32, True, True, "tiled"),
+        ("tiled", "cpu", torch.float32, True, True, "tiled"),
+        ("tiled", "cuda", torch.bfloat16, True, True, "tiled"),
+        ("fused", "cuda", torch.bfloat16, False, True, "fused_cuda"),
+        ("fused", "cpu", torch.float32, True, False, "fused_cpu"),
+    ],
+)
+def test_kernel_choice_by_device_and_dtype(kernel, device, dtype, cpu_op, cuda_op, want):
+    assert choose_kernel(kernel, device, dtype, cpu_op=cpu_op, cuda_op=cuda_op) == want
+
+
+@pytest.mark.parametrize("device,dtype", [("cuda", torch.float64), ("cpu", torch.float32)])
+def test_fused_without_a_kernel_is_refused_by_name(device, dtype):
+    with pytest.raises(AttentionInputError, match=f"kernel 'fused' needs.*got {device}"):
+        choose_kernel("fused", device, dtype, cpu_op=False, cuda_op=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CUDA-less dispatch")
+@pytest.mark.parametrize("causal", [True, False])
+def test_without_cuda_the_dispatch_takes_the_tiled_fallback_and_it_is_exact(causal):
+    """No CUDA here: a CUDA (or other non-CPU) tensor would take the tiled loop; that loop's
+    (out, lse) on offsets and GQA match the float64 reference (fp32 and fp64 inputs)."""
+    assert kernel_for("cuda", torch.float32) == "tiled"
+    assert kernel_for("cuda", torch.bfloat16) == "tiled"
+    assert kernel_for("meta", torch.float32) == "tiled"
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        q, k, v = _qkv(2, 6, 2, 45, 70, 16, dtype, 4)
+        out, lse = blockwise_attention(q, k, v, causal=causal, q_offset=25, k_offset=0, block=16,
+                                       kernel="tiled")
+        ref_out, ref_lse = naive_attention(q, k, v, causal, q_offset=25, k_offset=0)
+        assert (out.double() - ref_out).abs().max().item() <= tol
+        assert (lse.double() - ref_lse).abs().max().item() <= tol

@@ -184,3 +184,37 @@ def test_comm_refuses_mismatched_shapes(probes):
             ray.get(ref)
     x, y = ray.get([a.exchange.remote((1,), (1,), 1), b.exchange.remote((1,), (1,), 0)])
     assert x.item() == 1.0 and y.item() == 0.0  # the group still works afterwards
+
+
+@pytest.mark.parametrize("per", [1, 2])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("strategy", ["ring", "zigzag"])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_grouped_ring_exact_fp64_gqa(ray_session, world, strategy, causal, per):
+    """One ring pass per group of KV heads, query rows in blocks: the same exact answer (odd
+    length, GQA 6 over 3 heads, uneven shares, a block that does not divide the shards)."""
+    args = (1, 6, 3, 61, 8, torch.float64, 20 + world)
+    q, k, v = _case(*args)
+    res = run_distributed(q, k, v, causal=causal, strategy=strategy, world_size=world,
+                          speeds=UNEVEN[:world], kv_heads_per_pass=per, block=5)
+    _check(res, _reference(*args, causal), 1e-10)
+
+
+def test_grouped_ring_fp32_and_same_bytes_as_the_ring(ray_session):
+    args = (1, 9, 3, 1531, 16, torch.float32, 7)
+    q, k, v = _case(*args)
+    plain = run_distributed(q, k, v, causal=True, strategy="zigzag", world_size=4)
+    res = run_distributed(q, k, v, causal=True, strategy="zigzag", world_size=4, kv_heads_per_pass=1)
+    _check(res, _reference(*args, True), 1e-5)
+    assert res.bytes_sent == plain.bytes_sent
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"strategy": "ulysses", "kv_heads_per_pass": 1}, "kv_heads_per_pass"),
+    ({"strategy": "ring", "kv_heads_per_pass": 0}, r"kv_heads_per_pass.*\[1, 2\]"),
+    ({"strategy": "ring", "kv_heads_per_pass": 3}, r"kv_heads_per_pass.*\[1, 2\]"),
+])
+def test_grouped_ring_bad_options_are_named(kw, match):
+    q, k, v = _case(1, 4, 2, 16, 8, torch.float64, 1)
+    with pytest.raises(ValueError, match=match):
+        run_distributed(q, k, v, world_size=2, **kw)

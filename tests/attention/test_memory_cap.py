@@ -21,7 +21,13 @@ import torch
 
 from attention import run_distributed
 from attention.exceptions import AttentionInputError
-from attention.worker import data_bytes, is_over_cap, memory_cap
+from attention.worker import (
+    data_bytes,
+    is_over_cap,
+    memory_cap,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA: Linux")
 
@@ -135,3 +141,21 @@ def test_numpy_allocation_over_cap_is_recognised(fresh):
 
 def test_vmdata_counts_torch_tensors(fresh):
     fresh(_vmdata_counts_torch_tensors)
+
+
+def _peak_rss_sees_a_freed_tensor_and_resets() -> None:
+    with memory_cap(256 * MiB):  # fixed mmap threshold: freed tensors go back to the kernel
+        base = reset_peak_rss()
+        t = torch.ones(48 * MiB, dtype=torch.uint8)  # touched: resident
+        del t
+        peak = peak_rss_bytes() - base
+        assert 46 * MiB <= peak < 56 * MiB, peak  # give or take pages freed meanwhile
+        base = reset_peak_rss()
+        u = torch.ones(8 * MiB, dtype=torch.uint8)
+        peak = peak_rss_bytes() - base
+        del u
+        assert 6 * MiB <= peak < 16 * MiB, peak  # the 48 MiB is forgotten after the reset
+
+
+def test_peak_rss_sees_a_freed_tensor_and_resets(fresh):
+    fresh(_peak_rss_sees_a_freed_tensor_and_resets)
