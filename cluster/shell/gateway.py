@@ -268,7 +268,20 @@ def allocation_message(doc: dict[str, Any]) -> Any:
         solver=doc["solver"], throughput_source=doc.get("throughput_source", ""), note=doc.get("note", ""),
         applied=doc["applied"], allocation_version=doc.get("allocation_version") or 0, bundles=doc.get("bundles", 0),
         status=doc.get("status", "Optimal"), gap=doc.get("gap", 0.0),
+        simulation=_simulation_msg(doc["simulation"]) if "simulation" in doc else None,
     )
+
+
+def _simulation_msg(sim: dict[str, Any]) -> Any:
+    """``Allocation.simulation`` from :func:`cluster.shell.simulator.check_plan`'s figures (a
+    percentile of no request, e.g. TPOT when every output is one token, is NaN)."""
+    def ms(key: str) -> float:
+        return math.nan if sim.get(key) is None else float(sim[key])
+
+    return pb.Simulation(slo_attainment=sim["slo_attainment"], target=sim["target"], meets_target=sim["meets_target"],
+                         p50_tpot_ms=ms("p50_tpot_ms"), p99_tpot_ms=ms("p99_tpot_ms"), p50_ttft_ms=ms("p50_ttft_ms"),
+                         p99_ttft_ms=ms("p99_ttft_ms"), requests=sim["requests"], rejected=sim["rejected"],
+                         note=sim.get("note", ""))
 
 
 def _bucket_msg(b: dict[str, Any]) -> Any:
