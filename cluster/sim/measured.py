@@ -107,8 +107,9 @@ def fit_measured(samples: Sequence[Mapping[str, Any]], *, max_concurrency: int, 
     ``{"concurrency": k, "prompt_tokens": p, "ttft_s": client TTFT, "engine_ttft_s": the actor's
     TTFT (tokenisation + prefill), "tpot_s": client TPOT}`` (``tpot_s`` None for one-token outputs).
 
-    * ``prefill_base_s``, ``prefill_per_token_s``: least squares of ``engine_ttft_s`` on ``p`` at
-      concurrency 1 (a base clipped at 0);
+    * ``prefill_base_s``, ``prefill_per_token_s``: at concurrency 1, least squares through the
+      median ``engine_ttft_s`` of each prompt length ``p`` (weighted by its sample count; slope and
+      base clipped at 0);
     * ``overhead_s``: the median of ``ttft_s - engine_ttft_s`` at concurrency 1;
     * ``prefill_slowdown[k-1]``: the median ratio of ``engine_ttft_s`` to the concurrency-1 line;
     * ``decode_step_s[k-1]``: the median ``tpot_s`` at concurrency ``k``;
@@ -124,14 +125,20 @@ def fit_measured(samples: Sequence[Mapping[str, Any]], *, max_concurrency: int, 
         if not by_k.get(k):
             raise InputError(f"samples: no sample at concurrency {k}; every concurrency 1..{max_concurrency} is needed")
     one = by_k[1]
-    p1 = np.array([s["prompt_tokens"] for s in one], dtype=float)
-    e1 = np.array([s["engine_ttft_s"] for s in one], dtype=float)
-    if np.unique(p1).size >= 2:
-        slope, base = np.polyfit(p1, e1, 1)
+    # the prefill line: least squares through the median prefill of each prompt length (weighted by
+    # how many samples it has), so one slow outlier moves a median, not the line
+    groups: dict[int, list[float]] = {}
+    for s in one:
+        groups.setdefault(int(s["prompt_tokens"]), []).append(float(s["engine_ttft_s"]))
+    gp = np.array(sorted(groups), dtype=float)
+    gm = np.array([np.median(groups[int(p)]) for p in gp])
+    if gp.size >= 2:
+        w = np.sqrt([len(groups[int(p)]) for p in gp])
+        slope, base = np.polyfit(gp, gm, 1, w=w)
         slope = max(float(slope), 0.0)
-        base = max(float(np.median(e1 - slope * p1)), 0.0)  # the median line through the slope: robust to outliers
+        base = max(float(np.average(gm - slope * gp, weights=w ** 2)), 0.0)
     else:
-        slope, base = 0.0, float(np.median(e1))
+        slope, base = 0.0, float(gm[0])
     overhead = max(0.0, float(np.median([s["ttft_s"] - s["engine_ttft_s"] for s in one])))
 
     def line(p: float) -> float:

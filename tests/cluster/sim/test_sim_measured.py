@@ -124,3 +124,15 @@ def test_bad_tables_and_samples_name_the_field():
                      max_concurrency=2)
     with pytest.raises(InputError, match="replicas"):
         run_measured(ENGINE, _reqs([0.0], [10], [2]), replicas=0)
+
+
+def test_fit_prefill_line_goes_through_medians_so_an_outlier_moves_nothing():
+    samples = []
+    for p, e in ((40, 0.14), (100, 0.2), (200, 0.3)):
+        for rep in range(3):
+            slow = 10.0 if (p, rep) == (200, 0) else 1.0  # one request caught by a burst of other work
+            samples.append({"concurrency": 1, "prompt_tokens": p, "engine_ttft_s": e * slow, "ttft_s": e * slow + 0.01,
+                            "tpot_s": 0.05})
+    got = fit_measured(samples, max_concurrency=1)
+    assert got.prefill_per_token_s == pytest.approx(0.001) and got.prefill_base_s == pytest.approx(0.1)
+    assert got.prefill_slowdown == pytest.approx((1.0,)) and max(got.prefill_jitter) == pytest.approx(10.0)
