@@ -16,7 +16,8 @@ in-memory store, streaming through Ray), driven in this process. Steps:
 3. **Simulate** the same trace (the arrival instants the client really sent at, the real prompt
    and completion token counts) with :func:`cluster.sim.measured.run_measured`.
 4. Write per level: rate, real and simulated p50 / p99 TTFT and TPOT, relative errors, pass/fail
-   against ``--tolerance`` (0.15), load average, machine, date, command.
+   against ``--tolerance`` (0.15), load average, machine, date, command, and the raw calibration
+   samples and replay records (enough to refit and re-simulate offline).
 
 ``python bench/bench_fidelity.py [--out bench/results/fidelity.json]``; a timing benchmark: run it
 under ``flock /work/bench.lock``.
@@ -170,6 +171,18 @@ def simulate(engine: Any, recs: list[dict[str, Any]], seed: int, jitter: bool = 
     return latency_percentiles(reqs, run.first_token, run.finish)
 
 
+def _r(x: Any) -> Any:
+    return round(x, 6) if isinstance(x, float) else x
+
+
+def _records(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The replay per request, in arrival order: enough to re-simulate it (``arrival_s`` from the first)."""
+    t0 = min(r["t0"] for r in recs)
+    return [{"arrival_s": _r(r["t0"] - t0), "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+             "ttft_s": _r(r["ttft_s"]), "tpot_s": _r(r["tpot_s"]), "engine_ttft_s": _r(r["engine_ttft_s"])}
+            for r in sorted(recs, key=lambda r: r["t0"])]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="Write the result JSON here.")
@@ -225,7 +238,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "load_avg_1m": [load0[0], os.getloadavg()[0]],
                 "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in recs])),
                 "mean_completion_tokens": float(np.mean([r["completion_tokens"] for r in recs])),
+                "records": _records(recs),
                 "calibration": {"samples": len(samples), "wall_s": cal_s, "engine": engine.to_json(),
+                                "raw": [{k: _r(s[k]) for k in ("concurrency", "prompt_tokens", "completion_tokens", "ttft_s",
+                                                               "engine_ttft_s", "tpot_s")} for s in samples],
                                 "prompt_mix_tokens": sorted({s["prompt_tokens"] for s in samples}),
                                 "predicted_capacity_rps": capacity, "mean_service_s_at_full_concurrency": service_s},
             })
@@ -247,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(doc, indent=1))
+    print(json.dumps({k: v for k, v in doc.items() if k != "levels"}, indent=1))
     return doc
 
 
