@@ -4,12 +4,14 @@ The real serving path: one ``cpu`` DeviceActor and one SmolLM2-135M ExpertActor 
 this machine) behind the real :class:`actors.router.Router` (its central queue, journal in an
 in-memory store, streaming through Ray), driven in this process. Steps:
 
-1. **Measure the engine** (calibration, closed loop, right before each level's replay): ``k`` = 1 .. ``--concurrency`` client
-   threads send back-to-back requests of the prompt mix; per request the client's TTFT and TPOT
+1. **Measure the engine** (closed loop, before the first level and after every level; a level's
+   table is fitted on the two measurements that bracket its replay): ``k`` = 1 ..
+   ``--concurrency`` client threads send back-to-back requests of the prompt mix (the
+   concurrencies interleaved in rounds); per request the client's TTFT and TPOT
    and the actor's own TTFT (tokenisation + prefill). :func:`cluster.sim.measured.fit_measured`
    turns them into the measured step-time table (fixed overhead, prefill = base + per-token,
    slowdown and decode step time per concurrency, per-request jitter).
-2. **Replay**: for each load level (a fraction of the capacity the table predicts), a seeded
+2. **Replay**: for each load level (a fraction of the capacity the first measurement predicts), a seeded
    Poisson trace of ``--requests`` requests (fewer when the level would run longer than
    ``--max-level-s``), each a prompt of the mix with ``max_tokens = --max-tokens``, greedy; per
    request the client's arrival, first-chunk and final times and the real token counts.
@@ -112,17 +114,37 @@ class Serving:
         ray.shutdown()
 
 
-def calibrate(srv: Serving, concurrency: int, reps: int) -> list[dict[str, Any]]:
-    """Closed loop at each concurrency ``k``: ``k`` threads, ``reps`` requests each, cycling the mix."""
+def calibrate(srv: Serving, concurrency: int, reps: int, per_round: int = 2) -> list[dict[str, Any]]:
+    """Closed loop at each concurrency ``k`` (``k`` threads, ``reps`` requests each, cycling the
+    mix), in interleaved rounds of ``per_round`` requests per thread (k = 1, 2, .., 1, 2, ..), so a
+    burst of other work on the host falls on every concurrency alike instead of skewing one."""
     samples: list[dict[str, Any]] = []
-    for k in range(1, concurrency + 1):
-        def worker(w: int, k: int = k) -> list[dict[str, Any]]:
-            return [dict(srv.one(PROMPTS[(w + i) % len(PROMPTS)]), concurrency=k) for i in range(reps)]
+    done = 0
+    while done < reps:
+        m = min(per_round, reps - done)
+        for k in range(1, concurrency + 1):
+            def worker(w: int, k: int = k, start: int = done) -> list[dict[str, Any]]:
+                return [dict(srv.one(PROMPTS[(w + start + i) % len(PROMPTS)]), concurrency=k) for i in range(m)]
 
-        with ThreadPoolExecutor(max_workers=k) as pool:
-            for got in pool.map(worker, range(k)):
-                samples.extend(got)
+            with ThreadPoolExecutor(max_workers=k) as pool:
+                for got in pool.map(worker, range(k)):
+                    samples.extend(got)
+        done += m
     return samples
+
+
+def _raw(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("concurrency", "prompt_tokens", "completion_tokens", "ttft_s", "engine_ttft_s", "tpot_s")
+    return [{k: _r(s[k]) for k in keys} for s in samples]
+
+
+def _capacity(engine: Any, samples: list[dict[str, Any]]) -> tuple[float, float]:
+    """``(requests/s, mean service s)`` the table predicts at full concurrency for the sampled mix."""
+    c = engine.max_concurrency
+    p_mean = float(np.mean([s["prompt_tokens"] for s in samples]))
+    o_mean = float(np.mean([s["completion_tokens"] for s in samples]))
+    service_s = engine.overhead_s + engine.prefill_s(round(p_mean), c) + (o_mean - 1) * engine.decode_step_s[c - 1]
+    return c / service_s, service_s
 
 
 def replay(srv: Serving, rate: float, n: int, seed: int) -> list[dict[str, Any]]:
@@ -189,9 +211,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--concurrency", type=int, default=2, help="ExpertActor max_concurrency (router slots).")
     ap.add_argument("--max-tokens", type=int, default=8, help="Output tokens per request.")
     ap.add_argument("--requests", type=int, default=200, help="Requests per load level (at most).")
+    ap.add_argument("--min-requests", type=int, default=20, help="Requests per load level (at least).")
     ap.add_argument("--max-level-s", type=float, default=90.0, help="Cap on a level's trace duration, s.")
     ap.add_argument("--levels", default="0.3,0.6,0.9", help="Load levels, fractions of the predicted capacity.")
-    ap.add_argument("--calib-reps", type=int, default=12, help="Calibration requests per client thread.")
+    ap.add_argument("--calib-reps", type=int, default=8, help="Requests per client thread in one engine measurement.")
     ap.add_argument("--tolerance", type=float, default=0.15, help="Pass when |sim - real| / real <= this.")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -207,45 +230,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for p in PROMPTS:  # warm up: the model's first calls are slower
             srv.one(p)
-        levels = []
-        for j, frac in enumerate(float(x) for x in args.levels.split(",")):
-            # measure the engine right before the level's replay: the host's speed drifts with
-            # whatever else runs on it, and the table should describe the replay's minutes
-            load0 = os.getloadavg()
-            t_cal = time.perf_counter()
-            samples = calibrate(srv, c, args.calib_reps)
-            engine = fit_measured(samples, max_concurrency=c, source=f"{args.out or 'bench_fidelity'}: levels[{j}].engine")
-            cal_s = time.perf_counter() - t_cal
-            p_mean = float(np.mean([s["prompt_tokens"] for s in samples]))
-            o_mean = float(np.mean([s["completion_tokens"] for s in samples]))
-            service_s = engine.overhead_s + engine.prefill_s(round(p_mean), c) + (o_mean - 1) * engine.decode_step_s[c - 1]
-            capacity = c / service_s
+        # The engine is measured before the first level and after every level; a level's table is
+        # fitted on the two measurements that bracket its replay (the host's speed drifts with
+        # whatever else runs on it, and the table should describe the replay's minutes). The
+        # offered rates are fixed from the first measurement.
+        fracs = [float(x) for x in args.levels.split(",")]
+        cals: list[dict[str, Any]] = []
+
+        def measure() -> None:
+            load0, t_cal = os.getloadavg()[0], time.perf_counter()
+            got = calibrate(srv, c, args.calib_reps)
+            cals.append({"samples": got, "wall_s": time.perf_counter() - t_cal, "load_avg_1m": [load0, os.getloadavg()[0]]})
+
+        measure()
+        first = fit_measured(cals[0]["samples"], max_concurrency=c)
+        capacity, service_s = _capacity(first, cals[0]["samples"])
+        runs = []
+        for j, frac in enumerate(fracs):
             rate = frac * capacity
-            n = max(20, min(args.requests, int(rate * args.max_level_s)))
-            t_lvl = time.perf_counter()
+            n = max(args.min_requests, min(args.requests, int(rate * args.max_level_s)))
+            load0, t_lvl = os.getloadavg()[0], time.perf_counter()
             recs = replay(srv, rate, n, args.seed + j)
-            wall = time.perf_counter() - t_lvl
+            runs.append({"recs": recs, "wall_s": time.perf_counter() - t_lvl, "load_avg_1m": [load0, os.getloadavg()[0]]})
+            measure()
+        levels = []
+        for j, (frac, run) in enumerate(zip(fracs, runs)):
+            recs = run["recs"]
+            samples = cals[j]["samples"] + cals[j + 1]["samples"]
+            engine = fit_measured(samples, max_concurrency=c, source=f"{args.out or 'bench_fidelity'}: levels[{j}].engine")
             real = real_percentiles(recs)
             sim = simulate(engine, recs, args.seed + j)
             sim_nj = simulate(engine, recs, args.seed + j, jitter=False)
             err = {m: (sim[m] - real[m]) / real[m] for m in METRICS}
             levels.append({
-                "level": frac, "rate_rps": rate, "requests": len(recs), "wall_s": wall,
+                "level": frac, "rate_rps": frac * capacity, "requests": len(recs), "wall_s": run["wall_s"],
                 "real": real, "simulated": {m: sim[m] for m in METRICS},
                 "simulated_no_jitter": {m: sim_nj[m] for m in METRICS},
                 "relative_error": err, "pass": {m: abs(e) <= args.tolerance for m, e in err.items()},
                 "all_pass": all(abs(e) <= args.tolerance for e in err.values()),
-                "load_avg_1m": [load0[0], os.getloadavg()[0]],
+                "load_avg_1m": run["load_avg_1m"],
                 "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in recs])),
                 "mean_completion_tokens": float(np.mean([r["completion_tokens"] for r in recs])),
                 "records": _records(recs),
-                "calibration": {"samples": len(samples), "wall_s": cal_s, "engine": engine.to_json(),
-                                "raw": [{k: _r(s[k]) for k in ("concurrency", "prompt_tokens", "completion_tokens", "ttft_s",
-                                                               "engine_ttft_s", "tpot_s")} for s in samples],
-                                "prompt_mix_tokens": sorted({s["prompt_tokens"] for s in samples}),
-                                "predicted_capacity_rps": capacity, "mean_service_s_at_full_concurrency": service_s},
+                "calibration": {"samples": len(samples), "measurements": [j, j + 1], "engine": engine.to_json(),
+                                "wall_s": cals[j]["wall_s"] + cals[j + 1]["wall_s"],
+                                "load_avg_1m": cals[j]["load_avg_1m"] + cals[j + 1]["load_avg_1m"],
+                                "raw": _raw(samples), "prompt_mix_tokens": sorted({s["prompt_tokens"] for s in samples})},
             })
-            print(json.dumps({"level": frac, "rate": round(rate, 3), "n": len(recs), "real": real, "sim": sim}), file=sys.stderr)
+            print(json.dumps({"level": frac, "n": len(recs), "real": real, "sim": sim}), file=sys.stderr)
     finally:
         srv.close()
     doc = {
@@ -254,12 +286,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_threads_here": torch.get_num_threads(),
         "load_avg_start": list(load_start), "load_avg_end": list(os.getloadavg()),
         "model": "smollm2-135m", "concurrency": args.concurrency, "max_tokens": args.max_tokens,
-        "tolerance": args.tolerance, "levels": levels, "all_pass": all(lv["all_pass"] for lv in levels),
+        "tolerance": args.tolerance, "capacity_rps": capacity, "mean_service_s_at_full_concurrency": service_s,
+        "levels": levels, "all_pass": all(lv["all_pass"] for lv in levels),
         "wall_s": time.perf_counter() - t_run,
         "note": ("real: client-observed times through the Router (arrival = when the client sent the request, "
                  "TTFT to the first streamed chunk, TPOT = (final - first chunk) / (tokens - 1)); simulated: "
                  "cluster.sim.measured.run_measured on the same arrivals and token counts, timed by the table "
-                 "measured in the calibration just before that level (closed loop at concurrency 1..N)"),
+                 "fitted on the two engine measurements bracketing that level's replay (closed loop at concurrency "
+                 "1..N, interleaved rounds); the levels' rates are fractions of the capacity the first measurement predicts"),
     }
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
