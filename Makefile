@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m bench.bench_serving --part overhead --reps 2 --seconds 5 --out bench/results/serving_overhead.json
 	@scripts/with-redis $(BIN)/python bench/bench_journal_bytes.py --out bench/results/journal_bytes.json
 	$(BIN)/python bench/bench_simulator.py --out bench/results/simulator.json
+	$(BIN)/python bench/bench_fidelity.py --out bench/results/fidelity.json
 	$(BIN)/python bench/bench_opmodel.py --out bench/results/opmodel.json
 	$(BIN)/python bench/bench_calibration.py --out bench/results/calibration.json
 	$(BIN)/python bench/bench_calibration_holdout.py --out bench/results/calibration_holdout.json

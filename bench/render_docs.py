@@ -310,6 +310,46 @@ def startup() -> str:
     return out
 
 
+def fidelity() -> str:
+    d = _load("fidelity.json")
+    names = {"p50_ttft_ms": "TTFT p50", "p99_ttft_ms": "TTFT p99", "p50_tpot_ms": "TPOT p50", "p99_tpot_ms": "TPOT p99"}
+    tol = d["tolerance"]
+    rows = []
+    for lv in d["levels"]:
+        for m, label in names.items():
+            e = lv["relative_error"][m]
+            rows.append([f"{lv['level']:g} × capacity", f"{lv['rate_rps']:.3f}", str(lv["requests"]), label,
+                         f"{lv['real'][m]:.0f}", f"{lv['simulated'][m]:.0f}", f"{100 * e:+.1f} %",
+                         "yes" if abs(e) <= tol else "no"])
+    out = _table(["load", "req/s", "requests", "metric", "real ms", "simulated ms", "error", f"within {100 * tol:g} %"], rows)
+    def drift(lv: dict) -> float:
+        """Median over prompt lengths of (the replay's median actor prefill time / the calibration's at
+        concurrency 1): how much slower (> 1) the host ran during the replay than when measured."""
+        import statistics
+
+        cal, rep = lv["calibration"]["raw"], lv["records"]
+        ratios = []
+        for p in sorted({r["prompt_tokens"] for r in cal}):
+            a = [r["engine_ttft_s"] for r in cal if r["prompt_tokens"] == p and r["concurrency"] == 1]
+            b = [r["engine_ttft_s"] for r in rep if r["prompt_tokens"] == p]
+            if a and b:
+                ratios.append(statistics.median(b) / statistics.median(a))
+        return statistics.median(ratios)
+
+    tables = []
+    for lv in d["levels"]:
+        e = lv["calibration"]["engine"]
+        tables.append(f"{lv['level']:g}: overhead {1e3 * e['overhead_s']:.0f} ms, prefill {1e3 * e['prefill_base_s']:.0f} ms + "
+                      f"{1e3 * e['prefill_per_token_s']:.2f} ms/token, decode step "
+                      + " / ".join(f"{1e3 * x:.0f}" for x in e["decode_step_s"])
+                      + f" ms at 1..{e['max_concurrency']} requests, load average {lv['load_avg_1m'][0]:.1f} -> {lv['load_avg_1m'][1]:.1f}, "
+                      f"replay prefill / calibration prefill {drift(lv):.2f}")
+    m = d["machine"]
+    return (out + f"\n{sum(lv['all_pass'] for lv in d['levels'])} of {len(d['levels'])} levels within {100 * tol:g} % on every "
+            f"metric. Measured tables (per level): " + "; ".join(tables) + f". Host {m['host']}, {m['cores']} cores, "
+            f"{d['date']}, `{d['command']}`, {d['wall_s']:.0f} s.\n")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "calibration-holdout": calibration_holdout, "calibration-engines": calibration_engines,
     "summary": summary,
@@ -319,6 +359,9 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,
     "gpu-check": gpu_check,
     "startup": startup,
+
+
+    "fidelity": fidelity,
 }
 RENDERERS["capacity"] = capacity
 

@@ -4,15 +4,18 @@ What the autoscaling loop (:mod:`cluster.shell.autoscale_loop`) re-plans from: t
 and the (input, output) token-length histogram of the last ``window_s`` seconds.
 
 Recording (:func:`record_request`, called by the router once per admitted request) is one atomic
-counter increment, ``load.<slot>.<i>.<j>``: ``slot`` the request's arrival time in whole
-``SLOT_S`` seconds, ``i``/``j`` its input/output length on a power-of-two grid (bin ``i`` holds
-lengths in ``(2**(i-1), 2**i]``). Counters are shared by every router on the same store, so the
-window is the whole fleet's load.
+increment of field ``<i>.<j>`` of the windowed bucket ``load.<slot>``
+(:meth:`~cluster.state.base.StateStore.incr_windowed`): ``slot`` the request's arrival time in
+whole ``SLOT_S`` seconds, ``i``/``j`` its input/output length on a power-of-two grid (bin ``i``
+holds lengths in ``(2**(i-1), 2**i]``). Buckets are shared by every router on the same store, so
+the window is the whole fleet's load. Each bucket expires ``ttl_s`` (:data:`LOAD_TTL_S`, one
+hour, twelve of the autoscaling loop's default 300 s windows) after its last increment, so the
+store holds at most an hour of buckets however long the fleet runs.
 
-Reading (:func:`read_window`) sums the slots inside the window and returns the rate and, per
-request, a length pair: each bin's upper edge (a request is never taken as shorter than it was,
-so a plan sized from it errs towards more capacity). Slots older than the window are never read;
-they stay in the store (a few counters per 5 s slot and length bin; see docs/autoscaling.md).
+Reading (:func:`read_window`) fetches the buckets of the slots inside the window and returns the
+rate and, per request, a length pair: each bin's upper edge (a request is never taken as shorter
+than it was, so a plan sized from it errs towards more capacity). A window longer than the
+buckets live is refused.
 """
 
 from __future__ import annotations
@@ -30,10 +33,14 @@ SLOT_S = 5.0
 #: Highest length bin: 2**MAX_BIN tokens (longer requests are counted in it).
 MAX_BIN = 20
 PREFIX = "load."
+#: Seconds a slot's bucket lives after its last increment; the longest window one can read.
+LOAD_TTL_S = 3600.0
 
 
 def public_counters(counters: dict[str, float]) -> dict[str, float]:
-    """``counters`` without the load window's (what status displays show)."""
+    """``counters`` without load-window ones (what status displays show; the window lives in
+    windowed buckets now, but a store written by an older router may still hold ``load.*``
+    counters)."""
     return {k: v for k, v in counters.items() if not k.startswith(PREFIX)}
 
 
@@ -42,41 +49,44 @@ def length_bin(n: int) -> int:
     return min(MAX_BIN, max(0, math.ceil(math.log2(max(n, 1)))))
 
 
-def record_request(store: Any, input_tokens: int, output_tokens: int, *, now: float | None = None) -> str:
-    """Count one request arriving at ``now`` (unix seconds); returns the counter's name."""
+def record_request(store: Any, input_tokens: int, output_tokens: int, *, now: float | None = None,
+                   ttl_s: float = LOAD_TTL_S) -> str:
+    """Count one request arriving at ``now`` (unix seconds); returns ``bucket/field`` of its count.
+    The slot's bucket expires ``ttl_s`` seconds after this increment."""
     validate.integer("input_tokens", input_tokens, minimum=0)
     validate.integer("output_tokens", output_tokens, minimum=0)
     t = time.time() if now is None else now
-    key = f"{PREFIX}{int(t // SLOT_S)}.{length_bin(input_tokens)}.{length_bin(output_tokens)}"
-    store.incr(key)
-    return key
+    bucket = f"{PREFIX}{int(t // SLOT_S)}"
+    field = f"{length_bin(input_tokens)}.{length_bin(output_tokens)}"
+    store.incr_windowed(bucket, field, ttl_s=ttl_s)
+    return f"{bucket}/{field}"
 
 
 def read_window(store: Any, window_s: float, *, now: float | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """``(rate req/s, input lengths, output lengths)`` of the requests of the last ``window_s``
-    seconds (whole slots: those whose start lies in ``(now - window_s, now]``, at least one)."""
-    validate.real("window_s", window_s, lo=0.0, lo_open=True)
+    seconds (whole slots: those whose start lies in ``(now - window_s, now]``, at least one);
+    ``window_s`` at most :data:`LOAD_TTL_S` (older buckets have expired)."""
+    validate.real("window_s", window_s, lo=0.0, hi=LOAD_TTL_S, lo_open=True)
     t = time.time() if now is None else now
     last = int(t // SLOT_S)
     n_slots = max(1, round(window_s / SLOT_S))
     first = last - n_slots + 1
     inp: list[int] = []
     out: list[int] = []
-    for name, value in store.counters().items():
-        if not name.startswith(PREFIX):
-            continue
-        try:
-            slot, i, j = (int(x) for x in name[len(PREFIX):].split("."))
-        except ValueError:
-            continue
-        if first <= slot <= last and value > 0:
-            k = int(value)
-            inp.extend([2 ** i] * k)
-            out.extend([2 ** j] * k)
+    for fields in store.windowed([f"{PREFIX}{s}" for s in range(first, last + 1)]).values():
+        for name, value in fields.items():
+            try:
+                i, j = (int(x) for x in name.split("."))
+            except ValueError:
+                continue
+            if value > 0:
+                k = int(value)
+                inp.extend([2 ** i] * k)
+                out.extend([2 ** j] * k)
     # the current slot is only partly over: the window spans the full slots before it and the
     # elapsed part of this one
     span = (n_slots - 1) * SLOT_S + max(t - last * SLOT_S, 1e-3)
     return len(inp) / span, np.asarray(inp, dtype=np.int64), np.asarray(out, dtype=np.int64)
 
 
-__all__ = ["MAX_BIN", "SLOT_S", "length_bin", "public_counters", "read_window", "record_request"]
+__all__ = ["LOAD_TTL_S", "MAX_BIN", "SLOT_S", "length_bin", "public_counters", "read_window", "record_request"]

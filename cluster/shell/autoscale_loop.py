@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.exceptions import InputError
+from cluster.load import LOAD_TTL_S
 from solvers import validate
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class LoopConfig:
         if self.ttft_slo_ms is not None:
             validate.real("ttft_slo_ms", self.ttft_slo_ms, lo=0.0, lo_open=True)
         validate.real("drain_timeout_s", self.drain_timeout_s, lo=0.0, lo_open=True)
+        validate.real("window_s", self.window_s, lo=0.0, hi=LOAD_TTL_S, lo_open=True)  # older buckets expire
         for kind, n in self.max_count.items():
             validate.integer(f"max_count[{kind!r}]", n, minimum=0)
 

@@ -177,8 +177,9 @@ class Client:
 
     def plan(self, query: dict[str, Any] | None = None, *, shards: dict[str, Any] | None = None) -> Any:
         """The current routing plan; with ``query`` (the fields of ``PlanQuery``: model, workload,
-        rate, tpot_slo_ms, ttft_slo_ms, devices, max_count, power_budget_w, apply) the allocation
-        solver's mix as well (``PlanResponse.allocation``); with ``shards`` (the fields of
+        rate, tpot_slo_ms, ttft_slo_ms, devices, max_count, power_budget_w, apply, simulate, target,
+        sim_requests) the allocation solver's mix as well (``PlanResponse.allocation``, with
+        ``allocation.simulation`` when ``simulate``); with ``shards`` (the fields of
         ``ShardsQuery``) the shard solver's placement of a long prompt (``PlanResponse.shards``)."""
         kw: dict[str, Any] = {}
         for name, fields, cls in (("query", query, pb.PlanQuery), ("shards", shards, pb.ShardsQuery)):

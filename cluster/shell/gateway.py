@@ -272,7 +272,20 @@ def allocation_message(doc: dict[str, Any]) -> Any:
         unservable_buckets=[pb.UnservableBucket(input_index=b["bucket"][0], output_index=b["bucket"][1],
                                                 tokens=b.get("tokens") or "", mass=b["mass"])
                             for b in doc.get("unservable_buckets", ())],
+        simulation=_simulation_msg(doc["simulation"]) if "simulation" in doc else None,
     )
+
+
+def _simulation_msg(sim: dict[str, Any]) -> Any:
+    """``Allocation.simulation`` from :func:`cluster.shell.simulator.check_plan`'s figures (a
+    percentile of no request, e.g. TPOT when every output is one token, is NaN)."""
+    def ms(key: str) -> float:
+        return math.nan if sim.get(key) is None else float(sim[key])
+
+    return pb.Simulation(slo_attainment=sim["slo_attainment"], target=sim["target"], meets_target=sim["meets_target"],
+                         p50_tpot_ms=ms("p50_tpot_ms"), p99_tpot_ms=ms("p99_tpot_ms"), p50_ttft_ms=ms("p50_ttft_ms"),
+                         p99_ttft_ms=ms("p99_ttft_ms"), requests=sim["requests"], rejected=sim["rejected"],
+                         note=sim.get("note", ""))
 
 
 def _bucket_msg(b: dict[str, Any]) -> Any:

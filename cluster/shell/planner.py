@@ -293,6 +293,10 @@ DEFAULT_TPOT_SLO_MS = 120.0
 MAX_RATE = 1e6
 MAX_DEVICES = 32
 MAX_COUNT = 100_000
+#: A simulated plan's attainment target (``flotilla plan --target``'s default) and request counts.
+DEFAULT_SIM_TARGET = 0.99
+DEFAULT_SIM_REQUESTS = 2000
+MIN_SIM_REQUESTS, MAX_SIM_REQUESTS = 100, 100_000
 #: Longest a gateway solve may run, seconds (the RPC deadline, when shorter, wins).
 SOLVE_TIME_LIMIT_S = 60.0
 
@@ -323,6 +327,12 @@ class PlanQuery:
     power_budget_w: float | None = None
     apply: bool = False
     strict: bool = False
+    #: Also simulate the plan at its rate and SLOs (``flotilla plan --simulate``).
+    simulate: bool = False
+    #: With ``simulate``: an SLO attainment below this is flagged (``meets_target`` false).
+    target: float = DEFAULT_SIM_TARGET
+    #: With ``simulate``: how many requests to simulate.
+    sim_requests: int = DEFAULT_SIM_REQUESTS
 
     def __post_init__(self) -> None:
         from solvers.workloads import WORKLOADS
@@ -348,6 +358,10 @@ class PlanQuery:
                 raise InputError(f"query.max_count: key {kind!r:.80} is not a device kind")
             if not 0 <= n <= MAX_COUNT:
                 raise InputError(f"query.max_count[{kind!r}]: {n}; allowed: 0..{MAX_COUNT}")
+        _number("query.target", self.target, 0.0, 1.0)
+        if isinstance(self.sim_requests, bool) or not isinstance(self.sim_requests, int) \
+                or not MIN_SIM_REQUESTS <= self.sim_requests <= MAX_SIM_REQUESTS:
+            raise InputError(f"query.sim_requests: {self.sim_requests!r}; allowed: {MIN_SIM_REQUESTS}..{MAX_SIM_REQUESTS}")
 
     @classmethod
     def from_pb(cls, q: Any) -> PlanQuery:
@@ -360,6 +374,8 @@ class PlanQuery:
             devices=tuple(q.devices), max_count=tuple(sorted(q.max_count.items())),
             power_budget_w=q.power_budget_w if q.HasField("power_budget_w") else None, apply=q.apply,
             strict=q.strict,
+            simulate=q.simulate, target=q.target if q.HasField("target") else DEFAULT_SIM_TARGET,
+            sim_requests=q.sim_requests if q.HasField("sim_requests") else DEFAULT_SIM_REQUESTS,
         )
 
 
@@ -416,6 +432,20 @@ def solve_query(query: PlanQuery, *, time_limit_s: float | None = None, worker: 
     except SolveIncompleteError as exc:
         raise PlanIncompleteError(f"{exc} (time limit {limit:g} s)") from None
     return plan, desc
+
+
+def simulate_plan(doc: dict[str, Any], query: PlanQuery) -> dict[str, Any]:
+    """The plan document replayed in the fleet simulator at its own rate and SLOs
+    (:func:`cluster.shell.simulator.check_plan`, what ``flotilla plan --simulate`` prints)."""
+    from cluster.shell.simulator import check_plan
+
+    if not any(n > 0 for n in doc["allocation"].values()):
+        raise InputError(f"query.simulate: the plan provisions no device (rate {query.rate:g}), so there is "
+                         "nothing to simulate; simulate a plan with a positive rate")
+    try:
+        return check_plan(doc, requests=query.sim_requests, target=query.target)
+    except InputError as exc:
+        raise InputError(f"query.simulate: {exc}") from None
 
 
 def apply_allocation(plan: Any, store: Any, grid: tuple[tuple[int, ...], tuple[int, ...]], *,
@@ -494,6 +524,8 @@ class Planner:
             result = apply_allocation(plan, self.store, grid)
             doc.update(applied=True, allocation_version=result["version"], bundles=len(result["bundles"]),
                        routing_version=result["routing_version"])
+        if query.simulate:
+            doc["simulation"] = simulate_plan(doc, query)
         return doc
 
 

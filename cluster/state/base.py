@@ -164,6 +164,25 @@ class StateStore(JournalStore):
         self._check_open()
         return self._counters(None)
 
+    def incr_windowed(self, bucket: str, field: str, by: float = 1, *, ttl_s: float) -> float:
+        """Add ``by`` to ``field`` of the expiring counter group ``bucket`` (a time window's
+        counters, created at 0) and return the new value, atomically. The whole bucket expires
+        ``ttl_s`` seconds after its last increment, so buckets of past windows leave the store by
+        themselves. Windowed buckets are apart from :meth:`counters`."""
+        _check_name(bucket, "bucket")
+        _check_name(field, "field")
+        amount = _check_number(by, "by")
+        ttl_ms = _ttl_ms(ttl_s)
+        self._check_open()
+        return self._incr_windowed(bucket, field, amount, ttl_ms)
+
+    def windowed(self, buckets: list[str]) -> dict[str, dict[str, float]]:
+        """``{bucket: {field: value}}`` of the named windowed buckets that still exist (an expired
+        or never-written bucket is left out)."""
+        names = [_check_name(b, "buckets[]") for b in buckets]
+        self._check_open()
+        return self._windowed(names) if names else {}
+
     def observe(self, name: str, value: float) -> None:
         """Record one observation of histogram ``name`` (see :class:`HistogramSummary`)."""
         _check_name(name, "name")
@@ -225,6 +244,12 @@ class StateStore(JournalStore):
 
     @abc.abstractmethod
     def _counters(self, name: str | None) -> dict[str, float]: ...
+
+    @abc.abstractmethod
+    def _incr_windowed(self, bucket: str, field: str, by: float, ttl_ms: int) -> float: ...
+
+    @abc.abstractmethod
+    def _windowed(self, buckets: list[str]) -> dict[str, dict[str, float]]: ...
 
     @abc.abstractmethod
     def _observe(self, name: str, value: float) -> None: ...

@@ -48,6 +48,8 @@ class MemoryStore(StateStore):
         self._results: dict[str, tuple[str, float]] = {}  # id -> (blob, deadline)
         self._leases: dict[str, float] = {}  # owner -> deadline
         self._counter_values: dict[str, float] = {}
+        self._windows: dict[str, tuple[dict[str, float], float]] = {}  # bucket -> (fields, deadline)
+        self._next_sweep = 0.0
         self._histograms: dict[str, _Histogram] = {}
 
     def _register_device(self, device_id: str, blob: str, ttl_ms: int) -> None:
@@ -188,6 +190,25 @@ class MemoryStore(StateStore):
             if name is None:
                 return dict(self._counter_values)
             return {name: self._counter_values[name]} if name in self._counter_values else {}
+
+    def _incr_windowed(self, bucket: str, field: str, by: float, ttl_ms: int) -> float:
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_sweep:  # drop expired buckets, at most once a second
+                self._windows = {b: e for b, e in self._windows.items() if e[1] > now}
+                self._next_sweep = now + 1.0
+            fields, deadline = self._windows.get(bucket, ({}, 0.0))
+            if deadline <= now:
+                fields = {}
+            value = fields.get(field, 0.0) + by
+            fields[field] = value
+            self._windows[bucket] = (fields, now + ttl_ms / 1000)
+            return value
+
+    def _windowed(self, buckets: list[str]) -> dict[str, dict[str, float]]:
+        with self._lock:
+            now = self._clock()
+            return {b: dict(e[0]) for b in buckets if (e := self._windows.get(b)) is not None and e[1] > now}
 
     def _observe(self, name: str, value: float) -> None:
         with self._lock:

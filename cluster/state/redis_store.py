@@ -112,6 +112,14 @@ redis.call('HSET', KEYS[1], ARGV[1], new)
 return new
 """
 
+_LUA_INCR_WINDOWED = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = string.format('%.17g', cur + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[1], new)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return new
+"""
+
 _LUA_OBSERVE = """
 local s = ARGV[1]
 local v = tonumber(s)
@@ -186,6 +194,7 @@ class RedisStore(StateStore):
         self._lua_journal_claim = reg(_LUA_JOURNAL_CLAIM)
         self._lua_incr = reg(_LUA_INCR)
         self._lua_observe = reg(_LUA_OBSERVE)
+        self._lua_incr_windowed = reg(_LUA_INCR_WINDOWED)
         try:
             self.ping()
         except StoreUnavailableError:
@@ -323,6 +332,18 @@ class RedisStore(StateStore):
                 return {k: float(v) for k, v in self._client.hgetall(self._k("counters")).items()}
             value = self._client.hget(self._k("counters"), name)
         return {} if value is None else {name: float(value)}
+
+    def _incr_windowed(self, bucket: str, field: str, by: float, ttl_ms: int) -> float:
+        with self._guard():
+            return float(self._lua_incr_windowed(keys=[self._k("window", bucket)], args=[field, repr(by), ttl_ms]))
+
+    def _windowed(self, buckets: list[str]) -> dict[str, dict[str, float]]:
+        with self._guard():
+            pipe = self._client.pipeline(transaction=False)
+            for b in buckets:
+                pipe.hgetall(self._k("window", b))
+            got = pipe.execute()
+        return {b: {k: float(v) for k, v in h.items()} for b, h in zip(buckets, got) if h}
 
     def _observe(self, name: str, value: float) -> None:
         with self._guard():

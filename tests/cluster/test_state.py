@@ -454,6 +454,48 @@ def test_bad_increment_is_input_error(store, by):
     assert store.counters() == {}
 
 
+def test_windowed_buckets_count_apart_from_counters(store):
+    assert store.windowed(["w.1"]) == {}
+    assert store.incr_windowed("w.1", "0.3", ttl_s=60) == 1.0
+    assert store.incr_windowed("w.1", "0.3", 2, ttl_s=60) == 3.0
+    assert store.incr_windowed("w.1", "2.5", 0.5, ttl_s=60) == 0.5
+    assert store.incr_windowed("w.2", "0.3", ttl_s=60) == 1.0
+    assert store.windowed(["w.1", "w.2", "w.9"]) == {"w.1": {"0.3": 3.0, "2.5": 0.5}, "w.2": {"0.3": 1.0}}
+    assert store.counters() == {}  # windowed buckets are not counters
+    with pytest.raises(InputError, match="ttl_s"):
+        store.incr_windowed("w.1", "0.3", ttl_s=0)
+    with pytest.raises(InputError, match="field"):
+        store.incr_windowed("w.1", "", ttl_s=1)
+    with pytest.raises(InputError, match="by"):
+        store.incr_windowed("w.1", "0.3", float("nan"), ttl_s=1)
+    assert store.windowed(["w.1"]) == {"w.1": {"0.3": 3.0, "2.5": 0.5}}  # refused calls changed nothing
+
+
+def test_windowed_bucket_expires_ttl_after_its_last_increment(make_store):
+    if make_store.kind == "memory":
+        now = [100.0]
+        store = make_store(clock=lambda: now[0])
+        store.incr_windowed("w.old", "1.1", ttl_s=10)
+        store.incr_windowed("w.kept", "1.1", ttl_s=10)
+        now[0] = 105.0
+        store.incr_windowed("w.kept", "1.1", ttl_s=10)  # renews: deadline 115
+        now[0] = 110.0  # w.old's deadline (exclusive)
+        assert store.windowed(["w.old", "w.kept"]) == {"w.kept": {"1.1": 2.0}}
+        now[0] = 111.5
+        store.incr_windowed("w.new", "0.0", ttl_s=10)  # a write sweeps expired buckets out of memory
+        assert "w.old" not in store._windows
+        assert store.incr_windowed("w.old", "1.1", ttl_s=10) == 1.0  # an expired bucket restarts at 0
+        return
+    store = make_store()
+    store.incr_windowed("w.old", "1.1", ttl_s=0.3)
+    store.incr_windowed("w.kept", "1.1", ttl_s=30)
+    pttl = store._client.pttl(store._k("window", "w.kept"))
+    assert 29_000 < pttl <= 30_000  # Redis holds the TTL on the bucket's key
+    time.sleep(0.5)
+    assert store.windowed(["w.old", "w.kept"]) == {"w.kept": {"1.1": 1.0}}
+    assert not store._client.exists(store._k("window", "w.old"))  # gone from Redis, not just hidden
+
+
 def _nearest_rank_brute_force(samples: list[float], p: int) -> float:
     """The smallest sample x with #{s <= x} >= p/100 * n (exact rational arithmetic)."""
     n = len(samples)

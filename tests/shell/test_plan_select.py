@@ -126,12 +126,61 @@ def test_infeasible_query_is_failed_precondition_with_the_binding_cause(stub):
     ({"workload": "/etc/passwd"}, "query.workload"), ({"model": "llama-9000"}, "query.model"),
     ({"devices": ["l4"], "max_count": {"l4": -1}}, "query.max_count"),
     ({"devices": ["l4"], "max_count": {"h100-sxm": 1}}, "query.max_count"),
+    ({"simulate": True, "target": 1.5}, "query.target"), ({"simulate": True, "target": -0.1}, "query.target"),
+    ({"simulate": True, "target": math.nan}, "query.target"), ({"simulate": True, "sim_requests": 5}, "query.sim_requests"),
+    ({"simulate": True, "rate": 0.0}, "query.simulate"),
 ])
 def test_bad_query_fields_are_invalid_argument_naming_the_field(stub, query, field):
     with pytest.raises(grpc.RpcError) as info:
         stub.Plan(pb.PlanRequest(query=pb.PlanQuery(**query)), timeout=60)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(field), info.value.details()
+
+
+@pytest.mark.parametrize("query, below", [
+    ({"rate": 6.0, "devices": ["l4", "a100-80g-sxm"]}, False),
+    ({"model": "llama-3-8b", "rate": 20.0, "tpot_slo_ms": 16.0}, True),
+])
+def test_plan_simulate_carries_the_simulated_attainment_next_to_the_cost(stub, query, below):
+    """The reply's simulation is the simulator's answer on the very plan the RPC solved (the
+    same figures ``flotilla plan --simulate`` computes); below the target it is flagged."""
+    from cluster.shell.planner import PlanQuery, solve_query
+    from cluster.shell.simulator import check_plan
+
+    got = stub.Plan(pb.PlanRequest(query=pb.PlanQuery(simulate=True, sim_requests=600, **query)), timeout=120).allocation
+    sim = got.simulation
+    assert got.HasField("simulation") and 0.0 <= sim.slo_attainment <= 1.0
+    assert sim.requests == 600 and sim.target == 0.99 and "modeled" in sim.note
+    plan, desc = solve_query(PlanQuery(**{k: tuple(v) if isinstance(v, list) else v for k, v in query.items()}))
+    assert dict(got.counts) == plan.counts
+    want = check_plan({**plan.to_json(), **desc, "applied": False}, requests=600, target=0.99)
+    assert sim.slo_attainment == want["slo_attainment"] and sim.p99_tpot_ms == pytest.approx(want["p99_tpot_ms"])
+    assert sim.meets_target is (not below) and (sim.slo_attainment < 0.99) is below
+    # the target moves the flag only
+    lax = stub.Plan(pb.PlanRequest(query=pb.PlanQuery(simulate=True, sim_requests=600, target=0.0, **query)), timeout=120)
+    assert lax.allocation.simulation.meets_target and lax.allocation.simulation.slo_attainment == sim.slo_attainment
+    plain = stub.Plan(pb.PlanRequest(query=pb.PlanQuery(**query)), timeout=120).allocation
+    assert not plain.HasField("simulation")
+
+
+def test_cli_plan_server_simulate_goes_through_the_rpc(served):
+    from cluster.shell.cli.plan import register
+    from testkit import run_command
+
+    addr = served[0].address
+    code, stdout, _ = run_command(register, "plan", "--server", addr, "--model", "llama-3-8b", "--rate", "20",
+                                  "--tpot-slo-ms", "16", "--simulate", "--sim-requests", "600", "--json")
+    assert code == 0, stdout
+    doc = json.loads(stdout)
+    assert doc["server"] == addr and doc["cost_per_hour"] > 0 and doc["simulation"]["requests"] == 600
+    assert doc["simulation"]["meets_target"] is False and doc["simulation"]["slo_attainment"] < 0.99
+    code, stdout, stderr = run_command(register, "plan", "--server", addr, "--model", "llama-3-8b", "--rate", "20",
+                                       "--tpot-slo-ms", "16", "--simulate", "--sim-requests", "600")
+    assert code == 0 and "simulated SLO attainment" in stdout and "below the target 99%" in stderr
+    code, _, stderr = run_command(register, "plan", "--server", addr, "--simulate", "--target", "2")
+    assert code == 2 and "query.target" in stderr
+    code, _, stderr = run_command(register, "plan", "--server", addr, "--headroom", "0.2")
+    assert code == 2 and "--headroom" in stderr
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -116,6 +116,50 @@ def _render_simulation(cost: float, sim: dict[str, Any]) -> None:
                   f"target {100 * sim['target']:g}%; re-plan with --headroom (e.g. 0.2)[/yellow]")
 
 
+#: ``flotilla plan`` flags the gateway's Plan RPC has no field for.
+_LOCAL_ONLY = ("headroom", "slice_factor", "solver", "prices", "tables", "calibration", "config", "plot", "time_limit")
+
+
+def _plan_remote(server: str, token: str | None, tls_ca: str | None, as_json: bool, *, devices: str,
+                 max_count: list[str], simulate: bool, target: float, sim_requests: int, **fields: Any) -> None:
+    """``flotilla plan --server``: the same query through the gateway's Plan RPC; prints its
+    allocation (and simulation) like a local plan. Errors exit as ``generate``'s do."""
+    from google.protobuf.json_format import MessageToDict
+
+    from cluster.shell.cli.serve import _fail
+    from cluster.shell.client import Client, RpcError
+
+    caps: dict[str, int] = {}
+    for item in max_count:
+        kind, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise InputError(f"--max-count: {item!r}; expected KIND=N, e.g. l4=2")
+        caps[kind.strip()] = int(n)
+    query = {**fields, "devices": [d.strip() for d in devices.split(",") if d.strip()], "max_count": caps}
+    if simulate:
+        query.update(simulate=True, target=target, sim_requests=sim_requests)
+    if not query.get("strict"):
+        query.pop("strict", None)
+    try:
+        with Client(server, token=token, tls_ca=tls_ca) as client:
+            resp = client.plan(query)
+    except RpcError as exc:
+        raise _fail(exc) from None
+    doc = MessageToDict(resp.allocation, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    doc["server"] = server
+    doc["allocation_version"] = int(doc["allocation_version"])  # int64 is a string in proto JSON
+    if "simulation" in doc:  # a percentile of no request is NaN on the wire, null here
+        doc["simulation"] = {k: (None if v == "NaN" else v) for k, v in doc["simulation"].items()}
+    if as_json:
+        emit_json(doc)
+        return
+    mix = ", ".join(f"{k} x{n}" for k, n in sorted(doc["counts"].items()) if n) or "no device"
+    out.print(f"{mix}: ${doc['cost_per_hour']:.2f}/h ({doc['solver']}, {doc['status']}; from {server})")
+    out.print(f"[dim]{doc['note']}[/dim]")
+    if simulate:
+        _render_simulation(doc["cost_per_hour"], doc["simulation"])
+
+
 def plan(
     ctx: typer.Context,
     model: str = typer.Option("llama-2-7b", "--model", help="Model shape (cluster/perf MODELS)."),
@@ -139,6 +183,9 @@ def plan(
     target: float = typer.Option(0.99, "--target", help="With --simulate: warn when the attainment is below this."),
     sim_requests: int = typer.Option(5000, "--sim-requests", help="With --simulate: requests to simulate."),
     strict: bool = typer.Option(False, "--strict", help="Refuse (exit 2) when a bucket no candidate kind can serve has mass; default: plan for the rest and report it."),
+    server: Optional[str] = typer.Option(None, "--server", help="Ask this gateway's Plan RPC (HOST:PORT) instead of solving here."),
+    token: Optional[str] = typer.Option(None, "--token", help="With --server: bearer token (default $FLOTILLA_TOKEN)."),
+    tls_ca: Optional[str] = typer.Option(None, "--tls-ca", help="With --server: CA certificate of a TLS gateway (PEM)."),
     as_json: bool = json_option(),
 ) -> None:
     """The cheapest mix of device types that serves a workload under a latency SLO.
@@ -148,6 +195,16 @@ def plan(
     import math
 
     from solvers.allocation import solve
+
+    if server is not None:
+        local = [f"--{name.replace('_', '-')}" for name in _LOCAL_ONLY
+                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+        if local:
+            raise InputError(f"--server: the gateway's Plan RPC does not take {', '.join(local)}; drop them, or drop --server")
+        _plan_remote(server, token, tls_ca, as_json, model=model, workload=workload, rate=rate, tpot_slo_ms=tpot_slo_ms,
+                     ttft_slo_ms=ttft_slo_ms, devices=devices, max_count=max_count, power_budget_w=power_budget_w,
+                     simulate=simulate, target=target, sim_requests=sim_requests, strict=strict)
+        return
 
     if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
         raise InputError(f"--time-limit: {time_limit!r}; allowed: a number of seconds > 0")

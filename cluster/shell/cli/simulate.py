@@ -127,7 +127,7 @@ def autoscale(
     tpot_slo_ms: float = typer.Option(50.0, "--tpot-slo-ms", help="TPOT SLO, ms."),
     ttft_slo_ms: Optional[float] = typer.Option(None, "--ttft-slo-ms", help="TTFT SLO, ms."),
     interval_s: float = typer.Option(300.0, "--interval-s", help="Minimum interval between decisions, s."),
-    window_s: float = typer.Option(600.0, "--window-s", help="Sliding window of observed load, s."),
+    window_s: float = typer.Option(600.0, "--window-s", help="Sliding window of observed load, s (live loop: at most 3600)."),
     headroom: float = typer.Option(0.2, "--headroom", help="Provision for rate x (1 + H)."),
     startup_s: float = typer.Option(60.0, "--startup-s", help="Seconds before a new replica takes requests."),
     down_after: int = typer.Option(2, "--down-after", help="Consecutive smaller proposals before scaling down."),

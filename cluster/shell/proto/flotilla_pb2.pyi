@@ -123,7 +123,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[Chunk, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
 
 class PlanQuery(_message.Message):
-    __slots__ = ("model", "workload", "rate", "tpot_slo_ms", "ttft_slo_ms", "devices", "max_count", "power_budget_w", "apply", "strict")
+    __slots__ = ("model", "workload", "rate", "tpot_slo_ms", "ttft_slo_ms", "devices", "max_count", "power_budget_w", "apply", "strict", "simulate", "target", "sim_requests")
     class MaxCountEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,9 @@ class PlanQuery(_message.Message):
     POWER_BUDGET_W_FIELD_NUMBER: _ClassVar[int]
     APPLY_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    SIMULATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SIM_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     workload: str
     rate: float
@@ -151,7 +154,10 @@ class PlanQuery(_message.Message):
     power_budget_w: float
     apply: bool
     strict: bool
-    def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
+    simulate: bool
+    target: float
+    sim_requests: int
+    def __init__(self, model: _Optional[str] = ..., workload: _Optional[str] = ..., rate: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., devices: _Optional[_Iterable[str]] = ..., max_count: _Optional[_Mapping[str, int]] = ..., power_budget_w: _Optional[float] = ..., apply: _Optional[bool] = ..., strict: _Optional[bool] = ..., simulate: _Optional[bool] = ..., target: _Optional[float] = ..., sim_requests: _Optional[int] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
     __slots__ = ("query", "shards")
@@ -227,7 +233,7 @@ class PlanBucket(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., max_input_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles", "status", "gap", "unservable_mass", "unservable_buckets")
+    __slots__ = ("counts", "cost_per_hour", "baselines", "infeasible_alone", "solve_seconds", "solver", "throughput_source", "note", "applied", "allocation_version", "bundles", "status", "gap", "unservable_mass", "unservable_buckets", "simulation")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +263,7 @@ class Allocation(_message.Message):
     GAP_FIELD_NUMBER: _ClassVar[int]
     UNSERVABLE_MASS_FIELD_NUMBER: _ClassVar[int]
     UNSERVABLE_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATION_FIELD_NUMBER: _ClassVar[int]
     counts: _containers.ScalarMap[str, int]
     cost_per_hour: float
     baselines: _containers.ScalarMap[str, float]
@@ -272,7 +279,8 @@ class Allocation(_message.Message):
     gap: float
     unservable_mass: float
     unservable_buckets: _containers.RepeatedCompositeFieldContainer[UnservableBucket]
-    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ..., status: _Optional[str] = ..., gap: _Optional[float] = ..., unservable_mass: _Optional[float] = ..., unservable_buckets: _Optional[_Iterable[_Union[UnservableBucket, _Mapping]]] = ...) -> None: ...
+    simulation: Simulation
+    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., cost_per_hour: _Optional[float] = ..., baselines: _Optional[_Mapping[str, float]] = ..., infeasible_alone: _Optional[_Iterable[str]] = ..., solve_seconds: _Optional[float] = ..., solver: _Optional[str] = ..., throughput_source: _Optional[str] = ..., note: _Optional[str] = ..., applied: _Optional[bool] = ..., allocation_version: _Optional[int] = ..., bundles: _Optional[int] = ..., status: _Optional[str] = ..., gap: _Optional[float] = ..., unservable_mass: _Optional[float] = ..., unservable_buckets: _Optional[_Iterable[_Union[UnservableBucket, _Mapping]]] = ..., simulation: _Optional[_Union[Simulation, _Mapping]] = ...) -> None: ...
 
 class UnservableBucket(_message.Message):
     __slots__ = ("input_index", "output_index", "tokens", "mass")
@@ -285,6 +293,30 @@ class UnservableBucket(_message.Message):
     tokens: str
     mass: float
     def __init__(self, input_index: _Optional[int] = ..., output_index: _Optional[int] = ..., tokens: _Optional[str] = ..., mass: _Optional[float] = ...) -> None: ...
+
+class Simulation(_message.Message):
+    __slots__ = ("slo_attainment", "target", "meets_target", "p50_tpot_ms", "p99_tpot_ms", "p50_ttft_ms", "p99_ttft_ms", "requests", "rejected", "note")
+    SLO_ATTAINMENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MEETS_TARGET_FIELD_NUMBER: _ClassVar[int]
+    P50_TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    slo_attainment: float
+    target: float
+    meets_target: bool
+    p50_tpot_ms: float
+    p99_tpot_ms: float
+    p50_ttft_ms: float
+    p99_ttft_ms: float
+    requests: int
+    rejected: int
+    note: str
+    def __init__(self, slo_attainment: _Optional[float] = ..., target: _Optional[float] = ..., meets_target: _Optional[bool] = ..., p50_tpot_ms: _Optional[float] = ..., p99_tpot_ms: _Optional[float] = ..., p50_ttft_ms: _Optional[float] = ..., p99_ttft_ms: _Optional[float] = ..., requests: _Optional[int] = ..., rejected: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("device_id", "kind", "capacity", "active", "alive")
