@@ -163,15 +163,12 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ActorUnavailableError)
 
 
-def _record_load(store: Any, req: dict[str, Any]) -> None:
-    """Count the request in the store's load window (what autoscaling re-plans from); a store
-    error costs the sample, never the request."""
-    from cluster.load import record_request
+def _load_counter(req: dict[str, Any]) -> str:
+    """The store's load-window counter of the request (what autoscaling re-plans from),
+    incremented with its journal entry in one round trip."""
+    from cluster.load import load_counter
 
-    try:
-        record_request(store, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
-    except Exception:  # noqa: BLE001
-        log.debug("could not record the request's load", exc_info=True)
+    return load_counter(math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
 
 
 def fingerprint(req: dict[str, Any], caller: str = "") -> str:
@@ -375,8 +372,13 @@ class Router:
                 final = ev
         return final
 
-    def stream(self, request: dict[str, Any], *, timeout_s: float | None = None, caller: str = "") -> Iterator[dict[str, Any]]:
+    def stream(self, request: dict[str, Any], *, timeout_s: float | None = None, caller: str = "",
+               whole: bool = False) -> Iterator[dict[str, Any]]:
         """Chunk dicts, then the final dict (with ``attempts`` and ``request_id``) of one request.
+
+        ``whole``: the caller sends the answer only when it is done (a non-streamed HTTP
+        request), so it is run with one unary actor call whatever its ``max_tokens`` (see
+        ``RouterConfig.unary_max_tokens``); the events are the same.
 
         The first event is ``{"type": "accepted", "request_id": ...}``, before dispatch, so the
         caller knows the id to retry with. A retry of a request (same id, same fingerprint: prompt,
@@ -405,9 +407,8 @@ class Router:
                     f"router queue is full ({self.config.max_queue} requests admitted); retry later or raise max_queue"
                 )
             self._admitted += 1
-        _record_load(self.store, req)
         try:
-            yield from self._run(rid, req, _Pending(fp), deadline, journal=True)
+            yield from self._run(rid, req, _Pending(fp), deadline, journal=True, count=_load_counter(req), whole=whole)
         finally:
             with self._cond:
                 self._admitted -= 1
@@ -425,7 +426,8 @@ class Router:
         assert pending.result is not None
         return pending.result
 
-    def _run(self, rid: str, req: dict[str, Any], pending: _Pending, deadline: float, *, journal: bool) -> Iterator[dict[str, Any]]:
+    def _run(self, rid: str, req: dict[str, Any], pending: _Pending, deadline: float, *, journal: bool,
+             count: str | None = None, whole: bool = False) -> Iterator[dict[str, Any]]:
         """Journal (when ``journal``), dispatch, store the result durably, then yield the end.
 
         Whatever happens, ``pending`` ends done and leaves ``_pending``, and the journal entry is
@@ -444,22 +446,20 @@ class Router:
         completed = False
         try:
             if journal:
-                what, got = self._append(rid, req, pending.fingerprint, deadline)
+                what, got = self._append(rid, req, pending.fingerprint, deadline, count)
                 if what == "stored":  # a retry of a request finished elsewhere
                     pending.result = got
                     yield from self._replayed(got)
                     return
                 req = got  # ours to run: this request, or our own stranded entry as journaled
             ours = True
-            final = yield from self._dispatch(rid, req, deadline)
+            final = yield from self._dispatch(rid, req, deadline, whole)
             # Durable before the caller sees the end: a finished request is never replayed, and a
-            # retry (here, after a restart, or on another gateway) gets this result.
-            stored = self.store.journal_complete(rid, final, ttl_s=self.config.result_ttl_s)
+            # retry (here, after a restart, or on another gateway) gets this result. One count per
+            # stored completion, in the same atomic step; a second run of a completed id is "twice".
+            self.store.journal_complete(rid, final, ttl_s=self.config.result_ttl_s,
+                                        count=("router.completed", "router.completed_twice"))
             completed = True
-            try:  # one count per stored completion; a second run of a completed id would be "twice"
-                self.store.incr("router.completed" if stored else "router.completed_twice")
-            except Exception:  # noqa: BLE001 - the result is stored; only the counter missed it
-                log.warning("request %s: completion not counted", rid, exc_info=True)
             pending.result = final
             self._remember(rid, pending.fingerprint, final)
             yield final
@@ -478,7 +478,8 @@ class Router:
                 if self._pending.get(rid) is pending:
                     del self._pending[rid]
 
-    def _append(self, rid: str, req: dict[str, Any], fp: str, deadline: float) -> tuple[str, dict[str, Any]]:
+    def _append(self, rid: str, req: dict[str, Any], fp: str, deadline: float,
+                count: str | None = None) -> tuple[str, dict[str, Any]]:
         """Journal the request. ``("run", request)`` when it is ours to run; ``("stored",
         result)`` for a retry of a finished request. A retry of a request that another router is
         running waits for its stored result; a request id in use by another request raises
@@ -490,7 +491,7 @@ class Router:
         delay = 0.05
         while True:
             try:
-                self.store.journal_append(rid, req, fingerprint=fp, owner=self.owner)
+                self.store.journal_append(rid, req, fingerprint=fp, owner=self.owner, count=count)
                 return "run", req
             except RequestIdInUseError as exc:
                 if not exc.same:
@@ -517,7 +518,7 @@ class Router:
             while len(self._results) > self.config.result_cache:
                 self._results.popitem(last=False)
 
-    def _dispatch(self, rid: str, req: dict[str, Any], deadline: float) -> Iterator[dict[str, Any]]:
+    def _dispatch(self, rid: str, req: dict[str, Any], deadline: float, whole: bool = False) -> Iterator[dict[str, Any]]:
         import ray
 
         delivered = 0  # characters of text the caller already has
@@ -527,7 +528,7 @@ class Router:
             replica = self._acquire(req, deadline)
             gen = None
             try:
-                if req["max_tokens"] <= self.config.unary_max_tokens:
+                if whole or req["max_tokens"] <= self.config.unary_max_tokens:
                     final = self._call_unary(rid, replica, req, deadline, attempt)
                     if final["text"][delivered:]:
                         yield {"type": "chunk", "index": n_out, "text": final["text"][delivered:]}

@@ -158,6 +158,7 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
             await one(time.perf_counter())
         lat.clear()
         errors.clear()
+        cpu0 = time.process_time()
         rng = random.Random(seed)
         n = max(1, int(rate * seconds))
         start = time.perf_counter() + 0.01
@@ -172,12 +173,14 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
         sent_s = time.perf_counter() - start
         await asyncio.gather(*tasks)
         wall_s = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu0
     finally:
         for close in closers:
             await close()
     return {"requests": n, "sent_rps": n / sent_s, "achieved_rps": len(lat) / wall_s, "ok": len(lat), "errors": errors,
             "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90), "p99_ms": _pct(lat, 99),
-            "max_ms": max(lat) if lat else None, "load_avg_1m": os.getloadavg()[0]}
+            "max_ms": max(lat) if lat else None, "client_cpu_ms_per_request": cpu_s / n * 1e3,
+            "load_avg_1m": os.getloadavg()[0]}
 
 
 def _load_in_process(path: str, target: str, rate: float, seconds: float, seed: int) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 What the autoscaling loop (:mod:`cluster.shell.autoscale_loop`) re-plans from: the request rate
 and the (input, output) token-length histogram of the last ``window_s`` seconds.
 
-Recording (:func:`record_request`, called by the router once per admitted request) is one atomic
-counter increment, ``load.<slot>.<i>.<j>``: ``slot`` the request's arrival time in whole
-``SLOT_S`` seconds, ``i``/``j`` its input/output length on a power-of-two grid (bin ``i`` holds
+Recording (:func:`record_request`; the router increments :func:`load_counter`'s counter in the
+same atomic step as the request's journal entry) is one atomic counter increment,
+``load.<slot>.<i>.<j>``: ``slot`` the request's arrival time in whole ``SLOT_S`` seconds, ``i``/``j`` its input/output length on a power-of-two grid (bin ``i`` holds
 lengths in ``(2**(i-1), 2**i]``). Counters are shared by every router on the same store, so the
 window is the whole fleet's load.
 
@@ -42,12 +42,18 @@ def length_bin(n: int) -> int:
     return min(MAX_BIN, max(0, math.ceil(math.log2(max(n, 1)))))
 
 
-def record_request(store: Any, input_tokens: int, output_tokens: int, *, now: float | None = None) -> str:
-    """Count one request arriving at ``now`` (unix seconds); returns the counter's name."""
+def load_counter(input_tokens: int, output_tokens: int, *, now: float | None = None) -> str:
+    """The counter that counts one request arriving at ``now`` (unix seconds): what the router
+    increments in the same store round trip as the request's journal entry."""
     validate.integer("input_tokens", input_tokens, minimum=0)
     validate.integer("output_tokens", output_tokens, minimum=0)
     t = time.time() if now is None else now
-    key = f"{PREFIX}{int(t // SLOT_S)}.{length_bin(input_tokens)}.{length_bin(output_tokens)}"
+    return f"{PREFIX}{int(t // SLOT_S)}.{length_bin(input_tokens)}.{length_bin(output_tokens)}"
+
+
+def record_request(store: Any, input_tokens: int, output_tokens: int, *, now: float | None = None) -> str:
+    """Count one request arriving at ``now`` (unix seconds); returns the counter's name."""
+    key = load_counter(input_tokens, output_tokens, now=now)
     store.incr(key)
     return key
 
@@ -79,4 +85,4 @@ def read_window(store: Any, window_s: float, *, now: float | None = None) -> tup
     return len(inp) / span, np.asarray(inp, dtype=np.int64), np.asarray(out, dtype=np.int64)
 
 
-__all__ = ["MAX_BIN", "SLOT_S", "length_bin", "public_counters", "read_window", "record_request"]
+__all__ = ["MAX_BIN", "SLOT_S", "length_bin", "load_counter", "public_counters", "read_window", "record_request"]
