@@ -556,8 +556,12 @@ class Router:
                             n_out += 1
                             delivered = len(text)
                     else:
+                        text += ev.get("tail") or ""  # an ExpertActor's last text rides with its final dict
+                        if len(text) > delivered:
+                            yield {"type": "chunk", "index": n_out, "text": text[delivered:]}
                         final = dict(ev, attempts=attempt, request_id=rid)
                         final.pop("type", None)
+                        final.pop("tail", None)
                         final["type"] = "done"
                         return final
             except Exception as exc:  # noqa: BLE001 - sorted below
