@@ -541,9 +541,10 @@ class Router:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise DeadlineExceededError(f"request {rid}: deadline passed after {len(text)} characters")
-                    ready, _ = ray.wait([gen], timeout=min(remaining, 0.5))
-                    if not ready:
-                        continue
+                    if not gen.next_ready():  # else no wait call: the item is here
+                        ready, _ = ray.wait([gen], timeout=min(remaining, 0.5))
+                        if not ready:
+                            continue
                     try:
                         ref = next(gen)
                     except StopIteration:
