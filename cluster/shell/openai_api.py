@@ -352,14 +352,16 @@ class OpenAIApp:
             return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
                                                 "owned_by": "flotilla"}]}
 
-        @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
             return await self._complete(request, chat=True)
 
-        @app.post("/v1/completions")
         async def completions(request: Request) -> Any:
             return await self._complete(request, chat=False)
 
+        # The completion routes are plain Starlette routes (they take the request and return a
+        # response): no dependency resolution per request on the hot path.
+        app.add_route("/v1/chat/completions", chat, methods=["POST"])
+        app.add_route("/v1/completions", completions, methods=["POST"])
         return app
 
     def _unauthorized(self) -> Any:
