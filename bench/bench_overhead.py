@@ -23,15 +23,17 @@ is an error unless it answers with exactly that text.
 Load: open loop from a separate process (its own GIL, as a real client has; asyncio with
 ``grpc.aio`` or ``aiohttp`` keep-alive connections): Poisson arrivals at ``rate`` req/s for
 ``--seconds`` (seeded), after 30 sequential warm-up requests. Latency = arrival of the last byte
-minus the scheduled send time (a client that falls behind is charged for it). Rates run in
-increasing order with the paths interleaved at each rate; a path whose p99 passes 3x the bound (or
-that fails) is not run at higher rates.
+minus the scheduled send time (a client that falls behind is charged for it). flotilla's paths
+run first, rates in increasing order with the paths interleaved at each rate; then Ray Serve is
+started and its paths run the same way (so neither side's idle processes, Serve's controller
+and proxies polling in particular, run during the other's measurements). A path whose p99 passes
+3x the bound (or that fails) is not run at higher rates.
 
 Reported per path: every run (offered and achieved rate, p50 / p90 / p99 / max latency, errors,
 load average) and ``max_rate_at_p99``: the highest offered rate with p99 <= ``--p99-ms`` (100)
 and no errors.
 
-``python -m bench.bench_overhead [--rates 100,200,300,400,500] [--seconds 5] [--redis URL] [--out FILE]``
+``python -m bench.bench_overhead [--rates 50,100,150,200,300,400] [--seconds 5] [--redis URL] [--out FILE]``
 """
 
 from __future__ import annotations
@@ -323,24 +325,28 @@ def bench(rates: list[float], seconds: float, p99_ms: float, paths: tuple[str, .
         servers.insert(0, http.stop)
         targets["http_whole"] = targets["http_stream"] = http.base_url
         targets["grpc_unary"] = gateway(16)[1].address
-        if any(PATHS[p][1] == "serve" for p in paths):
-            http_port, grpc_port = _free_ports(2)
-            _start_serve(http_port, grpc_port)
-            targets["serve_http"] = f"http://127.0.0.1:{http_port}/v1"
-            targets["serve_grpc"] = f"127.0.0.1:{grpc_port}"
         runs: list[dict[str, Any]] = []
         saturated: set[str] = set()
         with Progress(transient=True) as progress:
             task = progress.add_task("rates x paths", total=len(rates) * len(paths))
-            for rate in rates:
-                for path in paths:
-                    progress.update(task, description=f"{path} at {rate:g} req/s")
-                    if path not in saturated:
-                        run = _load_in_process(path, targets[path], rate, seconds, seed)
-                        runs.append(run)
-                        if run["errors"] or run["p99_ms"] is None or run["p99_ms"] > 3 * p99_ms:
-                            saturated.add(path)
-                    progress.advance(task)
+            for server in ("flotilla", "serve"):  # Ray Serve starts after flotilla's runs
+                group = [p for p in paths if PATHS[p][1] == server]
+                if not group:
+                    continue
+                if server == "serve":
+                    http_port, grpc_port = _free_ports(2)
+                    _start_serve(http_port, grpc_port)
+                    targets["serve_http"] = f"http://127.0.0.1:{http_port}/v1"
+                    targets["serve_grpc"] = f"127.0.0.1:{grpc_port}"
+                for rate in rates:
+                    for path in group:
+                        progress.update(task, description=f"{path} at {rate:g} req/s")
+                        if path not in saturated:
+                            run = _load_in_process(path, targets[path], rate, seconds, seed)
+                            runs.append(run)
+                            if run["errors"] or run["p99_ms"] is None or run["p99_ms"] > 3 * p99_ms:
+                                saturated.add(path)
+                        progress.advance(task)
         summary = {}
         for path in paths:
             good = [r["rate_rps"] for r in runs if r["path"] == path and not r["errors"]
@@ -373,7 +379,7 @@ def bench(rates: list[float], seconds: float, p99_ms: float, paths: tuple[str, .
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_overhead")
-    ap.add_argument("--rates", default="100,200,300,400,500", help="Offered rates, req/s, comma-separated.")
+    ap.add_argument("--rates", default="50,100,150,200,300,400", help="Offered rates, req/s, comma-separated.")
     ap.add_argument("--seconds", type=float, default=5.0, help="Seconds of load per run.")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="The p99 bound, ms.")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"Comma-separated subset of: {', '.join(PATHS)}.")
