@@ -30,7 +30,7 @@ and proxies polling in particular, run during the other's measurements). A path 
 3x the bound (or that fails) is not run at higher rates.
 
 Reported per path: every run (offered and achieved rate, p50 / p90 / p99 / max latency, errors,
-load average) and ``max_rate_at_p99``: the highest offered rate with p99 <= ``--p99-ms`` (100)
+load average, CPU per request of the client and of the server side: this process and Ray's) and ``max_rate_at_p99``: the highest offered rate with p99 <= ``--p99-ms`` (100)
 and no errors.
 
 ``python -m bench.bench_overhead [--rates 50,100,150,200,300,400] [--seconds 5] [--redis URL] [--out FILE]``
@@ -185,8 +185,33 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
             "load_avg_1m": os.getloadavg()[0]}
 
 
+def _server_cpu_s() -> float:
+    """CPU seconds used so far by this process (the gateways, routers and HTTP server) and its
+    descendants (Ray's raylet, GCS and workers: the experts, Ray Serve's proxies and replicas)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:  # gone meanwhile
+            pass
+    return total
+
+
 def _load_in_process(path: str, target: str, rate: float, seconds: float, seed: int) -> dict[str, Any]:
-    """One run from a separate process; a run that does not finish in time is recorded as such."""
+    """One run from a separate process; a run that does not finish in time is recorded as such.
+    Also the server side's CPU per request (this process and Ray's, warm-up included): what the
+    machine's cores bound the rate by."""
+    cpu0 = _server_cpu_s()
+    row = _run_client(path, target, rate, seconds, seed)
+    if row.get("requests"):
+        row["server_cpu_ms_per_request"] = (_server_cpu_s() - cpu0) / (row["requests"] + WARM_UP) * 1e3
+    return row
+
+
+def _run_client(path: str, target: str, rate: float, seconds: float, seed: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_overhead", "--load-against", target, "--client", PATHS[path][0],
            "--rates", str(rate), "--seconds", str(seconds), "--seed", str(seed)]
     row: dict[str, Any] = {"path": path, "rate_rps": rate}
