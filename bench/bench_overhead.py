@@ -22,7 +22,8 @@ is an error unless it answers with exactly that text.
 
 Load: open loop from a separate process (its own GIL, as a real client has; asyncio with
 ``grpc.aio`` or ``aiohttp`` keep-alive connections): Poisson arrivals at ``rate`` req/s for
-``--seconds`` (seeded), after 30 sequential warm-up requests. Latency = arrival of the last byte
+``--seconds`` (seeded), after 30 sequential warm-up requests and 1 s of unrecorded load at the
+same rate (so the server's thread and connection pools have grown to it). Latency = arrival of the last byte
 minus the scheduled send time (a client that falls behind is charged for it). flotilla's paths
 run first, rates in increasing order with the paths interleaved at each rate; then Ray Serve is
 started and its paths run the same way (so neither side's idle processes, Serve's controller
@@ -66,6 +67,8 @@ PATHS: dict[str, tuple[str, str]] = {
 }
 KIND = "rtx4090"
 WARM_UP = 30
+#: Seconds of unrecorded load at the offered rate before each measured run.
+WARM_UP_S = 1.0
 
 
 def _machine() -> dict[str, Any]:
@@ -155,14 +158,7 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
             return
         lat.append((time.perf_counter() - t_sched) * 1e3)
 
-    try:
-        for _ in range(WARM_UP):  # the path, the connections and the client's own imports
-            await one(time.perf_counter())
-        lat.clear()
-        errors.clear()
-        cpu0 = time.process_time()
-        rng = random.Random(seed)
-        n = max(1, int(rate * seconds))
+    async def open_loop(n: int, rng: random.Random) -> float:
         start = time.perf_counter() + 0.01
         t = start
         tasks = []
@@ -174,6 +170,20 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
             tasks.append(asyncio.create_task(one(t)))
         sent_s = time.perf_counter() - start
         await asyncio.gather(*tasks)
+        return sent_s
+
+    try:
+        for _ in range(WARM_UP):  # the path, the connections and the client's own imports
+            await one(time.perf_counter())
+        # then WARM_UP_S at the offered rate, not recorded: the server's pools (threads, store
+        # connections) grow to this rate's concurrency before it is measured
+        await open_loop(max(1, int(rate * WARM_UP_S)), random.Random(seed + 1))
+        lat.clear()
+        errors.clear()
+        cpu0 = time.process_time()
+        n = max(1, int(rate * seconds))
+        start = time.perf_counter()
+        sent_s = await open_loop(n, random.Random(seed))
         wall_s = time.perf_counter() - start
         cpu_s = time.process_time() - cpu0
     finally:
@@ -207,7 +217,7 @@ def _load_in_process(path: str, target: str, rate: float, seconds: float, seed: 
     cpu0 = _server_cpu_s()
     row = _run_client(path, target, rate, seconds, seed)
     if row.get("requests"):
-        row["server_cpu_ms_per_request"] = (_server_cpu_s() - cpu0) / (row["requests"] + WARM_UP) * 1e3
+        row["server_cpu_ms_per_request"] = (_server_cpu_s() - cpu0) / (row["requests"] + WARM_UP + int(rate * WARM_UP_S)) * 1e3
     return row
 
 
