@@ -41,6 +41,8 @@ bench: setup
 	$(BIN)/python -m bench.bench_serving --part decode --out bench/results/serving_decode.json
 	$(BIN)/python -m bench.bench_serving --part overhead --reps 2 --seconds 5 --out bench/results/serving_overhead.json
 	@scripts/with-redis $(BIN)/python bench/bench_journal_bytes.py --out bench/results/journal_bytes.json
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	@scripts/with-redis sh -c '$(BIN)/python -m bench.bench_overhead --rates 50,100,150,200,300,400 --seconds 5 --redis "$$REDIS_URL" --out bench/results/overhead.json'
 	$(BIN)/python bench/bench_simulator.py --out bench/results/simulator.json
 	$(BIN)/python bench/bench_fidelity.py --out bench/results/fidelity.json
 	$(BIN)/python bench/bench_opmodel.py --out bench/results/opmodel.json

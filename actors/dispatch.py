@@ -73,10 +73,11 @@ class Dispatcher:
     def _closing(self) -> bool:
         return self.pool.stop.is_set()
 
-    def run(self, rid: str, req: dict[str, Any], deadline: float) -> Iterator[dict[str, Any]]:
+    def run(self, rid: str, req: dict[str, Any], deadline: float, whole: bool = False) -> Iterator[dict[str, Any]]:
         """Chunk dicts of ``req``; returns (as the generator's value) the final dict, with
         ``attempts``, ``request_id`` and ``type: "done"``. The replica slot is given back before
-        the final dict is returned."""
+        the final dict is returned. ``whole``: one unary actor call whatever ``max_tokens`` (the
+        caller sends the answer only when it is done); the events are the same."""
         import ray
 
         delivered = 0  # characters of text the caller already has
@@ -86,7 +87,7 @@ class Dispatcher:
             replica = self.acquire(req, deadline)
             gen = None
             try:
-                if req["max_tokens"] <= self.unary_max_tokens:
+                if whole or req["max_tokens"] <= self.unary_max_tokens:
                     final = self._call_unary(rid, replica, req, deadline, attempt)
                     if final["text"][delivered:]:
                         yield {"type": "chunk", "index": n_out, "text": final["text"][delivered:]}
@@ -99,9 +100,10 @@ class Dispatcher:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise DeadlineExceededError(f"request {rid}: deadline passed after {len(text)} characters")
-                    ready, _ = ray.wait([gen], timeout=min(remaining, 0.5))
-                    if not ready:
-                        continue
+                    if not gen.next_ready():  # else no wait call: the item is here
+                        ready, _ = ray.wait([gen], timeout=min(remaining, 0.5))
+                        if not ready:
+                            continue
                     try:
                         ref = next(gen)
                     except StopIteration:
@@ -114,8 +116,12 @@ class Dispatcher:
                             n_out += 1
                             delivered = len(text)
                     else:
+                        text += ev.get("tail") or ""  # an ExpertActor's last text rides with its final dict
+                        if len(text) > delivered:
+                            yield {"type": "chunk", "index": n_out, "text": text[delivered:]}
                         final = dict(ev, attempts=attempt, request_id=rid)
                         final.pop("type", None)
+                        final.pop("tail", None)
                         final["type"] = "done"
                         return final
             except Exception as exc:  # noqa: BLE001 - sorted below

@@ -23,7 +23,9 @@ Responses: :meth:`ExpertActor.generate_stream` yields ``{"type": "chunk", "text"
 final ``{"type": "done", ...}`` dict carrying the text, usage, measured ``ttft_s`` / ``tpot_s`` /
 ``e2e_s`` on the hardware it ran on, and, for a simulated device, the device kind's *modeled*
 ``ttft_s`` / ``tpot_s`` / ``e2e_s`` / ``energy_j`` from :func:`cluster.perf.request_latency`
-(under ``"modeled"``, labelled as such).
+(under ``"modeled"``, labelled as such). Text produced since the last chunk rides with the final
+dict as ``"tail"`` (one stream item less per request); the text streamed is the chunks and then
+the tail.
 """
 
 from __future__ import annotations
@@ -244,9 +246,10 @@ class ExpertActor:
                         yield {"type": "chunk", "index": n, "text": buf}
                         buf, last, n = "", now, n + 1
                 else:
-                    if buf:
-                        yield {"type": "chunk", "index": n, "text": buf}
-                    yield self._final(ev)
+                    final = self._final(ev)
+                    if buf:  # the last chunk's text rides with the final dict: one stream item less
+                        final["tail"] = buf
+                    yield final
         finally:
             with self._lock:
                 self._active -= 1
@@ -258,6 +261,7 @@ class ExpertActor:
         for ev in self.generate_stream(request):
             if ev["type"] == "done":
                 final = ev
+        final.pop("tail", None)
         return final
 
     def _echo_events(self, prompt: str, params: Any, t0: float) -> Iterator[Any]:

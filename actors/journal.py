@@ -33,8 +33,8 @@ from cluster.exceptions import FlotillaError, RequestIdInUseError
 
 log = logging.getLogger(__name__)
 
-#: ``dispatch(request_id, request, deadline)``: chunk dicts, returning the final dict.
-Dispatch = Callable[[str, dict[str, Any], float], Iterator[dict[str, Any]]]
+#: ``dispatch(request_id, request, deadline, whole)``: chunk dicts, returning the final dict.
+Dispatch = Callable[[str, dict[str, Any], float, bool], Iterator[dict[str, Any]]]
 
 
 def fingerprint(req: dict[str, Any], caller: str = "") -> str:
@@ -196,11 +196,13 @@ class RequestJournal:
                 self._results.popitem(last=False)
 
     # ------------------------------------------------------------------ runs
-    def run(self, rid: str, req: dict[str, Any], fp: str, deadline: float) -> Iterator[dict[str, Any]]:
-        """Journal ``req`` and run it: its chunk dicts, then its final dict."""
-        return self._run(rid, req, _Pending(fp), deadline, journal=True)
+    def run(self, rid: str, req: dict[str, Any], fp: str, deadline: float, *, whole: bool = False) -> Iterator[dict[str, Any]]:
+        """Journal ``req`` and run it: its chunk dicts, then its final dict. ``whole``: dispatch it
+        as one unary call (the caller wants only the end)."""
+        return self._run(rid, req, _Pending(fp), deadline, journal=True, whole=whole)
 
-    def _run(self, rid: str, req: dict[str, Any], pending: _Pending, deadline: float, *, journal: bool) -> Iterator[dict[str, Any]]:
+    def _run(self, rid: str, req: dict[str, Any], pending: _Pending, deadline: float, *, journal: bool,
+             whole: bool = False) -> Iterator[dict[str, Any]]:
         """Journal (when ``journal``), dispatch, store the result durably, then yield the end.
 
         Whatever happens, ``pending`` ends done and leaves ``pending``, and the journal entry is
@@ -229,15 +231,14 @@ class RequestJournal:
                     req = got  # ours to run: this request, or our own stranded entry as journaled
             if stored_elsewhere is None:
                 ours = True
-                final = yield from self._dispatch(rid, req, deadline)
+                final = yield from self._dispatch(rid, req, deadline, whole)
                 # Durable before the caller sees the end: a finished request is never replayed,
-                # and a retry (here, after a restart, or on another gateway) gets this result.
-                stored = self.store.journal_complete(rid, final, ttl_s=self._result_ttl_s)
+                # and a retry (here, after a restart, or on another gateway) gets this result. One
+                # count per stored completion, in the same atomic step; a second run of a
+                # completed id is "twice".
+                self.store.journal_complete(rid, final, ttl_s=self._result_ttl_s,
+                                            count=("router.completed", "router.completed_twice"))
                 completed = True
-                try:  # one count per stored completion; a second run of a completed id would be "twice"
-                    self.store.incr("router.completed" if stored else "router.completed_twice")
-                except Exception:  # noqa: BLE001 - the result is stored; only the counter missed it
-                    log.warning("request %s: completion not counted", rid, exc_info=True)
                 pending.result = final
                 self._remember(rid, pending.fingerprint, final)
         except BaseException as exc:  # noqa: BLE001 - re-raised; recorded for waiters

@@ -274,8 +274,13 @@ class Router:
                 final = ev
         return final
 
-    def stream(self, request: dict[str, Any], *, timeout_s: float | None = None, caller: str = "") -> Iterator[dict[str, Any]]:
+    def stream(self, request: dict[str, Any], *, timeout_s: float | None = None, caller: str = "",
+               whole: bool = False) -> Iterator[dict[str, Any]]:
         """Chunk dicts, then the final dict (with ``attempts`` and ``request_id``) of one request.
+
+        ``whole``: the caller sends the answer only when it is done (a non-streamed HTTP
+        request), so it is run with one unary actor call whatever its ``max_tokens`` (see
+        ``RouterConfig.unary_max_tokens``); the events are the same.
 
         The first event is ``{"type": "accepted", "request_id": ...}``, before dispatch, so the
         caller knows the id to retry with. A retry of a request (same id, same fingerprint: prompt,
@@ -310,7 +315,7 @@ class Router:
 
         _record_load(self.store, req)
         try:
-            for ev in self._journal.run(rid, req, fp, deadline):
+            for ev in self._journal.run(rid, req, fp, deadline, whole=whole):
                 if ev["type"] == "done":
                     leave()  # before the caller sees the end, which it may hold without closing
                 yield ev

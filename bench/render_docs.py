@@ -237,6 +237,49 @@ def http() -> str:
                    "gRPC streamed p50 / p99 ms"], rows)
 
 
+OVERHEAD_LABELS = {"grpc_unary": "flotilla gRPC unary", "grpc_stream": "flotilla gRPC streamed",
+                   "http_whole": "flotilla HTTP", "http_stream": "flotilla HTTP streamed",
+                   "serve_http": "Ray Serve HTTP", "serve_grpc": "Ray Serve gRPC"}
+
+
+def overhead() -> str:
+    d = _load("overhead.json")
+    paths = list(d["summary"])
+    by = {(r["path"], r["rate_rps"]): r for r in d["runs"]}
+    rates = sorted({r["rate_rps"] for r in d["runs"]})
+
+    def cell(path: str, rate: float) -> str:
+        r = by.get((path, rate))
+        if r is None:
+            return "not run"
+        bad = sum((r.get("errors") or {}).values())
+        if r.get("p99_ms") is None:
+            return f"{bad} failed"
+        return f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" + (f" ({bad} failed)" if bad else "")
+
+    def cpu(path: str, rate: float) -> str:
+        r = by.get((path, rate))
+        if r is None or r.get("server_cpu_ms_per_request") is None:
+            return "—"
+        return f"{r['server_cpu_ms_per_request']:.1f} + {r['client_cpu_ms_per_request']:.1f}"
+
+    rows = [[f"{rate:g}", *(cell(p, rate) for p in paths)] for rate in rates]
+    best = [d["summary"][p]["max_rate_at_p99"] for p in paths]
+    rows.append([f"**max at p99 ≤ {d['p99_bound_ms']:g} ms**", *(f"**{b:g}**" if b else "**none**" for b in best)])
+    m = d["machine"]
+    loads = [r["load_avg_1m"] for r in d["runs"] if r.get("load_avg_1m") is not None]
+    cpu_rows = [[f"{rate:g}", *(cpu(p, rate) for p in paths)] for rate in rates]
+    has_cpu = any(c != "—" for row in cpu_rows for c in row[1:])
+    cpu_table = ("\nCPU ms per request, server side (this process and Ray's) + client, warm-up and idle "
+                 "background included:\n\n" + _table(["offered req/s", *(OVERHEAD_LABELS.get(p, p) for p in paths)],
+                                                      cpu_rows)) if has_cpu else ""
+    return (_table(["offered req/s", *(f"{OVERHEAD_LABELS.get(p, p)} p50 / p99 ms" for p in paths)], rows)
+            + cpu_table
+            + f"\nMeasured: `{d['command']}` on {m['host']} ({m['cores']} cores, {m['cpu']}), {m['date']}, "
+            f"Ray {d['versions']['ray']}, {d['store']} state store; load average {m['load_avg_1m']:.1f} at the start, "
+            f"{min(loads):.1f}-{max(loads):.1f} during the runs. \"not run\": past 3x the bound at a lower rate.\n")
+
+
 def profile_cpu() -> str:
     lines = [json.loads(x) for x in (RESULTS / "profile_cpu_smollm2.jsonl").read_text().splitlines() if x.strip()]
     by: dict[tuple[int, int, float], dict[str, dict]] = {}
@@ -355,6 +398,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "summary": summary,
     "profile-cpu": profile_cpu,
     "http": http,
+    "overhead": overhead,
     "allocation": allocation, "attention-time": attention_time, "attention-capacity": attention_capacity,
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,
     "gpu-check": gpu_check,

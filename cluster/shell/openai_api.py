@@ -34,6 +34,7 @@ measured TTFT / TPOT on its hardware, and for a simulated device the *modeled* f
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -303,10 +304,9 @@ class OpenAIApp:
         self.threads = threads
         self.created = int(time.time())
         self._expected = f"Bearer {token}".encode() if token else None
-        # Two thread pools: requests starting (which may wait for a free replica) and streams already
-        # running (which hold a replica until their next step). With one pool, starters waiting for
-        # a replica could take every thread while the streams holding the replicas wait for one to
-        # take their next step: a deadlock until the deadline.
+        # A request, streamed or not, runs on one worker thread from start to end (a stream hands
+        # its events to the event loop through a queue), so a stream holding a replica never waits
+        # for a thread to take its next step.
         self._limiters: dict[str, Any] = {}
         self._pumps: set[Any] = set()
         self.app = self._build()
@@ -352,14 +352,16 @@ class OpenAIApp:
             return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
                                                 "owned_by": "flotilla"}]}
 
-        @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
             return await self._complete(request, chat=True)
 
-        @app.post("/v1/completions")
         async def completions(request: Request) -> Any:
             return await self._complete(request, chat=False)
 
+        # The completion routes are plain Starlette routes (they take the request and return a
+        # response): no dependency resolution per request on the hot path.
+        app.add_route("/v1/chat/completions", chat, methods=["POST"])
+        app.add_route("/v1/completions", completions, methods=["POST"])
         return app
 
     def _unauthorized(self) -> Any:
@@ -393,7 +395,25 @@ class OpenAIApp:
             from cluster.shell.gateway import caller_of_token
 
             caller = caller_of_token(request.headers.get("authorization", ""))
-            gen, first = await self._run(self._start, body, chat, rid, stream, timer, caller)
+            if stream:
+                # One worker thread runs the whole stream (validation, the template, the router)
+                # and hands its events over a queue: one thread hop per stream. Its first event,
+                # or error, decides the status line.
+                queue: asyncio.Queue[Any] = asyncio.Queue()
+                stop = threading.Event()
+                task = asyncio.ensure_future(self._run(self._pump, body, chat, rid, caller, asyncio.get_running_loop(),
+                                                       queue, stop))
+                self._pumps.add(task)  # the loop keeps only weak references to tasks
+                task.add_done_callback(self._pumps.discard)
+                first = await queue.get()
+                if isinstance(first, Exception):
+                    raise first
+                if first is None:
+                    raise RuntimeError("the router's stream ended without a final event")
+            else:
+                # one thread hop: validation and the template (Jinja) off the event loop, then the
+                # whole request
+                first = await self._run(self._whole_request, body, chat, rid, timer, caller)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             status, err_body = _error_of(exc)
             if timer is not None:
@@ -401,31 +421,49 @@ class OpenAIApp:
             return JSONResponse(err_body, status_code=status)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
         created = int(time.time())
-        if gen is None:
+        if not stream:
             return self._whole(first, ident, created, chat, timer)
-        return StreamingResponse(self._events(gen, first, ident, created, chat, include_usage, timer),
+        return StreamingResponse(self._events(queue, stop, first, ident, created, chat, include_usage, timer),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    def _start(self, body: dict[str, Any], chat: bool, rid: str, stream: bool, timer: Any,
-               caller: str = "") -> tuple[Any, dict[str, Any]]:
-        """(None, final dict) of a whole request, or (router stream, its first event after the
-        router's "accepted") (in a worker thread)."""
-        req = request_dict(body, self.model_name, chat=chat, template=self.template, request_id=rid)
-        if not stream:
-            return None, self._generate(req, timer, caller)
-        gen = self.router.stream(req, caller=caller)
+    def _pump(self, body: dict[str, Any], chat: bool, rid: str, caller: str, loop: Any, queue: Any,
+              stop: threading.Event) -> None:
+        """Run a streamed request and put its events after the router's "accepted" (the id is the
+        response's already, X-Request-Id), or its error, then None, into ``queue`` (in a worker
+        thread). Told to ``stop`` (the client went away), it closes the router's stream after the
+        event it is waiting for."""
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the server's loop is gone
+                pass
+
         try:
-            first = next(gen)
-            if first["type"] == "accepted":  # the id is the response's already (X-Request-Id)
-                first = next(gen)
-            return gen, first
-        except BaseException:
-            gen.close()
-            raise
+            req = request_dict(body, self.model_name, chat=chat, template=self.template, request_id=rid)
+            gen = self.router.stream(req, caller=caller)
+            try:
+                for item in gen:
+                    if item["type"] == "accepted":
+                        continue
+                    put(item)
+                    if item["type"] == "done" or stop.is_set():
+                        break
+            finally:
+                gen.close()  # releases the router's admission slot now
+        except Exception as exc:  # noqa: BLE001 - handed to the response
+            put(exc)
+        finally:
+            put(None)
+
+    def _whole_request(self, body: dict[str, Any], chat: bool, rid: str, timer: Any, caller: str = "") -> dict[str, Any]:
+        """The final dict of a request answered whole (in a worker thread)."""
+        req = request_dict(body, self.model_name, chat=chat, template=self.template, request_id=rid)
+        return self._generate(req, timer, caller)
 
     def _generate(self, req: dict[str, Any], timer: Any, caller: str = "") -> dict[str, Any]:
-        """Run one request to its final dict (in a worker thread)."""
-        gen = self.router.stream(req, caller=caller)
+        """Run one request to its final dict (in a worker thread); the client gets the answer
+        whole, so the router runs it with one unary actor call."""
+        gen = self.router.stream(req, caller=caller, whole=True)
         try:
             for ev in gen:
                 if ev["type"] == "done":
@@ -450,10 +488,8 @@ class OpenAIApp:
                              "model": self.model_name, "choices": [choice], "usage": _usage(final),
                              "flotilla": _flotilla_extra(final)})
 
-    async def _events(self, gen: Any, first: dict[str, Any], ident: str, created: int, chat: bool, include_usage: bool,
-                      timer: Any) -> Any:
-        import asyncio
-
+    async def _events(self, queue: Any, stop: threading.Event, first: dict[str, Any], ident: str, created: int,
+                      chat: bool, include_usage: bool, timer: Any) -> Any:
         obj = "chat.completion.chunk" if chat else "text_completion"
         head = {"id": ident, "object": obj, "created": created, "model": self.model_name}
 
@@ -464,38 +500,6 @@ class OpenAIApp:
             if text is not None:
                 delta["content"] = text
             return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-
-        # One thread (of the "step" pool) pumps the router's events into a queue for the whole
-        # stream: one thread hop per stream instead of one per event. Told to stop (the client went
-        # away), it closes the router's stream after the event it is waiting for.
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
-
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the server's loop is gone
-                pass
-
-        def pump() -> None:
-            try:
-                for item in gen:
-                    put(item)
-                    if item["type"] == "done" or stop.is_set():
-                        break
-            except Exception as exc:  # noqa: BLE001 - handed to the response
-                put(exc)
-            finally:
-                gen.close()
-                put(None)
-
-        if first["type"] == "done":
-            gen.close()  # nothing left to pump
-        else:
-            task = asyncio.ensure_future(self._run(pump, pool="step"))
-            self._pumps.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._pumps.discard)
 
         ended = False
         # Events already waiting are sent in one write (fewer sends and chunks on the wire).

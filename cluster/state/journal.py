@@ -17,7 +17,7 @@ import abc
 import json
 import time
 
-from cluster.exceptions import RequestIdInUseError
+from cluster.exceptions import InputError, RequestIdInUseError
 from cluster.state.values import _check_name, _to_json, _ttl_ms
 
 
@@ -28,31 +28,43 @@ class JournalStore(abc.ABC):
     def _check_open(self) -> None:
         """Raise StoreUnavailableError when the store is closed."""
 
-    def journal_append(self, request_id: str, payload: dict, *, fingerprint: str = "", owner: str = "") -> None:
+    def journal_append(self, request_id: str, payload: dict, *, fingerprint: str = "", owner: str = "",
+                       count: str | None = None) -> None:
         """Journal a request before it is dispatched, owned by router ``owner``. An id that is
         pending or has a stored result raises :class:`~cluster.exceptions.RequestIdInUseError`
         (with ``same`` telling whether its fingerprint matches and ``result`` the stored result,
-        if any) and leaves the existing entry untouched."""
+        if any) and leaves the existing entry untouched. ``count``: a counter incremented by one
+        in the same atomic step when the entry is appended (never when the id is in use)."""
         _check_name(request_id, "request_id")
+        if count is not None:
+            _check_name(count, "count")
         entry = {"fingerprint": str(fingerprint), "owner": str(owner), "appended_at": time.time()}
         blob = f'{{"payload":{_to_json(payload, "payload")},{json.dumps(entry)[1:]}'
         self._check_open()
-        existing = self._journal_append(request_id, blob)
+        existing = self._journal_append(request_id, blob, count)
         if existing is not None:
             old = json.loads(existing[0])
             same = old.get("fingerprint", "") == str(fingerprint)
             raise RequestIdInUseError(request_id, same=same, result=old.get("result") if same and existing[1] else None)
 
-    def journal_complete(self, request_id: str, result: dict, *, ttl_s: float = 86_400.0) -> bool:
+    def journal_complete(self, request_id: str, result: dict, *, ttl_s: float = 86_400.0,
+                         count: tuple[str, str] | None = None) -> bool:
         """Store a request's final ``result`` for ``ttl_s`` seconds and drop its payload, as one
         atomic step; from then on it is not pending (never replayed) and a retry with the same id
         and fingerprint gets ``result``. True for the call that completed it; False if the id was
-        not pending (unknown, already completed or acknowledged: nothing is stored then)."""
+        not pending (unknown, already completed or acknowledged: nothing is stored then).
+        ``count``: ``(if_stored, if_not)``, counters of which the one matching the outcome is
+        incremented by one in the same atomic step."""
         _check_name(request_id, "request_id")
+        if count is not None:
+            if not isinstance(count, tuple) or len(count) != 2:
+                raise InputError(f"count: expected (if_stored, if_not) counter names, got {count!r:.80}")
+            _check_name(count[0], "count")
+            _check_name(count[1], "count")
         ttl_ms = _ttl_ms(ttl_s)
         result_json = _to_json(result, "result")
         self._check_open()
-        return self._journal_complete(request_id, result_json, ttl_ms)
+        return self._journal_complete(request_id, result_json, ttl_ms, count)
 
     def journal_ack(self, request_id: str) -> bool:
         """Remove a pending request without a result (it failed or was abandoned); its id is
@@ -108,11 +120,12 @@ class JournalStore(abc.ABC):
     # ---- what a back end provides (arguments already validated, values already JSON) ---------
 
     @abc.abstractmethod
-    def _journal_append(self, request_id: str, blob: str) -> tuple[str, bool] | None:
+    def _journal_append(self, request_id: str, blob: str, count: str | None = None) -> tuple[str, bool] | None:
         """None when appended; else the existing entry's ``(blob, completed)``."""
 
     @abc.abstractmethod
-    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int) -> bool: ...
+    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int,
+                          count: tuple[str, str] | None = None) -> bool: ...
 
     @abc.abstractmethod
     def _journal_claim_orphans(self, owner: str) -> list[tuple[str, str]]: ...

@@ -110,7 +110,7 @@ class MemoryStore(StateStore):
             return None
         return found[0]
 
-    def _journal_append(self, request_id: str, blob: str) -> tuple[str, bool] | None:
+    def _journal_append(self, request_id: str, blob: str, count: str | None = None) -> tuple[str, bool] | None:
         with self._lock:
             if request_id in self._journal:
                 return self._journal[request_id], False
@@ -119,13 +119,19 @@ class MemoryStore(StateStore):
                 return done, True
             self._journal[request_id] = blob
             self._pending[request_id] = None
+            if count:
+                self._counter_values[count] = self._counter_values.get(count, 0.0) + 1
             return None
 
-    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int) -> bool:
+    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int,
+                          count: tuple[str, str] | None = None) -> bool:
         import json
 
         with self._lock:
             blob = self._journal.pop(request_id, None)
+            if count:
+                name = count[0] if blob is not None else count[1]
+                self._counter_values[name] = self._counter_values.get(name, 0.0) + 1
             if blob is None:
                 return False
             del self._pending[request_id]

@@ -54,14 +54,27 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
+if ARGV[4] ~= '' then
+  local c = tonumber(redis.call('HGET', KEYS[6], ARGV[4]) or '0')
+  redis.call('HSET', KEYS[6], ARGV[4], string.format('%.17g', c + 1))
+end
 return false
 """
 
 # The stored result is spliced as text (never re-encoded by cjson, whose %.14g would round
 # floats and large integers); only the entry's small fields are decoded.
 _LUA_JOURNAL_COMPLETE = """
+local function count(name)
+  if name ~= '' then
+    local c = tonumber(redis.call('HGET', KEYS[5], name) or '0')
+    redis.call('HSET', KEYS[5], name, string.format('%.17g', c + 1))
+  end
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return 0 end
+if not cur then
+  count(ARGV[5])
+  return 0
+end
 local e = cjson.decode(cur)
 local done = '{"fingerprint":' .. cjson.encode(e.fingerprint or '') ..
   ',"owner":' .. cjson.encode(redis.call('HGET', KEYS[4], ARGV[1]) or '') ..
@@ -70,6 +83,7 @@ redis.call('SET', KEYS[3], done, 'PX', ARGV[3])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+count(ARGV[4])
 return 1
 """
 
@@ -260,21 +274,25 @@ class RedisStore(StateStore):
     def _journal_keys(self) -> tuple[str, str, str, str]:
         return self._k("journal"), self._k("journal", "pending"), self._k("journal", "seq"), self._k("journal", "owner")
 
-    def _journal_append(self, request_id: str, blob: str) -> tuple[str, bool] | None:
+    def _journal_append(self, request_id: str, blob: str, count: str | None = None) -> tuple[str, bool] | None:
         import json
 
         journal, pending, seq, owners = self._journal_keys()
         owner = json.loads(blob).get("owner", "")
         with self._guard():
-            got = self._lua_journal_append(keys=[journal, pending, seq, self._k("result", request_id), owners],
-                                           args=[request_id, blob, owner])
+            got = self._lua_journal_append(
+                keys=[journal, pending, seq, self._k("result", request_id), owners, self._k("counters")],
+                args=[request_id, blob, owner, count or ""])
         return None if got is None else (got[0], bool(got[1]))
 
-    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int) -> bool:
+    def _journal_complete(self, request_id: str, result_json: str, ttl_ms: int,
+                          count: tuple[str, str] | None = None) -> bool:
         journal, pending, _, owners = self._journal_keys()
+        stored, not_stored = count or ("", "")
         with self._guard():
-            return bool(self._lua_journal_complete(keys=[journal, pending, self._k("result", request_id), owners],
-                                                   args=[request_id, result_json, ttl_ms]))
+            return bool(self._lua_journal_complete(
+                keys=[journal, pending, self._k("result", request_id), owners, self._k("counters")],
+                args=[request_id, result_json, ttl_ms, stored, not_stored]))
 
     def _journal_ack(self, request_id: str) -> bool:
         journal, pending, _, owners = self._journal_keys()

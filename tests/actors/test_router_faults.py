@@ -49,6 +49,24 @@ def _router(store, pool, **cfg):
     return Router(store, [Replica(d, KIND, h, capacity=2) for d, h in pool], RouterConfig(**cfg))
 
 
+def test_a_whole_request_is_one_actor_call_counted_with_its_journal_entry(store, pool):
+    """``whole`` (a caller that answers only when done): one unary call, so one chunk of all the
+    text, the same final answer as the streamed run; each run counts its load and completion once
+    (the completion in the journal's own store round trip)."""
+    router = _router(store, pool)  # unary_max_tokens 1: 6 tokens would stream
+    router.start()
+    req = {"prompt": WORDS, "max_tokens": 6}
+    streamed = [e for e in router.stream(req) if e["type"] == "chunk"]
+    events = list(router.stream(req, whole=True))
+    assert [e["type"] for e in events] == ["accepted", "chunk", "done"]
+    assert events[1]["text"] == events[2]["text"] == "".join(e["text"] for e in streamed) == "w0 w1 w2 w3 w4 w5"
+    assert len(streamed) > 1  # the streamed run did stream
+    from cluster.load import read_window
+
+    assert len(read_window(store, 60)[1]) == 2 and store.counter("router.completed") == 2
+    assert store.counter("router.completed_twice") == 0 and store.journal_unacked() == []
+
+
 def test_deadline_is_enforced_and_acknowledged(store, pool):
     router = _router(store, pool)
     router.start()

@@ -305,6 +305,32 @@ def test_journal_complete_keeps_the_result_drops_the_prompt(store):
     assert store.journal_get("never") is None
 
 
+def test_journal_counts_ride_with_the_entry_in_one_step(store):
+    """``count`` on append and complete: the counter moves exactly when the entry does (the
+    router's load window and completion counters, one round trip each)."""
+    store.incr("load.x", 2.5)
+    store.journal_append("c1", {"prompt": "p"}, fingerprint="fp", count="load.x")
+    assert store.counter("load.x") == 3.5
+    with pytest.raises(RequestIdInUseError):  # a retry is not new load
+        store.journal_append("c1", {"prompt": "p"}, fingerprint="fp", count="load.x")
+    assert store.counter("load.x") == 3.5
+    both = ("router.completed", "router.completed_twice")
+    assert store.journal_complete("c1", {"text": "t"}, count=both) is True
+    assert store.journal_complete("c1", {"text": "t"}, count=both) is False  # a second run of it
+    assert store.journal_complete("unknown", {"text": "t"}, count=both) is False
+    assert store.counter("router.completed") == 1 and store.counter("router.completed_twice") == 2
+    with pytest.raises(RequestIdInUseError):  # completed: a retry is not counted either
+        store.journal_append("c1", {"prompt": "p"}, fingerprint="fp", count="load.x")
+    assert store.counter("load.x") == 3.5
+    store.journal_append("c2", {"prompt": "p"})  # no count: no counter
+    assert store.journal_complete("c2", {"text": "t"}) is True
+    assert set(store.counters()) == {"load.x", *both}
+    with pytest.raises(InputError, match="count"):
+        store.journal_complete("c3", {"text": "t"}, count=("only-one",))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="count"):
+        store.journal_append("c3", {"prompt": "p"}, count="")
+
+
 def test_journal_results_expire(make_store):
     store = make_store()
     store.journal_append("short", {"v": 1}, fingerprint="a")

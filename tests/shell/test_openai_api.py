@@ -317,8 +317,9 @@ def test_responses_are_not_held_by_nagle(served):
 
 
 def test_streams_in_progress_never_wait_behind_requests_waiting_for_a_replica(served):
-    """One replica slot, one thread per pool, more streams than slots: each stream's next step
-    must not wait for a thread held by a request that waits for the slot that stream holds."""
+    """One replica slot, one worker thread, more streams than slots: each stream's next step
+    must not wait for a thread held by a request that waits for the slot that stream holds (a
+    stream runs on one thread from start to end)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from actors.routing import Replica
