@@ -18,6 +18,7 @@ from actors.router import Router, RouterConfig
 from cluster.exceptions import InputError
 from cluster.shell.console import err, status
 from cluster.shell.gateway import Gateway, GatewayConfig
+from cluster.shell.hosting import compose_hooks
 from cluster.shell.openai_api import HttpConfig
 
 
@@ -75,6 +76,7 @@ class Serving:
     metrics: Any = None  # cluster.shell.metrics.Metrics
     metrics_port: int | None = None
     cp_route: Any = None  # actors.cp_adapter.ContextParallelRoute or None
+    hosting: Any = None  # cluster.shell.hosting.HostedExperts or None
 
     def shutdown(self) -> None:
         import ray
@@ -166,7 +168,8 @@ def start_serving(cfg: ServeConfig) -> Serving:
                 cp_route = ContextParallelRoute(cfg.context_parallel_above, cfg.model, cands)
             except InputError as exc:  # e.g. a local model directory with no registry shape
                 err.print(f"context-parallel serving is off: {exc}")
-        router = Router(store, replicas, cfg.router, dispatch_hook=cp_route)
+        hosting, experts_route = _hosted_experts(fleet, source.name, running.specs, lambda: router)
+        router = Router(store, replicas, cfg.router, dispatch_hook=compose_hooks(experts_route, cp_route))
         metrics.attach(router)
         replayed = router.start()
 
@@ -186,7 +189,7 @@ def start_serving(cfg: ServeConfig) -> Serving:
             return handle
 
         supervisor = Supervisor(router, respawn).start()
-        gateway = Gateway(router, store, cfg.gateway, source.name, selector, metrics).start()
+        gateway = Gateway(router, store, cfg.gateway, source.name, selector, metrics, hosting).start()
         if http is not None:
             http.start(OpenAIApp(router, source.name, token=cfg.gateway.token, metrics=metrics, template=template))
         running.start_heartbeats()  # devices stay in the store's registry while serving
@@ -201,7 +204,25 @@ def start_serving(cfg: ServeConfig) -> Serving:
         running.shutdown()
         store.close()
         raise
-    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port, cp_route)
+    return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port, cp_route,
+                   hosting)
+
+
+def _hosted_experts(fleet: Any, model: str, specs: dict[str, Any], router: Any) -> tuple[Any, Any]:
+    """The fleet's hosted experts for the served ``model`` and the ``routing: experts`` dispatch
+    hook (:mod:`cluster.shell.hosting`); (None, None) when the fleet hosts none. ``router()``
+    returns the Router once it exists (the hook hands back the router's own replicas)."""
+    from cluster.shell.hosting import ExpertsRoute, HostedExperts
+
+    names = fleet.experts if fleet is not None else ()
+    if not names:
+        return None, None
+    hosting, skipped = HostedExperts.from_fleet(names, model, {d: s.kind for d, s in specs.items()})
+    for why in skipped:
+        err.print(f"fleet expert not hosted: {why}")
+    if hosting is None:
+        return None, None
+    return hosting, ExpertsRoute(hosting, lambda: list(router()._replicas))  # read only: the live pool
 
 
 def pidfile_dir() -> Path:
