@@ -18,7 +18,8 @@ The protocol of :mod:`edge.protocol`, end to end:
    (:func:`solvers.selection.routed_table`): accuracy, energy and latency all follow the expert each
    query is routed to. Per energy budget the best subset on these out-of-fold scores is chosen.
 4. The router is refitted on train + validation and routes the test questions inside each chosen
-   subset. Reported per budget: test accuracy with a bootstrap 95 % interval, the best single expert
+   subset. Every compared router is also refitted and routes the test questions among ALL experts
+   (``test_accuracy_all_experts``): reported beside the choice, read after it, never used by it. Reported per budget: test accuracy with a bootstrap 95 % interval, the best single expert
    that fits the budget (chosen on train + validation) and its test accuracy, the oracle accuracy of
    the subset, and the MODELED energy and latency per query of the routed experts.
 
@@ -155,9 +156,12 @@ def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = Non
 
     # 4. refit on train + validation, route the test questions
     say("refitting on train + validation; routing the test questions", 0.9)
-    final = chosen.fixed().fit(x.rows(dev), s[dev])
-    pred_test = final.predict(x.rows(test))
     st, et, tt = s[test], e_q[test], t_q[test]
+    for c in cands:  # every router among all experts on test: reported next to the choice, never used by it
+        c["final"] = c["router"].fixed().fit(x.rows(dev), s[dev])
+        c["test_hits"] = routed_correct(st, c["final"].predict(x.rows(test)))
+    final = cands[pick]["final"]
+    pred_test = final.predict(x.rows(test))
     rows = np.arange(len(test))
     budgets = sorted(set(math.ceil(float(v) * 10) / 10 for v in single_e)) + [None]  # 0.1 J up: each fits
     out = []
@@ -203,7 +207,9 @@ def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = Non
                      "params": {k: (float(v) if v is not None else None) for k, v in c["router"].params.items()},
                      "cv_accuracy": {str(k): round(v, 4) for k, v in c["router"].cv.items()},
                      "val_accuracy": round(c["val"], 4),
-                     "dev_cv_accuracy": round(c["cv"], 4), "dev_cv_se": round(c["se"], 4)} for c in cands],
+                     "dev_cv_accuracy": round(c["cv"], 4), "dev_cv_se": round(c["se"], 4),
+                     "test_accuracy_all_experts": round(float(c["test_hits"].mean()), 4),
+                     "test_ci95_all_experts": _ci(c["test_hits"], n_boot, seed)} for c in cands],
         "chosen_router": chosen_name,
         "chosen_on": (f"one-standard-error rule on {folds}-fold CV over train + validation (routing among all "
                       "experts): the simplest router (table < logreg < knn < mlp) within one standard error "

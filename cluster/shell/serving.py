@@ -218,8 +218,8 @@ def _hosted_experts(fleet: Any, model: str, specs: dict[str, Any], router: Any) 
     if not names:
         return None, None
     hosting, skipped = HostedExperts.from_fleet(names, model, {d: s.kind for d, s in specs.items()})
-    for why in skipped:
-        err.print(f"fleet expert not hosted: {why}")
+    if skipped:
+        err.print(f"fleet experts not hosted: {'; '.join(skipped)}")
     if hosting is None:
         return None, None
     return hosting, ExpertsRoute(hosting, lambda: list(router()._replicas))  # read only: the live pool

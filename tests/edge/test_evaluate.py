@@ -182,3 +182,14 @@ def test_the_choice_follows_the_one_se_rule_on_the_documents_cv_scores(doc) -> N
     assert ch["threshold"] == pytest.approx(ch["best_cv_accuracy"] - ch["best_cv_se"], abs=2e-4)
     for r in rs:
         assert 0 < r["dev_cv_se"] < 0.1 and 0 <= r["dev_cv_accuracy"] <= 1
+
+
+def test_every_router_reports_its_test_accuracy_among_all_experts(doc) -> None:
+    top = doc["budgets"][-1]
+    for r in doc["routers"]:
+        lo, hi = r["test_ci95_all_experts"]
+        assert 0 <= lo <= r["test_accuracy_all_experts"] <= hi <= 1
+    # the chosen router among all experts is at most the oracle of all experts
+    chosen = next(r for r in doc["routers"] if r["router"] == doc["chosen_router"])
+    assert chosen["test_accuracy_all_experts"] <= doc["test_oracle_all_experts"]
+    assert top["energy_budget_j"] is None
