@@ -25,7 +25,8 @@ A thin surface (the logic lives in :mod:`actors.router` and :mod:`actors.expert`
 
 Errors: :class:`~cluster.exceptions.InputError` -> INVALID_ARGUMENT (its message names the
 field), QueueFullError / CapacityError -> RESOURCE_EXHAUSTED, DeadlineExceededError ->
-DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE, PlanInfeasibleError
+DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError / ExpertUnavailableError (no live replica
+of the routed expert) -> UNAVAILABLE, PlanInfeasibleError
 (no device mix meets the query's SLO; the message names the binding cause) -> FAILED_PRECONDITION,
 PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED, PlanSolverError (the solver's
 answer failed its checks) -> ABORTED, a request id used by another request -> ALREADY_EXISTS,
@@ -136,6 +137,10 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.ALREADY_EXISTS
     if isinstance(exc, PermissionDeniedError):
         return grpc.StatusCode.PERMISSION_DENIED
+    from cluster.shell.hosting import ExpertUnavailableError  # an InputError only to pass the router's hook
+
+    if isinstance(exc, ExpertUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
@@ -336,7 +341,7 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                         timer.done(ev, "OK")
                     from cluster.shell.hosting import expert_of
 
-                    yield final_message(ev, expert_of(ev, req, self.model_name))
+                    yield final_message(ev, expert_of(ev, req, self.hosting))
         except Exception as exc:  # noqa: BLE001 - mapped to a status code
             if timer is not None:
                 timer.fail(status_for(exc).name)

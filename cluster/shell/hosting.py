@@ -40,6 +40,12 @@ MODELED_NOTE = ("energy_j and latency_ms are MODELED for the routed expert (clus
                 "served model on its device kind), not measured; one expert answers the query")
 
 
+class ExpertUnavailableError(InputError):
+    """No live replica hosts the routed expert (gRPC UNAVAILABLE). An InputError subclass only so
+    that the router passes it through from its dispatch hook instead of serving the request by the
+    plan on a device that does not host the expert."""
+
+
 def check_routing(value: Any) -> str:
     """A request's ``routing``: ``plan`` (the default, also for '') or ``experts``."""
     mode = "plan" if value in (None, "") else value
@@ -184,8 +190,8 @@ class ExpertsRoute:
         c = self.choice(request)
         live = [r for r in self.replicas() if r.device_id in c.device_ids and r.alive]
         if not live:
-            raise InputError(f"routing: no live replica hosts the routed expert {c.routed!r} "
-                             f"(devices {', '.join(c.device_ids)})")
+            raise ExpertUnavailableError(f"routing: no live replica hosts the routed expert {c.routed!r} "
+                                         f"(devices {', '.join(c.device_ids)})")
         return min(live, key=lambda r: (r.active / max(1, r.capacity), r.device_id))
 
 
@@ -207,12 +213,13 @@ def compose_hooks(*hooks: Any) -> Any:
     return hook
 
 
-def expert_of(final: dict[str, Any], request: dict[str, Any], model: str) -> str:
-    """The expert (``model@kind``) that served a request routed by experts, else ''."""
-    if check_routing(request.get("routing")) != "experts" or not final.get("device_kind"):
+def expert_of(final: dict[str, Any], request: dict[str, Any], hosted: HostedExperts | None) -> str:
+    """The hosted expert (``model@kind``) that served a request routed by experts, else ''."""
+    if hosted is None or check_routing(request.get("routing")) != "experts":
         return ""
-    return f"{model}@{final['device_kind']}"
+    name = f"{hosted.model}@{final.get('device_kind', '')}"
+    return name if name in hosted.names() else ""
 
 
-__all__ = ["ExpertChoice", "ExpertsRoute", "HostedExpert", "HostedExperts", "ROUTINGS", "check_budget",
+__all__ = ["ExpertChoice", "ExpertUnavailableError", "ExpertsRoute", "HostedExpert", "HostedExperts", "ROUTINGS", "check_budget",
            "check_routing", "compose_hooks", "expert_of"]

@@ -10,7 +10,14 @@ import pytest
 
 from actors.routing import Replica
 from cluster.exceptions import InputError
-from cluster.shell.hosting import ExpertsRoute, HostedExperts, check_routing, compose_hooks, expert_of
+from cluster.shell.hosting import (
+    ExpertsRoute,
+    ExpertUnavailableError,
+    HostedExperts,
+    check_routing,
+    compose_hooks,
+    expert_of,
+)
 
 KINDS = {"jetson-agx-orin-64-0": "jetson-agx-orin-64", "jetson-agx-orin-64-1": "jetson-agx-orin-64",
          "rtx4090-0": "rtx4090", "a100-80g-sxm-0": "a100-80g-sxm"}
@@ -62,8 +69,14 @@ def test_hook_hands_back_the_least_loaded_live_replica_of_the_routed_expert(host
     pool[1].alive = False
     assert hook(req) is pool[0]
     pool[0].alive = False
-    with pytest.raises(InputError, match="^routing: no live replica hosts the routed expert"):
+    with pytest.raises(ExpertUnavailableError, match="^routing: no live replica hosts the routed expert"):
         hook(req)
+    import grpc
+
+    from cluster.shell.gateway import status_for
+
+    assert status_for(ExpertUnavailableError("x")) == grpc.StatusCode.UNAVAILABLE
+    assert status_for(InputError("x")) == grpc.StatusCode.INVALID_ARGUMENT
     assert hook({"prompt": "hi", "max_tokens": 4}) is None  # the plan routes it
     with pytest.raises(InputError, match="^routing: no hosted expert fits these budgets"):
         hook({**req, "energy_budget_j": 1e-9})
@@ -86,9 +99,12 @@ def test_compose_hooks_first_non_none_wins() -> None:
     assert compose_hooks(None, b) is b and compose_hooks(None, None) is None
 
 
-def test_routing_values_and_expert_naming() -> None:
+def test_routing_values_and_expert_naming(hosted) -> None:
     assert check_routing("") == "plan" and check_routing(None) == "plan" and check_routing("experts") == "experts"
     with pytest.raises(InputError, match="^routing: expected one of plan, experts, got 'best'"):
         check_routing("best")
-    assert expert_of({"device_kind": "rtx4090"}, {"routing": "experts"}, "smollm2-135m") == "smollm2-135m@rtx4090"
-    assert expert_of({"device_kind": "rtx4090"}, {}, "smollm2-135m") == ""
+    routed = {"routing": "experts"}
+    assert expert_of({"device_kind": "rtx4090"}, routed, hosted) == "smollm2-135m@rtx4090"
+    assert expert_of({"device_kind": "l4"}, routed, hosted) == ""  # served elsewhere: no expert named
+    assert expert_of({"device_kind": "rtx4090"}, {}, hosted) == ""
+    assert expert_of({"device_kind": "rtx4090"}, routed, None) == ""
