@@ -277,6 +277,8 @@ def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
     kinds = sorted({r["kind"] for r in serving.router.replicas()})
     err.print(f"flotilla gateway on {serving.gateway.address}: {len(serving.experts)} experts ({', '.join(kinds)}), "
               f"replaying {serving.replayed} journaled requests")
+    if serving.hosting is not None:
+        err.print(f"edge experts hosted (SelectExperts, generate --routing experts): {', '.join(serving.hosting.names())}")
     if serving.http is not None:
         err.print(f"OpenAI-compatible API on {serving.http.base_url} (metrics: /metrics)")
     if serving.metrics_port is not None:
