@@ -105,10 +105,10 @@ def summary() -> str:
                  yes(a16["median_s"] < 2)])
     h4, h16 = highs[("aggregated", 4)], highs[("aggregated", 16)]
     rows.append(["3", "same with HiGHS: 4 / 16 types, median", "—", f"{h4['median_s']:.3f} s / {h16['median_s']:.2f} s", "—"])
-    ev = _load("experts_evaluate_categories_only.json")
+    ev = _load("experts_evaluate.json")
     top = ev["budgets"][-1]  # no energy limit
     rows.append(["4, 15", "edge experts: routed subset vs the best single expert, held-out test questions "
-                 "(`flotilla experts evaluate --no-embeddings`, seed 0; modeled energy)",
+                 "(`flotilla experts evaluate`, seed 0; modeled energy)",
                  "≥ best single at less energy (paper: +14.4 %)",
                  f"{top['router']} (CV, one-SE rule): {top['test_accuracy']:.3f} vs {top['best_single_accuracy']:.3f}, "
                  f"gain {100 * top['gain_vs_best_single']:+.1f} [{100 * top['gain_ci95'][0]:+.1f}, {100 * top['gain_ci95'][1]:+.1f}] "
@@ -216,7 +216,8 @@ def profile_cpu() -> str:
             f"in the profiled buckets ({tab['engine']} {tab['model']} on {tab['device_kind']}, host {tab['host']}).\n")
 
 
-EXPERT_SEEDS = ("experts_evaluate_categories_only.json", "experts_evaluate_categories_only_seed1.json",
+EXPERT_SEEDS = ("experts_evaluate.json", "experts_evaluate_seed1.json", "experts_evaluate_seed2.json",
+                "experts_evaluate_categories_only.json", "experts_evaluate_categories_only_seed1.json",
                 "experts_evaluate_categories_only_seed2.json")
 
 
@@ -241,7 +242,7 @@ def experts_seeds() -> str:
         lo, hi = b["ci95"]
         glo, ghi = b["gain_ci95"]
         rows.append([
-            str(ev["seed"]), cv, ev["chosen_router"],
+            str(ev["seed"]), "category + embedding" if ev["embeddings"] else "category", cv, ev["chosen_router"],
             f"{ch['test_accuracy_all_experts']:.3f} [{ch['test_ci95_all_experts'][0]:.3f}, {ch['test_ci95_all_experts'][1]:.3f}]",
             f"{tab['test_accuracy_all_experts']:.3f}" if tab else "—",
             f"{len(b['subset'])} experts, {b['test_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
@@ -249,7 +250,7 @@ def experts_seeds() -> str:
             f"{100 * b['gain_vs_best_single']:+.1f} [{100 * glo:+.1f}, {100 * ghi:+.1f}]",
             f"{b['energy_j']:.0f} ({b['best_single_energy_j']:.0f})", f"`{f}`",
         ])
-    return _table(["seed", "dev CV accuracy ± SE, % (train + validation)", "chosen (one-SE rule)",
+    return _table(["seed", "features", "dev CV accuracy ± SE, % (train + validation)", "chosen (one-SE rule)",
                    "chosen, all 14 experts: test [95 % CI]", "table, all 14: test",
                    "at the best single's budget: subset, test [95 % CI]", "best single: test",
                    "gain, points [95 % CI]", "modeled J/query: subset (single)", "file"], rows)
