@@ -138,8 +138,9 @@ def summary() -> str:
     ev = _load("experts_evaluate.json")
     top = ev["budgets"][-1]  # no energy limit
     rows.append(["4, 15", "edge experts: routed subset vs the best single expert, held-out test questions "
-                 "(`flotilla experts evaluate`; modeled energy)", "≥ best single at less energy (paper: +14.4 %)",
-                 f"{top['router']} (chosen on validation): {top['test_accuracy']:.3f} vs {top['best_single_accuracy']:.3f}, "
+                 "(`flotilla experts evaluate`, seed 0; modeled energy)",
+                 "≥ best single at less energy (paper: +14.4 %)",
+                 f"{top['router']} (CV, one-SE rule): {top['test_accuracy']:.3f} vs {top['best_single_accuracy']:.3f}, "
                  f"gain {100 * top['gain_vs_best_single']:+.1f} [{100 * top['gain_ci95'][0]:+.1f}, {100 * top['gain_ci95'][1]:+.1f}] "
                  f"points at {top['energy_j']:.0f} vs {top['best_single_energy_j']:.0f} J/query",
                  yes(top["gain_vs_best_single"] >= 0 and top["energy_j"] < top["best_single_energy_j"])
@@ -393,6 +394,46 @@ def fidelity() -> str:
             f"{d['date']}, `{d['command']}`, {d['wall_s']:.0f} s.\n")
 
 
+EXPERT_SEEDS = ("experts_evaluate.json", "experts_evaluate_seed1.json", "experts_evaluate_seed2.json",
+                "experts_evaluate_categories_only.json", "experts_evaluate_categories_only_seed1.json",
+                "experts_evaluate_categories_only_seed2.json")
+
+
+def _at_best_single(ev: dict) -> dict:
+    """The budget row at the best single expert's energy: the smallest budget whose best single
+    expert is the overall one (the no-limit row's)."""
+    overall = ev["budgets"][-1]["best_single"]
+    return next(b for b in ev["budgets"] if b["best_single"] == overall)
+
+
+def experts_seeds() -> str:
+    """Per split seed: the router choice (CV on train + validation, one-SE rule) and the held-out
+    figures among all experts and at the best single expert's budget."""
+    rows = []
+    for f in EXPERT_SEEDS:
+        ev = _load(f)
+        rs = {r["router"]: r for r in ev["routers"]}
+        ch = rs[ev["chosen_router"]]
+        cv = ", ".join(f"{n} {100 * r['dev_cv_accuracy']:.2f} ± {100 * r['dev_cv_se']:.2f}" for n, r in rs.items())
+        tab = rs.get("table")
+        b = _at_best_single(ev)
+        lo, hi = b["ci95"]
+        glo, ghi = b["gain_ci95"]
+        rows.append([
+            str(ev["seed"]), "category + embedding" if ev["embeddings"] else "category", cv, ev["chosen_router"],
+            f"{ch['test_accuracy_all_experts']:.3f} [{ch['test_ci95_all_experts'][0]:.3f}, {ch['test_ci95_all_experts'][1]:.3f}]",
+            f"{tab['test_accuracy_all_experts']:.3f}" if tab else "—",
+            f"{len(b['subset'])} experts, {b['test_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+            f"{b['best_single'].split('@')[0]}: {b['best_single_accuracy']:.3f}",
+            f"{100 * b['gain_vs_best_single']:+.1f} [{100 * glo:+.1f}, {100 * ghi:+.1f}]",
+            f"{b['energy_j']:.0f} ({b['best_single_energy_j']:.0f})", f"`{f}`",
+        ])
+    return _table(["seed", "features", "dev CV accuracy ± SE, % (train + validation)", "chosen (one-SE rule)",
+                   "chosen, all 14 experts: test [95 % CI]", "table, all 14: test",
+                   "at the best single's budget: subset, test [95 % CI]", "best single: test",
+                   "gain, points [95 % CI]", "modeled J/query: subset (single)", "file"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "calibration-holdout": calibration_holdout, "calibration-engines": calibration_engines,
     "summary": summary,
@@ -401,10 +442,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "overhead": overhead,
     "allocation": allocation, "attention-time": attention_time, "attention-capacity": attention_capacity,
     "serving-overhead": serving_overhead, "serving-decode": serving_decode, "journal-bytes": journal_bytes,
-    "gpu-check": gpu_check,
+    "gpu-check": gpu_check, "experts-seeds": experts_seeds,
     "startup": startup,
-
-
     "fidelity": fidelity,
 }
 RENDERERS["capacity"] = capacity

@@ -55,6 +55,9 @@ class Fleet:
 
     name: str
     entries: tuple[FleetEntry, ...]
+    #: Edge experts the fleet hosts, ``MODEL@KIND`` (the model served on every device of that
+    #: kind); SelectExperts and ``routing: experts`` choose among them (docs/edge-experts.md).
+    experts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         kinds = [e.kind for e in self.entries]
@@ -96,9 +99,9 @@ def parse_fleet(obj: Any, *, source: str = "<fleet>", catalog: Catalog | None = 
     catalog = catalog or probed_catalog()
     if not isinstance(obj, dict):
         raise CatalogError(f"{source}: expected a mapping with 'devices', got {type(obj).__name__}")
-    unknown = set(obj) - {"name", "devices"}
+    unknown = set(obj) - {"name", "devices", "experts"}
     if unknown:
-        raise CatalogError(f"{source}: unknown field {sorted(unknown)[0]!r}; allowed: name, devices")
+        raise CatalogError(f"{source}: unknown field {sorted(unknown)[0]!r}; allowed: name, devices, experts")
     name = obj.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise CatalogError(f"{source}: name: expected a non-empty string, got {name!r}")
@@ -121,10 +124,35 @@ def parse_fleet(obj: Any, *, source: str = "<fleet>", catalog: Catalog | None = 
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise CatalogError(f"{where}.count: expected an integer >= 1, got {count!r}")
         entries.append(FleetEntry(kind, count))
+    experts = _fleet_experts(obj.get("experts", []), {e.kind for e in entries}, source, catalog)
     try:
-        return Fleet(name, tuple(entries))
+        return Fleet(name, tuple(entries), experts)
     except InputError as exc:
         raise CatalogError(f"{source}: {exc}") from None
+
+
+def _fleet_experts(items: Any, kinds: set[str], source: str, catalog: Catalog) -> tuple[str, ...]:
+    """The fleet's ``experts``: a list of ``MODEL@KIND``, KIND one of the fleet's kinds (canonical
+    name), each once."""
+    if not isinstance(items, list):
+        raise CatalogError(f"{source}: experts: expected a list of MODEL@KIND, got {items!r}")
+    out: list[str] = []
+    for i, item in enumerate(items):
+        where = f"{source}: experts[{i}]"
+        model, at, kind = str(item).partition("@") if isinstance(item, str) else ("", "", "")
+        if not at or not model.strip() or not kind.strip():
+            raise CatalogError(f"{where}: expected MODEL@KIND (e.g. smollm2-135m@jetson-agx-orin-64), got {item!r}")
+        try:
+            kind = catalog.resolve(kind.strip())
+        except UnknownDeviceKindError as exc:
+            raise CatalogError(f"{where}: {exc}") from None
+        if kind not in kinds:
+            raise CatalogError(f"{where}: kind {kind!r} is not in this fleet's devices; allowed: {', '.join(sorted(kinds))}")
+        name = f"{model.strip()}@{kind}"
+        if name in out:
+            raise CatalogError(f"{where}: {name!r} is listed more than once")
+        out.append(name)
+    return tuple(out)
 
 
 def load_fleet(path: str | os.PathLike[str], *, catalog: Catalog | None = None) -> Fleet:

@@ -5,13 +5,21 @@ The protocol of :mod:`edge.protocol`, end to end:
 1. Load the per-question results (:func:`edge.dataset.load_mmlu_pro`), drop duplicate question
    texts, group the rest by question stem, split train / validation / test by a seed.
 2. Fit every router of :mod:`edge.routers` on the training split (its hyperparameter by k-fold CV
-   on the training split) and keep the one with the best routed accuracy on the validation split.
-3. Out-of-fold predictions of that router on train + validation (k folds, hyperparameter fixed)
+   on the training split). Then score each router, hyperparameter fixed, by k-fold
+   cross-validation on train + validation: the mean routed accuracy of its out-of-fold predictions
+   (all experts) and its standard error ``sd(hits) / sqrt(n)`` over the n questions. The router is
+   chosen by the **one-standard-error rule** (Hastie, Tibshirani and Friedman, *The Elements of
+   Statistical Learning*, 7.10): the simplest router whose CV accuracy is at least the best one's
+   minus the best one's standard error, in the order of simplicity of
+   :data:`edge.routers.ROUTERS` (category table < logistic < kNN < MLP). The validation accuracy
+   of each router (fitted on train) is reported, not used.
+3. The chosen router's out-of-fold predictions on train + validation (the ones step 2 scored)
    score every subset S of experts under ONE-expert-per-query routing
    (:func:`solvers.selection.routed_table`): accuracy, energy and latency all follow the expert each
    query is routed to. Per energy budget the best subset on these out-of-fold scores is chosen.
 4. The router is refitted on train + validation and routes the test questions inside each chosen
-   subset. Reported per budget: test accuracy with a bootstrap 95 % interval, the best single expert
+   subset. Every compared router is also refitted and routes the test questions among ALL experts
+   (``test_accuracy_all_experts``): reported beside the choice, read after it, never used by it. Reported per budget: test accuracy with a bootstrap 95 % interval, the best single expert
    that fits the budget (chosen on train + validation) and its test accuracy, the oracle accuracy of
    the subset, and the MODELED energy and latency per query of the routed experts.
 
@@ -51,6 +59,25 @@ def _ci(v: np.ndarray, n_boot: int, seed: int) -> list[float]:
     return [round(lo, 4), round(hi, 4)]
 
 
+def cv_score(hits: np.ndarray) -> tuple[float, float]:
+    """Mean of the per-question 0/1 ``hits`` and its standard error ``sd / sqrt(n)`` (ddof 1)."""
+    h = np.asarray(hits, dtype=float)
+    if h.ndim != 1 or len(h) < 2:
+        raise InputError(f"hits: expected at least 2 questions, got shape {h.shape}")
+    return float(h.mean()), float(h.std(ddof=1) / math.sqrt(len(h)))
+
+
+def one_se_choice(scores: Sequence[tuple[float, float]]) -> int:
+    """Index of the first candidate (candidates in order of simplicity) whose mean is at least the
+    best mean minus the best candidate's standard error; ``scores`` holds (mean, standard error).
+    The best is the highest mean (ties: the simpler)."""
+    if not scores:
+        raise InputError("routers: expected at least one candidate")
+    best = max(range(len(scores)), key=lambda i: (scores[i][0], -i))
+    threshold = scores[best][0] - scores[best][1]
+    return next(i for i, (m, _) in enumerate(scores) if m >= threshold - 1e-12)
+
+
 def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = None,
                      devices: Sequence[str] = DEFAULT_DEVICES, routers: Sequence[str] = ROUTERS,
                      embeddings: bool = True, cache_dir: str | Path | None = None, seed: int = 0,
@@ -69,6 +96,7 @@ def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = Non
         raise InputError("routers: expected at least one of " + ", ".join(ROUTERS))
     for r in routers:
         make_router(r)  # validates the name
+    routers = tuple(sorted(set(routers), key=ROUTERS.index))  # the one-SE rule reads them simplest first
     if not embeddings:
         dropped_r = [r for r in routers if r in NEEDS_EMBEDDINGS]
         routers = tuple(r for r in routers if r not in NEEDS_EMBEDDINGS)
@@ -103,20 +131,24 @@ def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = Non
     e_q, t_q = _cost_matrices(ds.categories, profiles)
     names = [p.name for p in profiles]
 
-    # 2. routers: fit on train (CV inside), compare on validation
+    # 2. routers: hyperparameter by CV on train; k-fold CV on train + validation; one-SE rule
     cands = []
     for j, name in enumerate(routers):
-        say(f"router {name}: {folds}-fold CV on the training split", 0.1 + 0.5 * j / len(routers))
+        say(f"router {name}: {folds}-fold CV on the training split", 0.1 + 0.6 * j / len(routers))
         r = make_router(name, folds=folds, seed=seed, use_embeddings=embeddings)
         r.fit(x.rows(sp.train), s[sp.train], groups[sp.train])
         val_acc = float(routed_correct(s[sp.val], r.predict(x.rows(sp.val))).mean())
-        cands.append((val_acc, -j, name, r))
+        say(f"router {name}: {folds}-fold CV on train + validation", 0.1 + 0.6 * (j + 0.5) / len(routers))
+        oof_r = out_of_fold(r, x, s, dev, folds=folds, groups=groups, seed=seed)
+        mean, se = cv_score(routed_correct(s[dev], oof_r))
+        cands.append({"name": name, "router": r, "val": val_acc, "cv": mean, "se": se, "oof": oof_r})
     val_best_single = float(s[sp.val].mean(axis=0).max())
-    val_acc, _, chosen_name, chosen = max(cands, key=lambda c: (c[0], c[1]))
+    pick = one_se_choice([(c["cv"], c["se"]) for c in cands])
+    chosen_name, chosen, oof = cands[pick]["name"], cands[pick]["router"], cands[pick]["oof"]
+    best = max(range(len(cands)), key=lambda i: (cands[i]["cv"], -i))
+    threshold = cands[best]["cv"] - cands[best]["se"]
 
     # 3. out-of-fold scores of every subset on train + validation
-    say(f"out-of-fold predictions of {chosen_name} on train + validation", 0.65)
-    oof = out_of_fold(chosen, x, s, dev, folds=folds, groups=groups, seed=seed)
     say("scoring every subset (one expert per query)", 0.8)
     table = routed_table(s[dev], oof, e_q[dev], t_q[dev])
     single_e = e_q[dev].mean(axis=0)
@@ -124,9 +156,12 @@ def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = Non
 
     # 4. refit on train + validation, route the test questions
     say("refitting on train + validation; routing the test questions", 0.9)
-    final = chosen.fixed().fit(x.rows(dev), s[dev])
-    pred_test = final.predict(x.rows(test))
     st, et, tt = s[test], e_q[test], t_q[test]
+    for c in cands:  # every router among all experts on test: reported next to the choice, never used by it
+        c["final"] = c["router"].fixed().fit(x.rows(dev), s[dev])
+        c["test_hits"] = routed_correct(st, c["final"].predict(x.rows(test)))
+    final = cands[pick]["final"]
+    pred_test = final.predict(x.rows(test))
     rows = np.arange(len(test))
     budgets = sorted(set(math.ceil(float(v) * 10) / 10 for v in single_e)) + [None]  # 0.1 J up: each fits
     out = []
@@ -168,11 +203,20 @@ def evaluate_experts(data_dir: str | Path, *, models: Sequence[str] | None = Non
         "questions": {"loaded": full.n_questions, "duplicates_dropped": n_dup, **sp.sizes()},
         "seed": seed, "folds": folds, "bootstrap": n_boot,
         "experts": [p.to_dict() for p in profiles],
-        "routers": [{"router": name, "params": {k: (float(v) if v is not None else None) for k, v in r.params.items()},
-                     "cv_accuracy": {str(k): round(v, 4) for k, v in r.cv.items()},
-                     "val_accuracy": round(acc, 4)} for acc, _, name, r in cands],
+        "routers": [{"router": c["name"],
+                     "params": {k: (float(v) if v is not None else None) for k, v in c["router"].params.items()},
+                     "cv_accuracy": {str(k): round(v, 4) for k, v in c["router"].cv.items()},
+                     "val_accuracy": round(c["val"], 4),
+                     "dev_cv_accuracy": round(c["cv"], 4), "dev_cv_se": round(c["se"], 4),
+                     "test_accuracy_all_experts": round(float(c["test_hits"].mean()), 4),
+                     "test_ci95_all_experts": _ci(c["test_hits"], n_boot, seed)} for c in cands],
         "chosen_router": chosen_name,
-        "chosen_on": "validation split (routing among all experts)",
+        "chosen_on": (f"one-standard-error rule on {folds}-fold CV over train + validation (routing among all "
+                      "experts): the simplest router (table < logreg < knn < mlp) within one standard error "
+                      "of the best"),
+        "router_choice": {"best_cv": cands[best]["name"], "best_cv_accuracy": round(cands[best]["cv"], 4),
+                          "best_cv_se": round(cands[best]["se"], 4), "threshold": round(threshold, 4),
+                          "chosen": chosen_name},
         "val_best_single_accuracy": round(val_best_single, 4),
         "test_oracle_all_experts": round(all_oracle, 4),
         "budgets": out,

@@ -10,7 +10,8 @@ Rules (docs/edge-experts.md, "Protocol"):
 2. **Split by a seed** into train / validation / test, stratified by category, whole groups at a
    time (:func:`split_protocol`).
 3. **Hyperparameters** (epochs, shrinkage, C, k) are chosen by k-fold cross-validation on the
-   training rows only (:func:`kfold`, group-aware); the router is chosen on the validation split;
+   training rows only (:func:`kfold`, group-aware); the router is chosen by k-fold CV on
+   train + validation with the one-standard-error rule (:func:`edge.evaluate.one_se_choice`);
    subsets are scored with out-of-fold predictions on train + validation. The test rows are read
    once, at the end, to report.
 4. **Test figures** carry a bootstrap 95 % interval (:func:`bootstrap_ci`, percentile method over

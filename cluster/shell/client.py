@@ -68,6 +68,8 @@ class GenerateResult:
     #: ``{devices, strategy, shares, modeled_prefill_ms, modeled_energy_j, modeled_memory_bytes, note}`` when the prompt
     #: was served context-parallel, else None.
     context_parallel: dict[str, Any] | None = None
+    #: The hosted expert (``model@kind``) that answered a request with ``routing="experts"``, else ''.
+    expert: str = ""
 
     @classmethod
     def from_pb(cls, f: Any) -> GenerateResult:
@@ -80,6 +82,7 @@ class GenerateResult:
             modeled_ttft_ms=m.ttft_ms if m else None, modeled_tpot_ms=m.tpot_ms if m else None,
             modeled_e2e_ms=m.e2e_ms if m else None, modeled_energy_j=m.energy_j if m else None,
             context_parallel=_cp_dict(f.context_parallel) if f.HasField("context_parallel") else None,
+            expert=f.expert,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,13 +137,18 @@ class Client:
 
     def request(self, prompt: str, *, max_tokens: int = 0, temperature: float = 0.0, top_p: float = 0.0,
                 seed: int | None = None, stop: list[str] | None = None, model: str = "", request_id: str = "",
-                raw: bool = False, context_parallel: str = "") -> Any:
+                raw: bool = False, context_parallel: str = "", routing: str = "",
+                energy_budget_j: float | None = None, latency_budget_ms: float | None = None) -> Any:
         """A GenerateRequest message (fields as in flotilla.proto)."""
         msg = pb.GenerateRequest(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                  stop=stop or [], model=model, request_id=request_id, raw=raw,
-                                 context_parallel=context_parallel)
+                                 context_parallel=context_parallel, routing=routing)
         if seed is not None:
             msg.seed = seed
+        if energy_budget_j is not None:
+            msg.energy_budget_j = energy_budget_j
+        if latency_budget_ms is not None:
+            msg.latency_budget_ms = latency_budget_ms
         return msg
 
     def events(self, msg: Any, *, timeout_s: float | None = None) -> Iterator[Any]:
@@ -193,9 +201,11 @@ class Client:
     def status(self) -> Any:
         return self._unary("ClusterStatus", pb.ClusterStatusRequest())
 
-    def select_experts(self, query: str, energy_budget_j: float, latency_budget_ms: float, max_experts: int = 0) -> Any:
+    def select_experts(self, query: str, energy_budget_j: float, latency_budget_ms: float, max_experts: int = 0,
+                       max_tokens: int = 0) -> Any:
         return self._unary("SelectExperts", pb.SelectExpertsRequest(query=query, energy_budget_j=energy_budget_j,
-                                                                   latency_budget_ms=latency_budget_ms, max_experts=max_experts))
+                                                                   latency_budget_ms=latency_budget_ms, max_experts=max_experts,
+                                                                   max_tokens=max_tokens))
 
     def health(self, service: str = "") -> str:
         """The health status name of ``service`` (``SERVING``, ...)."""

@@ -11,9 +11,13 @@ A thin surface (the logic lives in :mod:`actors.router` and :mod:`actors.expert`
   with ``apply`` it also requests the devices from Ray's autoscaler, stores the plan and the
   routing plan derived from it (:mod:`solvers.routing`), and the Router routes by it from its next
   refresh (this gateway's Router at once).
-* ``SelectExperts`` (gateway started with an expert selector, ``flotilla serve --experts FILE``):
-  the selection solver's deployment for the budgets, then the gate's top-k inside it
-  (:mod:`cluster.shell.selector`); without one, FAILED_PRECONDITION.
+* ``SelectExperts``: on a fleet that hosts edge experts (``experts:`` in the fleet file), the
+  hosted experts that fit the budgets, the ONE expert the query is routed to, its modeled cost
+  and the devices that host it (:mod:`cluster.shell.hosting`); a ``Generate`` with
+  ``routing: "experts"`` is served by that expert (the final message names it in ``expert``).
+  Otherwise, with an expert selector (``flotilla serve --experts FILE``): the selection solver's
+  deployment for the budgets, then the gate's top-k inside it (:mod:`cluster.shell.selector`);
+  with neither, FAILED_PRECONDITION.
 * ``ClusterStatus``: devices, replicas, queue and counters.
 * Standard health checking (``grpc.health.v1``, service ``""`` and ``flotilla.v1.Flotilla``) and
   server reflection. With a token configured every Flotilla RPC needs the metadata
@@ -21,7 +25,8 @@ A thin surface (the logic lives in :mod:`actors.router` and :mod:`actors.expert`
 
 Errors: :class:`~cluster.exceptions.InputError` -> INVALID_ARGUMENT (its message names the
 field), QueueFullError / CapacityError -> RESOURCE_EXHAUSTED, DeadlineExceededError ->
-DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError -> UNAVAILABLE, PlanInfeasibleError
+DEADLINE_EXCEEDED, NoReplicaError / StoreUnavailableError / ExpertUnavailableError (no live replica
+of the routed expert) -> UNAVAILABLE, PlanInfeasibleError
 (no device mix meets the query's SLO; the message names the binding cause) -> FAILED_PRECONDITION,
 PlanIncompleteError (solver time limit) -> DEADLINE_EXCEEDED, PlanSolverError (the solver's
 answer failed its checks) -> ABORTED, a request id used by another request -> ALREADY_EXISTS,
@@ -132,6 +137,10 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.ALREADY_EXISTS
     if isinstance(exc, PermissionDeniedError):
         return grpc.StatusCode.PERMISSION_DENIED
+    from cluster.shell.hosting import ExpertUnavailableError  # an InputError only to pass the router's hook
+
+    if isinstance(exc, ExpertUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, CapacityError):
@@ -183,7 +192,8 @@ class UnknownModelError(InputError):
 
 def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None = None, temperature: float = 0.0,
                       top_p: float | None = None, model: str = "", seed: int | None = None, stop: Any = (),
-                      chat: bool = True, request_id: str = "", context_parallel: str = "") -> dict[str, Any]:
+                      chat: bool = True, request_id: str = "", context_parallel: str = "", routing: str = "",
+                      energy_budget_j: float | None = None, latency_budget_ms: float | None = None) -> dict[str, Any]:
     """The validated request dict the router takes; shared by the gRPC and HTTP gateways.
 
     ``max_tokens`` None means the server default (:data:`DEFAULT_MAX_TOKENS`), ``top_p`` None
@@ -213,6 +223,17 @@ def validate_generate(served_model: str, *, prompt: str, max_tokens: int | None 
         from actors.cp_adapter import check_mode
 
         req["context_parallel"] = check_mode(context_parallel)
+    from cluster.shell.hosting import check_budget, check_routing
+
+    if check_routing(routing) == "experts":  # the default ("plan") leaves the request as it was
+        req["routing"] = "experts"
+        for name, v in (("energy_budget_j", energy_budget_j), ("latency_budget_ms", latency_budget_ms)):
+            if check_budget(name, v) is not None:
+                req[name] = float(v)
+    else:
+        for name, v in (("energy_budget_j", energy_budget_j), ("latency_budget_ms", latency_budget_ms)):
+            if v is not None:
+                raise InputError(f"{name}: only with routing 'experts' (the budget of the routed expert)")
     return req
 
 
@@ -226,11 +247,14 @@ def generate_request(msg: Any, served_model: str) -> dict[str, Any]:
         served_model, prompt=msg.prompt, max_tokens=msg.max_tokens or None, temperature=msg.temperature,
         top_p=msg.top_p or None, model=msg.model, seed=msg.seed if msg.HasField("seed") else None,
         stop=list(msg.stop), chat=not msg.raw, request_id=msg.request_id, context_parallel=msg.context_parallel,
+        routing=msg.routing, energy_budget_j=msg.energy_budget_j if msg.HasField("energy_budget_j") else None,
+        latency_budget_ms=msg.latency_budget_ms if msg.HasField("latency_budget_ms") else None,
     )
 
 
-def final_message(ev: dict[str, Any]) -> Any:
-    """``GenerateResponse.final`` from the router's final dict."""
+def final_message(ev: dict[str, Any], expert: str = "") -> Any:
+    """``GenerateResponse.final`` from the router's final dict (``expert``: the hosted expert that
+    answered a request routed by experts)."""
     modeled = None
     if ev.get("modeled"):
         m = ev["modeled"]
@@ -250,6 +274,7 @@ def final_message(ev: dict[str, Any]) -> Any:
         device_id=ev["device_id"], device_kind=ev["device_kind"], device_label=ev["label"],
         simulated=ev["simulated"], modeled=modeled, attempts=ev.get("attempts", 1),
         request_id=ev.get("request_id", ""), model=ev.get("model") or "", replayed=bool(ev.get("replayed")),
+        expert=expert,
     ))
 
 
@@ -297,7 +322,7 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
     """Validates and forwards to the router; errors become status codes (see the module docstring)."""
 
     def __init__(self, router: Router, store: Any, model_name: str, selector: Any = None, metrics: Any = None, *,
-                 apply_token: str | None = None, max_apply_devices: int = 64) -> None:
+                 apply_token: str | None = None, max_apply_devices: int = 64, hosting: Any = None) -> None:
         self.router = router
         self.metrics = metrics  # cluster.shell.metrics.Metrics or None
         self.store = store
@@ -305,6 +330,7 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
         self.planner = Planner(store, max_apply_devices=max_apply_devices)
         self._apply_auth = f"Bearer {apply_token}".encode() if apply_token else None
         self.selector = selector
+        self.hosting = hosting  # cluster.shell.hosting.HostedExperts or None
 
     def _fail(self, context: Any, exc: BaseException) -> None:
         code = status_for(exc)
@@ -330,7 +356,9 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                 else:
                     if timer is not None:
                         timer.done(ev, "OK")
-                    yield final_message(ev)
+                    from cluster.shell.hosting import expert_of
+
+                    yield final_message(ev, expert_of(ev, req, self.hosting))
         except Exception as exc:  # noqa: BLE001 - mapped to a status code
             if timer is not None:
                 timer.fail(status_for(exc).name)
@@ -384,6 +412,18 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
             _finite("latency_budget_ms", request.latency_budget_ms, 0.0, 1e9, lo_open=True)
             if not 0 <= request.max_experts <= 64:
                 raise InputError(f"max_experts: {request.max_experts} is out of range; allowed: 1..64 (0 = 1)")
+            from actors.llm.generate import MAX_TOKENS_LIMIT
+
+            if not 0 <= request.max_tokens <= MAX_TOKENS_LIMIT:
+                raise InputError(f"max_tokens: {request.max_tokens} is out of range; allowed: 1..{MAX_TOKENS_LIMIT} "
+                                 f"(0 = {DEFAULT_MAX_TOKENS})")
+            if self.hosting is not None:  # the experts this fleet hosts: the answer drives serving
+                c = self.hosting.select(len(request.query), request.max_tokens or DEFAULT_MAX_TOKENS,
+                                        request.energy_budget_j, request.latency_budget_ms)
+                return pb.SelectExpertsResponse(
+                    experts=c.experts, weights=c.weights, energy_j=c.energy_j, latency_ms=c.latency_ms,
+                    deployed=c.experts, note=c.note, routed=c.routed,
+                    hosts=[pb.ExpertHost(expert=n, device_ids=ids, energy_j=e, latency_ms=lat) for n, ids, e, lat in c.hosts])
             if self.selector is None:
                 raise ExpertsNotConfiguredError(
                     "SelectExperts: this gateway has no expert selection instance; start the gateway with "
@@ -392,7 +432,8 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                                        request.max_experts or 1)
             return pb.SelectExpertsResponse(experts=sel.experts, weights=sel.weights, energy_j=sel.energy_j,
                                             latency_ms=sel.latency_ms, deployed=sel.deployed,
-                                            objective_value=sel.objective_value, note=sel.note)
+                                            objective_value=sel.objective_value, note=sel.note,
+                                            routed=sel.experts[0] if sel.experts else "")
         except Exception as exc:  # noqa: BLE001
             self._fail(context, exc)
 
@@ -437,7 +478,7 @@ class Gateway:
     """A running gRPC server around a router."""
 
     def __init__(self, router: Router, store: Any, config: GatewayConfig, model_name: str, selector: Any = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, hosting: Any = None) -> None:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
@@ -450,7 +491,7 @@ class Gateway:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flotilla-rpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=config.max_rpcs or workers)
         self.servicer = FlotillaServicer(router, store, model_name, selector, metrics, apply_token=config.apply_token,
-                                         max_apply_devices=config.max_apply_devices)
+                                         max_apply_devices=config.max_apply_devices, hosting=hosting)
         pb_grpc.add_FlotillaServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

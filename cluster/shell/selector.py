@@ -17,9 +17,11 @@ answered in two steps:
    renormalised over them (:func:`edge.gating.restrict`), k = ``max_experts``. The experts are
    returned best first with their weights (sum 1).
 
-The answer's energy and latency are those of running the returned experts on one query:
-``sum_i e_i`` and ``max_c max_i t_{c,i} + a`` (the worst category), both MODELED by the instance.
-They never exceed the budgets, since the returned experts are a subset of a feasible S and
+One expert answers the query (the one-expert-per-query semantics of ``flotilla experts
+evaluate`` and of the hosted experts, :mod:`cluster.shell.hosting`): the first of the returned
+experts, ``routed``; the others are its alternatives, with their gate weights. The answer's energy
+and latency are the routed expert's: ``e_r`` and ``max_c t_{c,r} + a`` (the worst category), both
+MODELED by the instance. They never exceed the budgets, since r is a member of a feasible S and
 feasibility is down-closed. When no expert fits the budgets S is empty, and so is the answer
 (``experts`` empty, a note saying why): a valid answer, as in ``flotilla select``.
 
@@ -184,7 +186,7 @@ class ExpertSelector:
         if not order:  # every kept weight was 0: restrict made them uniform, so this cannot happen
             raise InputError("query: the gate gave no weight inside the deployment")
         problem = self.problem(energy_budget_j, latency_budget_ms)
-        mask = mask_of(order)
+        mask = mask_of(order[:1])  # the routed expert alone answers the query
         lat = problem.latency_of(mask)
         return Selection(
             experts=tuple(names[i] for i in order), weights=tuple(float(kept[i]) for i in order),

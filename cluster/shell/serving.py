@@ -19,6 +19,7 @@ from actors.router import Router, RouterConfig
 from cluster.exceptions import InputError
 from cluster.shell.console import err, line, status
 from cluster.shell.gateway import Gateway, GatewayConfig
+from cluster.shell.hosting import compose_hooks
 from cluster.shell.openai_api import HttpConfig
 
 
@@ -79,6 +80,7 @@ class Serving:
     #: The model's weights in the object store (actors.expert.SharedWeights), kept alive while
     #: the experts (and any the supervisor respawns) use them; None for echo.
     weights: Any = None
+    hosting: Any = None  # cluster.shell.hosting.HostedExperts or None
 
     def shutdown(self) -> None:
         import ray
@@ -238,7 +240,8 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
                 cp_route = ContextParallelRoute(cfg.context_parallel_above, cfg.model, cands)
             except InputError as exc:  # e.g. a local model directory with no registry shape
                 err.print(f"context-parallel serving is off: {exc}")
-        router = Router(store, replicas, cfg.router, dispatch_hook=cp_route)
+        hosting, experts_route = _hosted_experts(fleet, source.name, running.specs, lambda: router)
+        router = Router(store, replicas, cfg.router, dispatch_hook=compose_hooks(experts_route, cp_route))
         metrics.attach(router)
         replayed = router.start()
 
@@ -259,7 +262,7 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
             return handle
 
         supervisor = Supervisor(router, respawn).start()
-        gateway = Gateway(router, store, cfg.gateway, source.name, selector, metrics).start()
+        gateway = Gateway(router, store, cfg.gateway, source.name, selector, metrics, hosting).start()
         if http is not None:
             assert loader is not None
             loader.join()
@@ -280,7 +283,24 @@ def start_serving(cfg: ServeConfig, progress: Callable[[str], None] = _quiet) ->
         store.close()
         raise
     return Serving(gateway, router, running, store, experts, replayed, supervisor, http, metrics, metrics_port, cp_route,
-                   weights)
+                   weights, hosting)
+
+
+def _hosted_experts(fleet: Any, model: str, specs: dict[str, Any], router: Any) -> tuple[Any, Any]:
+    """The fleet's hosted experts for the served ``model`` and the ``routing: experts`` dispatch
+    hook (:mod:`cluster.shell.hosting`); (None, None) when the fleet hosts none. ``router()``
+    returns the Router once it exists (the hook hands back the router's own replicas)."""
+    from cluster.shell.hosting import ExpertsRoute, HostedExperts
+
+    names = fleet.experts if fleet is not None else ()
+    if not names:
+        return None, None
+    hosting, skipped = HostedExperts.from_fleet(names, model, {d: s.kind for d, s in specs.items()})
+    if skipped:
+        err.print(f"fleet experts not hosted: {'; '.join(skipped)}")
+    if hosting is None:
+        return None, None
+    return hosting, ExpertsRoute(hosting, lambda: list(router()._replicas))  # read only: the live pool
 
 
 def pidfile_dir() -> Path:
@@ -335,6 +355,8 @@ def run_until_stopped(sc: Any, ready: threading.Event | None = None) -> None:
     kinds = sorted({r["kind"] for r in serving.router.replicas()})
     err.print(f"flotilla gateway on {serving.gateway.address}: {len(serving.experts)} experts ({', '.join(kinds)}), "
               f"replaying {serving.replayed} journaled requests")
+    if serving.hosting is not None:
+        err.print(f"edge experts hosted (SelectExperts, generate --routing experts): {', '.join(serving.hosting.names())}")
     if serving.http is not None:
         err.print(f"OpenAI-compatible API on {serving.http.base_url} (metrics: /metrics)")
     if serving.metrics_port is not None:

@@ -32,6 +32,13 @@ def test_example_fleet_becomes_device_resources() -> None:
     assert fleet.size == 5
 
 
+def test_example_fleet_hosts_smollm2_as_an_expert_on_the_edge_kinds() -> None:
+    fleet = load_fleet(ROOT / "examples" / "fleet.yaml")
+    assert fleet.experts == ("smollm2-135m@jetson-agx-orin-64", "smollm2-135m@rtx4090")
+    assert parse_fleet({"devices": [{"kind": "Orin"}], "experts": ["x@orin"]}).experts == ("x@jetson-agx-orin-64",)
+    assert parse_fleet({"devices": [{"kind": "rtx4090"}]}).experts == ()
+
+
 def test_aliases_in_fleet_resolve_to_kinds() -> None:
     fleet = parse_fleet({"devices": [{"kind": "4090", "count": 1}, {"kind": "A100-80GB"}, {"kind": "Orin"}]})
     assert [e.kind for e in fleet.entries] == ["rtx4090", "a100-80g-sxm", "jetson-agx-orin-64"]
@@ -50,6 +57,11 @@ def test_aliases_in_fleet_resolve_to_kinds() -> None:
         ({"devices": [{"kind": "rtx4090", "colour": "red"}]}, "unknown field 'colour'"),
         ({"devices": [{"kind": "rtx4090"}], "nodes": 3}, "unknown field 'nodes'"),
         ({"devices": [{"kind": "rtx4090"}, {"kind": "4090"}]}, "listed more than once"),
+        ({"devices": [{"kind": "rtx4090"}], "experts": "m@rtx4090"}, "experts: expected a list of MODEL@KIND"),
+        ({"devices": [{"kind": "rtx4090"}], "experts": ["smollm2-135m"]}, "experts[0]: expected MODEL@KIND"),
+        ({"devices": [{"kind": "rtx4090"}], "experts": ["m@rtx9090"]}, "experts[0]: unknown device kind"),
+        ({"devices": [{"kind": "rtx4090"}], "experts": ["m@a100"]}, "experts[0]: kind 'a100-80g-sxm' is not in this fleet"),
+        ({"devices": [{"kind": "rtx4090"}], "experts": ["m@rtx4090", "m@4090"]}, "experts[1]: 'm@rtx4090' is listed more"),
     ],
 )
 def test_malformed_fleet_names_file_and_field(tmp_path: Path, doc: object, needle: str) -> None:

@@ -142,3 +142,54 @@ def test_main_entry_point_exits_2(tmp_path: Path) -> None:
                         str(tmp_path / "missing"), "--json"], cwd=root, capture_output=True, text=True)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines()[-1].startswith("flotilla: error: --data")
+
+
+def test_one_se_rule_takes_the_simplest_router_within_one_standard_error() -> None:
+    from edge.evaluate import one_se_choice
+
+    # best is index 2 (0.47 +- 0.005): index 1 (0.466) is within, index 0 (0.46) is not
+    assert one_se_choice([(0.46, 0.005), (0.466, 0.005), (0.47, 0.005), (0.45, 0.005)]) == 1
+    # the simplest wins when it is itself the best
+    assert one_se_choice([(0.47, 0.001), (0.47, 0.001)]) == 0
+    # a large standard error of the best admits every candidate above best - se
+    assert one_se_choice([(0.30, 0.01), (0.41, 0.01), (0.40, 0.2)]) == 1
+    assert one_se_choice([(0.5, 0.0)]) == 0
+    with pytest.raises(InputError, match="routers"):
+        one_se_choice([])
+
+
+def test_cv_score_is_mean_and_standard_error_of_the_hits() -> None:
+    import numpy as np
+
+    from edge.evaluate import cv_score
+
+    h = np.array([1, 0, 1, 1, 0, 0, 1, 1], dtype=float)
+    mean, se = cv_score(h)
+    assert mean == pytest.approx(5 / 8)
+    assert se == pytest.approx(np.std(h, ddof=1) / np.sqrt(8))
+    with pytest.raises(InputError, match="hits"):
+        cv_score(np.array([1.0]))
+
+
+def test_the_choice_follows_the_one_se_rule_on_the_documents_cv_scores(doc) -> None:
+    from edge.evaluate import one_se_choice
+
+    rs = doc["routers"]
+    assert [r["router"] for r in rs] == sorted((r["router"] for r in rs), key=("table", "logreg", "knn", "mlp").index)
+    pick = one_se_choice([(r["dev_cv_accuracy"], r["dev_cv_se"]) for r in rs])
+    assert doc["chosen_router"] == rs[pick]["router"]
+    ch = doc["router_choice"]
+    assert ch["threshold"] == pytest.approx(ch["best_cv_accuracy"] - ch["best_cv_se"], abs=2e-4)
+    for r in rs:
+        assert 0 < r["dev_cv_se"] < 0.1 and 0 <= r["dev_cv_accuracy"] <= 1
+
+
+def test_every_router_reports_its_test_accuracy_among_all_experts(doc) -> None:
+    top = doc["budgets"][-1]
+    for r in doc["routers"]:
+        lo, hi = r["test_ci95_all_experts"]
+        assert 0 <= lo <= r["test_accuracy_all_experts"] <= hi <= 1
+    # the chosen router among all experts is at most the oracle of all experts
+    chosen = next(r for r in doc["routers"] if r["router"] == doc["chosen_router"])
+    assert chosen["test_accuracy_all_experts"] <= doc["test_oracle_all_experts"]
+    assert top["energy_budget_j"] is None

@@ -302,9 +302,11 @@ def test_select_experts_is_the_solvers_subset_then_the_gates_top_k(stub, selecto
         assert sum(resp.weights) == pytest.approx(1.0) and list(resp.weights) == sorted(resp.weights, reverse=True)
         w = restrict(selector.gate.weights(selector.embed([q])), [names.index(n) for n in want["selected"]], k)[0]
         assert list(resp.weights) == pytest.approx([w[names.index(n)] for n in resp.experts])
-        idx = [names.index(n) for n in resp.experts]
-        assert resp.energy_j == pytest.approx(sum(instance.energy_j[i] for i in idx)) and resp.energy_j <= energy
-        worst = max(max(row[i] for i in idx) for row in instance.latency_ms) + instance.aggregation_ms
+        # one expert answers: energy and latency are the routed (first) expert's, not a sum over the top-k
+        assert resp.routed == resp.experts[0]
+        r = names.index(resp.routed)
+        assert resp.energy_j == pytest.approx(instance.energy_j[r]) and resp.energy_j <= energy
+        worst = max(row[r] for row in instance.latency_ms) + instance.aggregation_ms
         assert resp.latency_ms == pytest.approx(worst) and resp.latency_ms <= latency
         assert "MODELED" in resp.note
 

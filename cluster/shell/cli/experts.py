@@ -33,7 +33,7 @@ def evaluate(
     models: Optional[str] = typer.Option(None, "--models", help="Model columns, comma-separated (default: the 14 edge-size ones)."),
     devices: str = typer.Option("jetson-agx-orin-64,rtx4090", "--devices",
                                 help="Device kinds, comma-separated; model i goes on device i mod len."),
-    routers: str = typer.Option("table,logreg,knn,mlp", "--routers", help="Routers to compare on validation."),
+    routers: str = typer.Option("table,logreg,knn,mlp", "--routers", help="Routers to compare (k-fold CV on train + validation, one-SE rule)."),
     no_embeddings: bool = typer.Option(False, "--no-embeddings",
                                        help="Category features only (drops knn and mlp; no sentence encoder)."),
     seed: int = typer.Option(0, "--seed", help="Split, fold and bootstrap seed."),
@@ -82,7 +82,7 @@ def evaluate(
         emit_json(doc)
         return
     q = doc["questions"]
-    table = Table(title=f"router {doc['chosen_router']} (validation); test: {q['test']} questions",
+    table = Table(title=f"router {doc['chosen_router']} (CV, one-SE rule); test: {q['test']} questions",
                   title_justify="left")
     for col in ("budget J", "n", "test acc [95% CI]", "best single", "single", "J"):
         table.add_column(col, justify="left" if col == "best single" else "right")

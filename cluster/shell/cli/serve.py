@@ -106,6 +106,13 @@ def generate(
     file: Optional[str] = typer.Option(None, "--file", help="Read the user message from this file (a long prompt)."),
     context_parallel: str = typer.Option("auto", "--context-parallel",
                                          help="auto: a long prompt is served across devices; off: by one device."),
+    routing: str = typer.Option("plan", "--routing",
+                                help="plan: the routing plan picks the device; experts: the fleet's hosted expert "
+                                     "that fits the budgets at least modeled energy."),
+    energy_budget: Optional[float] = typer.Option(None, "--energy-budget",
+                                                  help="With --routing experts: modeled J per query, > 0."),
+    latency_budget: Optional[float] = typer.Option(None, "--latency-budget",
+                                                   help="With --routing experts: modeled ms per query, > 0."),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="1..4096."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
@@ -126,6 +133,13 @@ def generate(
         raise InputError(f"--max-tokens: {max_tokens}; allowed: 1..4096")
     if context_parallel not in ("auto", "off"):
         raise InputError(f"--context-parallel: expected auto or off, got {context_parallel!r}")
+    if routing not in ("plan", "experts"):
+        raise InputError(f"--routing: expected plan or experts, got {routing!r}")
+    for flag, v in (("--energy-budget", energy_budget), ("--latency-budget", latency_budget)):
+        if v is not None and routing != "experts":
+            raise InputError(f"{flag}: only with --routing experts")
+        if v is not None and not (v > 0 and v < float("inf")):
+            raise InputError(f"{flag}: {v}; allowed: a finite number > 0")
     if (prompt is None) == (file is None):
         raise InputError("prompt: expected the prompt as an argument or --file FILE (exactly one)")
     if file is not None:
@@ -137,7 +151,8 @@ def generate(
         if not prompt.strip():
             raise InputError(f"--file: {file!r} is empty")
     kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop or [], request_id=request_id,
-              context_parallel=context_parallel)
+              context_parallel=context_parallel, routing=routing if routing == "experts" else "",
+              energy_budget_j=energy_budget, latency_budget_ms=latency_budget)
     try:
         with Client(server, token=token, tls_ca=tls_ca) as client:
             result = None
@@ -157,6 +172,8 @@ def generate(
         sys.stdout.write("\n")
     else:
         out.print(result.text, markup=False)
+    if result.expert:
+        err.print(f"[dim]expert {result.expert} on {result.device_id}[/dim]")
     line = (f"{result.device_label} ({result.device_id}): {result.completion_tokens} tokens, measured TTFT "
             f"{result.ttft_ms:.1f} ms, TPOT {result.tpot_ms:.1f} ms")
     if result.modeled_ttft_ms is not None:

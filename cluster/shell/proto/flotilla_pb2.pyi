@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "model", "request_id", "raw", "context_parallel")
+    __slots__ = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "model", "request_id", "raw", "context_parallel", "routing", "energy_budget_j", "latency_budget_ms")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,9 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_BUDGET_J_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_tokens: int
     temperature: float
@@ -28,7 +31,10 @@ class GenerateRequest(_message.Message):
     request_id: str
     raw: bool
     context_parallel: str
-    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., raw: _Optional[bool] = ..., context_parallel: _Optional[str] = ...) -> None: ...
+    routing: str
+    energy_budget_j: float
+    latency_budget_ms: float
+    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., raw: _Optional[bool] = ..., context_parallel: _Optional[str] = ..., routing: _Optional[str] = ..., energy_budget_j: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -53,7 +59,7 @@ class Modeled(_message.Message):
     def __init__(self, ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., energy_j: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "ttft_ms", "tpot_ms", "e2e_ms", "device_id", "device_kind", "device_label", "simulated", "modeled", "attempts", "request_id", "model", "replayed", "context_parallel")
+    __slots__ = ("text", "finish_reason", "usage", "ttft_ms", "tpot_ms", "e2e_ms", "device_id", "device_kind", "device_label", "simulated", "modeled", "attempts", "request_id", "model", "replayed", "context_parallel", "expert")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +76,7 @@ class Final(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: str
     usage: Usage
@@ -86,7 +93,8 @@ class Final(_message.Message):
     model: str
     replayed: bool
     context_parallel: ContextParallel
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ..., context_parallel: _Optional[_Union[ContextParallel, _Mapping]] = ...) -> None: ...
+    expert: str
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., device_id: _Optional[str] = ..., device_kind: _Optional[str] = ..., device_label: _Optional[str] = ..., simulated: _Optional[bool] = ..., modeled: _Optional[_Union[Modeled, _Mapping]] = ..., attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., replayed: _Optional[bool] = ..., context_parallel: _Optional[_Union[ContextParallel, _Mapping]] = ..., expert: _Optional[str] = ...) -> None: ...
 
 class ContextParallel(_message.Message):
     __slots__ = ("devices", "strategy", "shares", "modeled_prefill_ms", "modeled_energy_j", "note", "modeled_memory_bytes")
@@ -349,19 +357,21 @@ class PlanResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[PlanBucket, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ..., shards: _Optional[_Union[Shards, _Mapping]] = ...) -> None: ...
 
 class SelectExpertsRequest(_message.Message):
-    __slots__ = ("query", "energy_budget_j", "latency_budget_ms", "max_experts")
+    __slots__ = ("query", "energy_budget_j", "latency_budget_ms", "max_experts", "max_tokens")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ENERGY_BUDGET_J_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     query: str
     energy_budget_j: float
     latency_budget_ms: float
     max_experts: int
-    def __init__(self, query: _Optional[str] = ..., energy_budget_j: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., max_experts: _Optional[int] = ...) -> None: ...
+    max_tokens: int
+    def __init__(self, query: _Optional[str] = ..., energy_budget_j: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., max_experts: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class SelectExpertsResponse(_message.Message):
-    __slots__ = ("experts", "weights", "energy_j", "latency_ms", "deployed", "objective_value", "note")
+    __slots__ = ("experts", "weights", "energy_j", "latency_ms", "deployed", "objective_value", "note", "routed", "hosts")
     EXPERTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +379,8 @@ class SelectExpertsResponse(_message.Message):
     DEPLOYED_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_VALUE_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
     experts: _containers.RepeatedScalarFieldContainer[str]
     weights: _containers.RepeatedScalarFieldContainer[float]
     energy_j: float
@@ -376,7 +388,21 @@ class SelectExpertsResponse(_message.Message):
     deployed: _containers.RepeatedScalarFieldContainer[str]
     objective_value: float
     note: str
-    def __init__(self, experts: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., energy_j: _Optional[float] = ..., latency_ms: _Optional[float] = ..., deployed: _Optional[_Iterable[str]] = ..., objective_value: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
+    routed: str
+    hosts: _containers.RepeatedCompositeFieldContainer[ExpertHost]
+    def __init__(self, experts: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., energy_j: _Optional[float] = ..., latency_ms: _Optional[float] = ..., deployed: _Optional[_Iterable[str]] = ..., objective_value: _Optional[float] = ..., note: _Optional[str] = ..., routed: _Optional[str] = ..., hosts: _Optional[_Iterable[_Union[ExpertHost, _Mapping]]] = ...) -> None: ...
+
+class ExpertHost(_message.Message):
+    __slots__ = ("expert", "device_ids", "energy_j", "latency_ms")
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    expert: str
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    energy_j: float
+    latency_ms: float
+    def __init__(self, expert: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., energy_j: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()
