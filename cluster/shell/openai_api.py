@@ -97,13 +97,18 @@ class ChatTemplate:
     @classmethod
     def for_model(cls, model: str | None) -> ChatTemplate:
         """The template of ``model`` (see :func:`actors.llm.loader.resolve_source`): the tokenizer's
-        from the model cache (built first if absent), or none for ``echo``."""
+        from the model cache (built first if absent), or none for ``echo``. Rendered with
+        :class:`actors.llm.tokenizer.ChatTokenizer` (jinja2, as transformers renders it) when the
+        model has a ``tokenizer.json``, without importing transformers; else transformers'."""
         from actors.llm.loader import _offline, ensure_cached, resolve_source
+        from actors.llm.tokenizer import ChatTokenizer
 
         source = resolve_source(model)
         if source.kind == "echo":
             return cls(None)
         path = ensure_cached(source)
+        if ChatTokenizer.available(path):
+            return cls(ChatTokenizer.from_dir(path))
         _offline()
         from transformers import AutoTokenizer
 
