@@ -3,7 +3,9 @@
 The loop (one request, batch 1):
 
 1. prefill: one forward pass over the prompt ids ``x_1..x_p`` fills the KV cache and gives the
-   logits of position ``p`` (only the last position's logits are computed, ``logits_to_keep=1``);
+   logits of position ``p`` (only the last position's logits are computed). The model is either
+   the native :class:`actors.llm.llama.Llama` (its ``decoder()``) or a transformers causal LM
+   (a ``DynamicCache``, ``logits_to_keep=1``); both behind the same prefill / step interface;
 2. decode step ``j``: sample ``y_j`` from the logits, feed it alone with the cache, get the next
    logits; stop at EOS, at ``max_tokens``, or when the text contains a stop string.
 

@@ -14,6 +14,11 @@ the serving path puts them in Ray's object store once (:func:`actors.expert.put_
 every ExpertActor on a node builds its model from the same read-only shared-memory buffers
 (:func:`load` with ``arrays``: ``torch.from_numpy``, no copy), instead of each reading its own.
 
+Engines (:func:`load`'s ``engine``): ``native`` builds :class:`actors.llm.llama.Llama` and
+:class:`actors.llm.tokenizer.ChatTokenizer` from the cache entry (no transformers import);
+``transformers`` uses AutoModelForCausalLM / AutoTokenizer; ``auto`` (the default) is native
+whenever :func:`native_reason` allows it.
+
 The cache directory is ``$FLOTILLA_CACHE_DIR`` or ``~/.cache/flotilla/models``. A cache entry is
 built in a temporary sibling directory and renamed into place, so concurrent builders (two actors,
 two test processes) never see a half-written entry; the loser of the rename race discards its copy.
