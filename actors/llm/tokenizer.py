@@ -111,4 +111,17 @@ class ChatTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-__all__ = ["ChatTokenizer", "compile_chat_template"]
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of the model directory ``path``: a :class:`ChatTokenizer` when it has a
+    ``tokenizer.json`` (no transformers import), else transformers' ``AutoTokenizer``."""
+    if ChatTokenizer.available(path):
+        return ChatTokenizer.from_dir(path)
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+__all__ = ["ChatTokenizer", "compile_chat_template", "load_tokenizer"]
