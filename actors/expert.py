@@ -19,6 +19,11 @@ hold one copy of the weights, not N, and none of them reads the weight file (on 
 Ray copies the object into that node's store once, and its experts share that copy). A real CUDA
 device copies them to the GPU once, as bf16. Without shared weights each expert loads its own.
 
+Engine: ``ExpertConfig.engine`` ``auto`` (the default) serves a Llama such as SmolLM2 with the
+native engine (:mod:`actors.llm.llama`, :mod:`actors.llm.tokenizer`): the expert process imports
+torch, ``tokenizers`` and jinja2 but never transformers, which makes it start sooner;
+``transformers`` keeps the transformers model and tokenizer (``info()["engine"]`` says which).
+
 Responses: :meth:`ExpertActor.generate_stream` yields ``{"type": "chunk", "text"}`` dicts and one
 final ``{"type": "done", ...}`` dict carrying the text, usage, measured ``ttft_s`` / ``tpot_s`` /
 ``e2e_s`` on the hardware it ran on, and, for a simulated device, the device kind's *modeled*
