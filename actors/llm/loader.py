@@ -225,7 +225,7 @@ ENGINES = ("auto", "native", "transformers")
 
 def native_reason(path: str | Path) -> str | None:
     """Why the native engine cannot serve the model directory ``path`` (None: it can). It needs a
-    Llama with the default rotary embedding (:class:`actors.llm.llama.LlamaConfig`), a single
+    Llama with the default rotary embedding and no biases (:class:`actors.llm.llama.LlamaConfig`), a single
     ``model.safetensors`` and a ``tokenizer.json``."""
     import json
 
@@ -239,6 +239,9 @@ def native_reason(path: str | Path) -> str | None:
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":
         return f"rope_type is {rope.get('rope_type')!r}, not 'default'"
+    biased = [k for k in ("attention_bias", "mlp_bias") if cfg.get(k)]
+    if biased:
+        return f"{biased[0]} is set (the native Llama has no biases)"
     if not (path / _WEIGHTS).is_file():
         return f"no single {_WEIGHTS}"
     if not (path / "tokenizer.json").is_file():

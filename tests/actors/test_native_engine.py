@@ -139,6 +139,25 @@ def test_engine_is_validated(tmp_path):
         load(str(tmp_path), engine="native")
 
 
+@pytest.mark.parametrize("change,reason", [
+    ({"model_type": "qwen2"}, "model_type is 'qwen2', not 'llama'"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope_type is 'llama3', not 'default'"),
+    ({"attention_bias": True}, "attention_bias is set (the native Llama has no biases)"),
+    ({}, None),
+])
+def test_native_reason_names_what_the_native_engine_cannot_serve(tmp_path, change, reason):
+    from actors.llm.loader import ensure_cached, native_reason, resolve_source
+
+    cache = ensure_cached(resolve_source(None))
+    for f in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / f).symlink_to(cache / f)
+    cfg = json.loads((cache / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
+    assert native_reason(tmp_path) == reason
+    (tmp_path / "tokenizer.json").unlink()
+    assert native_reason(tmp_path) == (reason or "no tokenizer.json")
+
+
 @pytest.mark.parametrize("engine,imported", [("auto", False), ("transformers", True)])
 def test_an_expert_imports_transformers_only_with_that_engine(ray_session, engine, imported):
     import ray
@@ -161,3 +180,22 @@ def test_an_expert_imports_transformers_only_with_that_engine(ray_session, engin
         ray.get(expert.stop.remote())
         ray.kill(expert)
         ray.kill(dev)
+
+
+def test_auto_falls_back_to_transformers_for_what_native_cannot_serve(engines, tmp_path):
+    """A copy of the cache entry whose config asks for linear rope scaling with factor 1 (the same
+    angles as the default, but not a rope type the native engine takes): auto loads it with
+    transformers, and it answers as the native engine does on the original."""
+    from actors.llm.loader import ensure_cached, load, resolve_source
+
+    cache = ensure_cached(resolve_source(None))
+    for f in cache.iterdir():
+        if f.name != "config.json":
+            (tmp_path / f.name).symlink_to(f)
+    cfg = json.loads((cache / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "linear", "factor": 1.0, "rope_theta": cfg["rope_parameters"]["rope_theta"]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    lm = load(str(tmp_path))
+    assert lm.engine == "transformers"
+    params = SamplingParams(max_tokens=16)
+    assert run(lm, "What is the capital of France?", True, params)[1].text == run(engines[0], "What is the capital of France?", True, params)[1].text
