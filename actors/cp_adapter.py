@@ -170,16 +170,15 @@ class ContextParallelServer:
     """The adapter actor body (see the module docstring); wrapped by :func:`spawn_server`."""
 
     def __init__(self, model: str | None, candidates: Sequence[Candidate]) -> None:
-        from transformers import AutoTokenizer
-
         from actors.llm.loader import ensure_cached, resolve_source
+        from actors.llm.tokenizer import load_tokenizer
 
         source = resolve_source(model)
         path = ensure_cached(source)
         self.model, self.model_name = model, source.name
         self.shape = model_shape_of(model)
         self.candidates = list(candidates)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer = load_tokenizer(path)
         cfg = json.loads((path / "config.json").read_text())
         self.max_positions = int(cfg.get("max_position_embeddings", 2048))
         eos = cfg.get("eos_token_id", self.tokenizer.eos_token_id)
@@ -354,11 +353,10 @@ class ContextParallelRoute:
         from actors.llm.generate import encode_prompt
 
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
             from actors.llm.loader import ensure_cached
+            from actors.llm.tokenizer import load_tokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(ensure_cached(self._source)))
+            self._tokenizer = load_tokenizer(ensure_cached(self._source))
         return len(encode_prompt(self._tokenizer, request["prompt"], chat=bool(request.get("chat", True))))
 
     def wants(self, request: dict[str, Any]) -> bool:

@@ -19,6 +19,11 @@ hold one copy of the weights, not N, and none of them reads the weight file (on 
 Ray copies the object into that node's store once, and its experts share that copy). A real CUDA
 device copies them to the GPU once, as bf16. Without shared weights each expert loads its own.
 
+Engine: ``ExpertConfig.engine`` ``auto`` (the default) serves a Llama such as SmolLM2 with the
+native engine (:mod:`actors.llm.llama`, :mod:`actors.llm.tokenizer`): the expert process imports
+torch, ``tokenizers`` and jinja2 but never transformers, which makes it start sooner;
+``transformers`` keeps the transformers model and tokenizer (``info()["engine"]`` says which).
+
 Responses: :meth:`ExpertActor.generate_stream` yields ``{"type": "chunk", "text"}`` dicts and one
 final ``{"type": "done", ...}`` dict carrying the text, usage, measured ``ttft_s`` / ``tpot_s`` /
 ``e2e_s`` on the hardware it ran on, and, for a simulated device, the device kind's *modeled*
@@ -56,12 +61,18 @@ class ExpertConfig:
     echo_delay_s: float = 0.0
     #: Chunks produced less than this many seconds after the last one sent are coalesced.
     stream_interval_s: float = 0.005
+    #: What runs the model: ``native`` (plain-torch Llama, ``tokenizers`` + jinja2 chat template;
+    #: the expert never imports transformers), ``transformers``, or ``auto`` (native when the model
+    #: is a Llama it can serve, see :func:`actors.llm.loader.native_reason`; else transformers).
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int) or not 1 <= self.max_concurrency <= 64:
             raise InputError(f"max_concurrency: {self.max_concurrency!r}; allowed: 1..64")
         if isinstance(self.max_context, bool) or not isinstance(self.max_context, int) or not 16 <= self.max_context <= 1 << 20:
             raise InputError(f"max_context: {self.max_context!r}; allowed: 16..1048576 tokens")
+        if self.engine not in ("auto", "native", "transformers"):
+            raise InputError(f"engine: {self.engine!r}; allowed: auto, native, transformers")
         for name in ("echo_delay_s", "stream_interval_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10:
@@ -166,7 +177,7 @@ class ExpertActor:
                 if self.weights.model != source.name:
                     raise InputError(f"weights: shared weights of {self.weights.model!r}, but this expert serves {source.name!r}")
                 arrays = ray.get(self.weights.ref)  # zero-copy: read-only views of the node's shared memory
-            lm = load(self.config.model, self.torch_device, arrays=arrays)
+            lm = load(self.config.model, self.torch_device, arrays=arrays, engine=self.config.engine)
             # The KV cache is held in the dtype the weights were loaded in (fp32 on the CPU).
             loaded_dtype = {4: "fp32", 2: "bf16", 1: "int8"}[next(lm.model.parameters()).element_size()]
             kv_per_token = model_shape(lm, dtype=loaded_dtype).kv_bytes_per_token
@@ -203,6 +214,7 @@ class ExpertActor:
             "label": self.label,
             "simulated": self.simulated,
             "model": getattr(self, "model_name", None),
+            "engine": self._lm.engine if self._lm is not None else None,
             "reserved_bytes": self._reserved,
             "weights": "shared" if self.weights is not None and self._lm is not None and not self.real_cuda else "own",
             "max_concurrency": self.config.max_concurrency,

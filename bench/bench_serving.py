@@ -45,7 +45,7 @@ def bench_decode(n_tokens: int, reps: int) -> dict[str, Any]:
     from actors.llm.generate import Completion, SamplingParams, encode_prompt, stream_generate
     from actors.llm.loader import load
 
-    lm = load(None)
+    lm = load(None, engine="transformers")  # theirs() calls transformers' generate on the same model
     ids = encode_prompt(lm.tokenizer, PROMPT)
     inp = torch.tensor([ids])
     params = SamplingParams(max_tokens=n_tokens)

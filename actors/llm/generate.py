@@ -3,7 +3,9 @@
 The loop (one request, batch 1):
 
 1. prefill: one forward pass over the prompt ids ``x_1..x_p`` fills the KV cache and gives the
-   logits of position ``p`` (only the last position's logits are computed, ``logits_to_keep=1``);
+   logits of position ``p`` (only the last position's logits are computed). The model is either
+   the native :class:`actors.llm.llama.Llama` (its ``decoder()``) or a transformers causal LM
+   (a ``DynamicCache``, ``logits_to_keep=1``); both behind the same prefill / step interface;
 2. decode step ``j``: sample ``y_j`` from the logits, feed it alone with the cache, get the next
    logits; stop at EOS, at ``max_tokens``, or when the text contains a stop string.
 
@@ -144,6 +146,49 @@ def _new_cache(model: Any) -> Any:
         return DynamicCache()
 
 
+class _HFDecoder:
+    """A transformers causal LM behind the decoder interface of
+    :class:`actors.llm.llama.LocalDecoder` (``prefill`` / ``step`` -> last logits), with a
+    DynamicCache and ``logits_to_keep=1``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.cache_kw = _cache_keyword(model)
+        self.cache = _new_cache(model)
+
+    def _run(self, ids: list[int], **kw: Any) -> Any:
+        import torch
+
+        inp = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(input_ids=inp, use_cache=True, **kw, **{self.cache_kw: self.cache}).logits[0, -1]
+
+    def prefill(self, prompt: list[int]) -> Any:
+        return self._run(list(prompt), logits_to_keep=1)
+
+    def step(self, token: int) -> Any:
+        return self._run([int(token)])
+
+
+def _decoder(model: Any) -> Any:
+    """A fresh single-request decoder of ``model``: its own ``decoder()`` (the plain-torch Llama of
+    :mod:`actors.llm.llama`) or a transformers model wrapped in :class:`_HFDecoder`."""
+    return model.decoder() if hasattr(model, "decoder") else _HFDecoder(model)
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The token ids that end a generation: the tokenizer's EOS and the model's (its
+    ``eos_token_ids``, or a transformers model's generation config)."""
+    eos: set[int] = set()
+    for e in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+              getattr(model, "eos_token_ids", None)):
+        if isinstance(e, int):
+            eos.add(e)
+        elif isinstance(e, (list, tuple, set, frozenset)):
+            eos.update(int(x) for x in e)
+    return eos
+
+
 def encode_prompt(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int]:
     """Token ids of ``prompt``: through the chat template (user turn + generation prompt) when the
     tokenizer has one and ``chat`` is true, else plain."""
@@ -170,17 +215,11 @@ def stream_generate(model: Any, tokenizer: Any, prompt_ids: list[int], params: S
             f"max_tokens: prompt of {len(prompt_ids)} tokens + max_tokens={params.max_tokens} exceeds the model's "
             f"context of {max_positions} tokens; lower max_tokens or shorten the prompt"
         )
-    device = next(model.parameters()).device
     gen = None
     if not params.greedy:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(params.seed if params.seed is not None else int(torch.seed() % 2**63))
-    eos = set()
-    for e in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(e, int):
-            eos.add(e)
-        elif isinstance(e, (list, tuple)):
-            eos.update(int(x) for x in e)
+    eos = eos_ids(model, tokenizer)
 
     ids: list[int] = []
     emitted = 0
@@ -189,12 +228,9 @@ def stream_generate(model: Any, tokenizer: Any, prompt_ids: list[int], params: S
     text = ""
     t_first = None
     with torch.inference_mode():
-        inp = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        cache_kw = _cache_keyword(model)
-        cache = _new_cache(model)
-        out = model(input_ids=inp, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+        decoder = _decoder(model)
+        logits = decoder.prefill(prompt_ids)
         for step in range(params.max_tokens):
-            logits = out.logits[0, -1]
             tok = next_token(logits if gen is None else logits.cpu(), params, gen)
             if t_first is None:
                 t_first = time.perf_counter()
@@ -215,7 +251,7 @@ def stream_generate(model: Any, tokenizer: Any, prompt_ids: list[int], params: S
                 emitted = safe
             if step + 1 == params.max_tokens:
                 break
-            out = model(input_ids=torch.tensor([[tok]], device=device), use_cache=True, **{cache_kw: cache})
+            logits = decoder.step(tok)
     text = text.rstrip("\ufffd") if finish == "length" else text
     if len(text) > emitted:
         yield Chunk(n_chunks, text[emitted:])

@@ -173,6 +173,10 @@ class Llama(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
         return self.logits(self.hidden(tokens, positions, attn))
 
+    def decoder(self) -> "LocalDecoder":
+        """A fresh single-request decoder (its own KV cache) over this model."""
+        return LocalDecoder(self)
+
 
 def hf_to_local(name: str) -> str:
     """A Hugging Face Llama weight name as this module's parameter name."""
@@ -182,14 +186,27 @@ def hf_to_local(name: str) -> str:
     return name
 
 
-def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Llama:
+def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               arrays: dict | None = None) -> Llama:
     """A :class:`Llama` with the weights of the Hugging Face model directory ``path``
-    (``config.json`` + ``model.safetensors``, as :func:`actors.llm.loader.ensure_cached` writes)."""
+    (``config.json`` + ``model.safetensors``, as :func:`actors.llm.loader.ensure_cached` writes).
+
+    With ``arrays`` (``{Hugging Face weight name: numpy array}``, e.g. read zero-copy from Ray's
+    object store) the parameters view those arrays (``torch.from_numpy``, no copy) instead of
+    reading the file; ``.to(device, dtype)`` copies them only when the device or dtype differ.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     cfg = LlamaConfig.from_hf(json.loads((path / "config.json").read_text()))
-    state = {hf_to_local(k): v for k, v in load_file(str(path / "model.safetensors")).items()}
+    if arrays is not None:
+        import warnings
+
+        with warnings.catch_warnings():  # "the given NumPy array is not writable": shared, by design
+            warnings.simplefilter("ignore", UserWarning)
+            state = {hf_to_local(k): torch.from_numpy(v) for k, v in arrays.items()}
+    else:
+        state = {hf_to_local(k): v for k, v in load_file(str(path / "model.safetensors")).items()}
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
@@ -267,12 +284,39 @@ def greedy_generate(model: Llama, prompt: Sequence[int], max_new_tokens: int,
     return tokens, all_logits
 
 
+class LocalDecoder:
+    """One request's decoding on one process (the generation loop's interface): :meth:`prefill`
+    the prompt, then :meth:`step` one token at a time; each returns the logits [vocab] of the
+    last position. The KV cache is a :class:`LocalAttention`."""
+
+    def __init__(self, model: Llama) -> None:
+        self.model = model
+        self.attn = LocalAttention(model.cfg.num_layers)
+        self.device = model.embed_tokens.weight.device
+        self.length = 0
+
+    def _last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        positions = torch.arange(self.length, self.length + n, device=self.device)
+        hidden = self.model.hidden(tokens, positions, self.attn)
+        self.length += n
+        return self.model.logits(hidden[0, -1])
+
+    def prefill(self, prompt: Sequence[int]) -> torch.Tensor:
+        if not prompt:
+            raise InputError("prompt: expected at least one token, got none")
+        return self._last_logits(torch.tensor([list(prompt)], dtype=torch.long, device=self.device))
+
+    def step(self, token: int) -> torch.Tensor:
+        return self._last_logits(torch.tensor([[int(token)]], dtype=torch.long, device=self.device))
+
+
 def check_positions(total: int, max_positions: int) -> None:
     if total > max_positions:
         raise InputError(f"prompt: {total} tokens exceed the model's {max_positions} positions")
 
 
 __all__ = [
-    "AttentionFn", "Llama", "LlamaConfig", "LocalAttention", "greedy_generate", "load_bundled",
+    "AttentionFn", "Llama", "LlamaConfig", "LocalAttention", "LocalDecoder", "greedy_generate", "load_bundled",
     "load_llama",
 ]

@@ -14,6 +14,11 @@ the serving path puts them in Ray's object store once (:func:`actors.expert.put_
 every ExpertActor on a node builds its model from the same read-only shared-memory buffers
 (:func:`load` with ``arrays``: ``torch.from_numpy``, no copy), instead of each reading its own.
 
+Engines (:func:`load`'s ``engine``): ``native`` builds :class:`actors.llm.llama.Llama` and
+:class:`actors.llm.tokenizer.ChatTokenizer` from the cache entry (no transformers import);
+``transformers`` uses AutoModelForCausalLM / AutoTokenizer; ``auto`` (the default) is native
+whenever :func:`native_reason` allows it.
+
 The cache directory is ``$FLOTILLA_CACHE_DIR`` or ``~/.cache/flotilla/models``. A cache entry is
 built in a temporary sibling directory and renamed into place, so concurrent builders (two actors,
 two test processes) never see a half-written entry; the loser of the rename race discards its copy.
@@ -162,6 +167,11 @@ class LoadedModel:
     device: str
     weight_bytes: int
     max_positions: int
+    #: The engine that runs it: ``native`` (:mod:`actors.llm.llama` + :mod:`actors.llm.tokenizer`,
+    #: no transformers) or ``transformers``.
+    engine: str = "transformers"
+    #: The model's ``config.json`` as attributes (for :func:`model_shape`); None: ``model.config``.
+    config: Any = None
 
 
 def weight_arrays(path: str | Path) -> dict[str, Any] | None:
@@ -208,18 +218,85 @@ def _from_arrays(path: Path, arrays: dict[str, Any], dtype: Any) -> Any:
     return lm
 
 
+#: Engines :func:`load` accepts: ``auto`` is ``native`` when :func:`native_reason` finds nothing
+#: against it, else ``transformers``.
+ENGINES = ("auto", "native", "transformers")
+
+
+def native_reason(path: str | Path) -> str | None:
+    """Why the native engine cannot serve the model directory ``path`` (None: it can). It needs a
+    Llama with the default rotary embedding and no biases (:class:`actors.llm.llama.LlamaConfig`), a single
+    ``model.safetensors`` and a ``tokenizer.json``."""
+    import json
+
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"config.json unreadable ({e})"
+    if cfg.get("model_type") != "llama":
+        return f"model_type is {cfg.get('model_type')!r}, not 'llama'"
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        return f"rope_type is {rope.get('rope_type')!r}, not 'default'"
+    biased = [k for k in ("attention_bias", "mlp_bias") if cfg.get(k)]
+    if biased:
+        return f"{biased[0]} is set (the native Llama has no biases)"
+    if not (path / _WEIGHTS).is_file():
+        return f"no single {_WEIGHTS}"
+    if not (path / "tokenizer.json").is_file():
+        return "no tokenizer.json"
+    return None
+
+
+def _load_native(name: str, path: Path, device: str, arrays: dict[str, Any] | None) -> LoadedModel:
+    """The plain-torch Llama and the tokenizers/jinja2 tokenizer of ``path`` (no transformers)."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from actors.llm.llama import load_llama
+    from actors.llm.tokenizer import ChatTokenizer
+
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        lm = load_llama(path, dtype=dtype, device=device, arrays=arrays)
+    except InputError as e:
+        raise InputError(f"model: the weights of {path.name!r} do not fit its config ({e})") from None
+    cfg = json.loads((path / "config.json").read_text())
+    eos: set[int] = set()
+    gen_file = path / "generation_config.json"
+    for e in (cfg.get("eos_token_id"), json.loads(gen_file.read_text()).get("eos_token_id") if gen_file.is_file() else None):
+        eos.update([e] if isinstance(e, int) else [int(x) for x in e or ()])
+    lm.eos_token_ids = frozenset(eos)
+    tok = ChatTokenizer.from_dir(path)
+    nbytes = sum(p.numel() * p.element_size() for p in lm.parameters())
+    return LoadedModel(name, lm, tok, str(device), nbytes, lm.cfg.max_positions, "native", SimpleNamespace(**cfg))
+
+
 def load(model: str | None, device: str = "cpu", *, root: Path | None = None,
-         arrays: dict[str, Any] | None = None) -> LoadedModel:
-    """Load ``model`` (see :func:`resolve_source`) on ``device`` in eval mode.
+         arrays: dict[str, Any] | None = None, engine: str = "auto") -> LoadedModel:
+    """Load ``model`` (see :func:`resolve_source`) on ``device`` in eval mode, run by ``engine``
+    (:data:`ENGINES`).
 
     fp32 on the CPU (bf16 matmuls are slow there), bf16 on CUDA. With ``arrays`` (the model's
     weights as numpy arrays, e.g. read zero-copy from Ray's object store) a CPU model uses them
     as its parameters without copying; on CUDA they are copied to the device once, as bf16.
+    The native engine imports torch but never transformers.
     """
+    if engine not in ENGINES:
+        raise InputError(f"engine: {engine!r}; allowed: {', '.join(ENGINES)}")
     source = resolve_source(model)
     if source.kind == "echo":
         raise InputError("model: 'echo' has no weights; use actors.llm.echo.EchoBackend")
     path = ensure_cached(source, root)
+    if engine != "transformers":
+        reason = native_reason(path)
+        if reason is None:
+            return _load_native(source.name, path, device, arrays)
+        if engine == "native":
+            raise InputError(f"engine: 'native' cannot serve {source.name!r}: {reason}; use 'transformers' or 'auto'")
     _offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -232,7 +309,7 @@ def load(model: str | None, device: str = "cpu", *, root: Path | None = None,
         lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
     nbytes = sum(p.numel() * p.element_size() for p in lm.parameters())
     max_pos = int(getattr(lm.config, "max_position_embeddings", 2048) or 2048)
-    return LoadedModel(source.name, lm, tok, str(device), nbytes, max_pos)
+    return LoadedModel(source.name, lm, tok, str(device), nbytes, max_pos, "transformers")
 
 
 def model_shape(loaded: LoadedModel, dtype: str = "bf16") -> Any:
@@ -243,4 +320,5 @@ def model_shape(loaded: LoadedModel, dtype: str = "bf16") -> Any:
     from cluster.models import shape_from_config
 
     n_params = sum(p.numel() for p in loaded.model.parameters())  # tied weights are counted once
-    return shape_from_config(loaded.name, loaded.model.config, n_params, dtype)
+    cfg = loaded.config if loaded.config is not None else loaded.model.config
+    return shape_from_config(loaded.name, cfg, n_params, dtype)

@@ -98,17 +98,16 @@ class ChatTemplate:
     @classmethod
     def for_model(cls, model: str | None) -> ChatTemplate:
         """The template of ``model`` (see :func:`actors.llm.loader.resolve_source`): the tokenizer's
-        from the model cache (built first if absent), or none for ``echo``."""
-        from actors.llm.loader import _offline, ensure_cached, resolve_source
+        from the model cache (built first if absent), or none for ``echo``. Rendered by
+        :func:`actors.llm.tokenizer.load_tokenizer`'s tokenizer: jinja2 as transformers renders it,
+        without importing transformers, when the model has a ``tokenizer.json``."""
+        from actors.llm.loader import ensure_cached, resolve_source
+        from actors.llm.tokenizer import load_tokenizer
 
         source = resolve_source(model)
         if source.kind == "echo":
             return cls(None)
-        path = ensure_cached(source)
-        _offline()
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(str(path)))
+        return cls(load_tokenizer(ensure_cached(source)))
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """The prompt: the template with a generation prompt, or the contents joined by blank lines."""

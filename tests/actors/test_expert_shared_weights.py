@@ -1,7 +1,7 @@
 """Experts on one node share one copy of the model's weights through Ray's object store
 (:func:`actors.expert.put_weights`): their parameters are the same pages of the same shared-memory
 file, neither holds a private copy, and they generate the same greedy text as an expert that
-loaded its own copy from the cache (which transformers maps from the cache file: not the object)."""
+loaded its own copy from the cache file (not the object)."""
 
 from __future__ import annotations
 
