@@ -39,11 +39,14 @@ Dispatch = Callable[[str, dict[str, Any], float, bool], Iterator[dict[str, Any]]
 
 def fingerprint(req: dict[str, Any], caller: str = "") -> str:
     """What binds a request id to its request: a hash of the prompt, the sampling parameters as
-    the caller gave them (before a seed is drawn), how it is to run (``context_parallel``) and
-    the caller's identity."""
+    the caller gave them (before a seed is drawn), how it is to run (``context_parallel``, experts
+    ``routing`` and its budgets) and the caller's identity."""
     fields = {k: req.get(k) for k in ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "chat")}
     if req.get("context_parallel") not in (None, "", "auto"):  # the default is left out of the hash
         fields["context_parallel"] = req["context_parallel"]
+    for key in ("routing", "energy_budget_j", "latency_budget_ms"):  # experts routing and its budgets
+        if req.get(key) not in (None, "", "plan"):
+            fields[key] = req[key]
     blob = json.dumps([fields, caller], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

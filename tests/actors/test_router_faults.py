@@ -297,6 +297,10 @@ def test_fingerprint_binds_how_a_request_runs():
     for default in (None, "", "auto"):  # the default mode is the same request
         assert fingerprint(dict(base, context_parallel=default)) == fingerprint(base)
     assert fingerprint(dict(base, context_parallel="off")) != fingerprint(base)
+    assert fingerprint(dict(base, routing="plan")) == fingerprint(base)
+    experts = dict(base, routing="experts")
+    assert fingerprint(experts) != fingerprint(base)
+    assert fingerprint(dict(experts, energy_budget_j=5.0)) != fingerprint(experts)
     assert fingerprint(base, "alice") != fingerprint(base, "bob")
 
 
