@@ -38,7 +38,6 @@ from attention.blockwise import (
     accumulator_dtype,
     blockwise_attention,
     empty_partial,
-    merge_partials,
     merge_partials_,
 )
 from attention.comm import Communicator
@@ -47,39 +46,6 @@ from attention.partition import ShardPlan, split_heads
 
 SEQUENCE_STRATEGIES = ("ring", "zigzag", "ulysses", "hybrid", "gather_kv")
 STRATEGIES = SEQUENCE_STRATEGIES + ("tree_decode",)
-
-
-def _attend_segments(
-    q: torch.Tensor,
-    q_segs: Sequence[tuple[int, int]],
-    kv: torch.Tensor,
-    k_segs: Sequence[tuple[int, int]],
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    *,
-    causal: bool,
-    block: int,
-) -> None:
-    """Merge into (out, lse) the attention of q's segments over kv's ([2, B, Hkv, n, D]) segments."""
-    qo = 0
-    for qs, qe in q_segs:
-        ko = 0
-        for ks, ke in k_segs:
-            if not (causal and ks > qe - 1):  # skip segments the causal mask hides entirely
-                o, l = blockwise_attention(
-                    q[:, :, qo : qo + qe - qs],
-                    kv[0, :, :, ko : ko + ke - ks],
-                    kv[1, :, :, ko : ko + ke - ks],
-                    causal=causal,
-                    q_offset=qs,
-                    k_offset=ks,
-                    block=block,
-                    out_dtype=out.dtype,
-                )
-                sl = slice(qo, qo + qe - qs)
-                out[:, :, sl], lse[:, :, sl] = merge_partials(out[:, :, sl], lse[:, :, sl], o, l)
-            ko += ke - ks
-        qo += qe - qs
 
 
 def ring_attention(
@@ -110,8 +76,8 @@ def ring_attention(
             shape[3] = plan.length(nxt)
             buf = torch.empty(shape, dtype=kv.dtype, device=kv.device)
             handle = comm.exchange(kv, ring[(i + 1) % n], buf, ring[(i - 1) % n])
-        _attend_segments(
-            q, plan.segments[i], kv, plan.segments[src_pos], out, lse, causal=causal, block=block
+        _attend_into(
+            q, plan.segments[i], kv[0], kv[1], plan.segments[src_pos], out, lse, causal=causal, block=block
         )
         if handle is not None:
             kv = handle.wait()
@@ -247,8 +213,8 @@ def gather_kv_attention(
     parts = comm.allgather_uneven(torch.stack([k, v]), dim=3)
     kv = plan.unshard(parts, dim=3)
     out, lse = empty_partial(q)
-    _attend_segments(
-        q, plan.segments[comm.rank], kv, ((0, plan.seq_len),), out, lse, causal=causal, block=block
+    _attend_into(
+        q, plan.segments[comm.rank], kv[0], kv[1], ((0, plan.seq_len),), out, lse, causal=causal, block=block
     )
     return out, lse
 
