@@ -48,6 +48,14 @@ SEQUENCE_STRATEGIES = ("ring", "zigzag", "ulysses", "hybrid", "gather_kv")
 STRATEGIES = SEQUENCE_STRATEGIES + ("tree_decode",)
 
 
+def _ring_members(comm: Communicator, plan: ShardPlan, ring: Sequence[int] | None) -> list[int]:
+    """The global ranks of the ring (default all), checked against the plan's rank count."""
+    members = list(range(comm.world_size)) if ring is None else list(ring)
+    if plan.world_size != len(members):
+        raise AttentionInputError(f"plan has {plan.world_size} ranks, ring has {len(members)}")
+    return members
+
+
 def ring_attention(
     comm: Communicator,
     q: torch.Tensor,
@@ -60,10 +68,8 @@ def ring_attention(
     block: int = DEFAULT_BLOCK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ring attention over the global ranks ``ring`` (default all); ``plan`` indexes ring positions."""
-    ring = list(range(comm.world_size)) if ring is None else list(ring)
+    ring = _ring_members(comm, plan, ring)
     n = len(ring)
-    if plan.world_size != n:
-        raise AttentionInputError(f"plan has {plan.world_size} ranks, ring has {n}")
     i = ring.index(comm.rank)
     out, lse = empty_partial(q)
     kv = torch.stack([k, v])
@@ -145,10 +151,8 @@ def grouped_ring_attention(
     block's partial. Messages: ``(n - 1)`` per group instead of ``n - 1``, each ``Hkv /
     kv_heads_per_pass`` times smaller; bytes sent are those of :func:`ring_attention`.
     """
-    ring = list(range(comm.world_size)) if ring is None else list(ring)
+    ring = _ring_members(comm, plan, ring)
     n = len(ring)
-    if plan.world_size != n:
-        raise AttentionInputError(f"plan has {plan.world_size} ranks, ring has {n}")
     b, h, lq, d = q.shape
     hkv = k.shape[1]
     if isinstance(kv_heads_per_pass, bool) or not isinstance(kv_heads_per_pass, int) or not (
