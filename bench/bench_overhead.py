@@ -43,12 +43,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.bench_http import _machine, _pct  # the same machine record and nearest-rank percentile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "one two three four"
@@ -71,17 +72,6 @@ WARM_UP = 30
 WARM_UP_S = 1.0
 
 
-def _machine() -> dict[str, Any]:
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load_avg_1m": os.getloadavg()[0]}
-
-
-def _pct(xs: list[float], p: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[max(0, min(len(xs) - 1, int(round(p / 100 * len(xs))) - 1))]  # nearest rank
 
 
 # ------------------------------------------------------------------------------ the client process
