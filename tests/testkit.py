@@ -40,3 +40,23 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def wait_until_dead(handle: object, timeout_s: float = 60.0) -> None:
+    """Block until a ``ray.kill``-ed actor is observably dead. ``ray.kill`` is asynchronous: a call
+    sent right after it goes straight to the worker and can still run, so ping until one fails
+    with RayActorError; AssertionError if none does within ``timeout_s``."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.ping.remote(), timeout=max(0.1, deadline - time.monotonic()))  # type: ignore[attr-defined]
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"the actor still answered {timeout_s:g} s after ray.kill")

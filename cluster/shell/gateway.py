@@ -371,7 +371,11 @@ class FlotillaServicer(pb_grpc.FlotillaServicer):
                 query = PlanQuery.from_pb(request.query)
                 remaining = context.time_remaining()
                 cancel = threading.Event()
-                context.add_callback(cancel.set)  # the RPC ended: cancelled, deadline or done
+                # the RPC ended (cancelled, deadline or done); a callback added after the end is never
+                # called (add_callback answers False), so a call cancelled before it got a thread is
+                # cancelled here
+                if not context.add_callback(cancel.set) or not context.is_active():
+                    cancel.set()
                 doc = self.planner.run(query, time_limit_s=remaining if remaining is not None and remaining < 1e8 else None,
                                        may_apply=self._may_apply(context), cancel=cancel)
                 allocation = allocation_message(doc)

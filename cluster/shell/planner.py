@@ -472,22 +472,30 @@ class Planner:
     max_concurrent: int = 2
     #: The most devices an applied plan may ask Ray's autoscaler for.
     max_apply_devices: int = 64
-    _workers: list[Any] = field(init=False, repr=False)
+    _all: tuple[Any, ...] = field(init=False, repr=False)
+    _workers: list[Any] = field(init=False, repr=False)  # the idle ones
     _pool_lock: threading.Lock = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         from cluster.shell.solver_process import SolverProcess
 
-        self._workers = [SolverProcess() for _ in range(self.max_concurrent)]
+        self._all = tuple(SolverProcess() for _ in range(self.max_concurrent))
+        self._workers = list(self._all)
         self._pool_lock = threading.Lock()
 
     @property
     def cancelled(self) -> int:
         """Solves killed because their caller went away."""
-        return sum(w.killed for w in self._workers)
+        return sum(w.killed for w in self._all)
+
+    @property
+    def solving(self) -> int:
+        """Solves running now (workers taken from the pool)."""
+        with self._pool_lock:
+            return len(self._all) - len(self._workers)
 
     def close(self) -> None:
-        for w in self._workers:
+        for w in self._all:
             w.close()
 
     def run(self, query: PlanQuery, *, time_limit_s: float | None = None, may_apply: bool = True,

@@ -9,6 +9,7 @@ import json
 import math
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -396,23 +397,40 @@ def test_unary_dispatch_for_short_requests_gives_the_streamed_answer(served):
     assert unary.status()["admitted"] == 0 and store.journal_unacked() == []
 
 
-def test_a_solve_nobody_waits_for_is_killed(served):
+def test_a_solve_nobody_waits_for_is_killed(served, monkeypatch):
     """A client that cancels its Plan call stops the solve (the worker process is killed), so the
     solver slots are free again at once instead of after the 60 s limit."""
+    import functools
+    import sys
+
+    import cluster.shell.planner as planner_module
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+    from bench_allocation import instance
+
     gw = served[0]
+    planner = gw.servicer.planner
+    # Every query CBC answers in about a second here, so the gateway's workers are handed an
+    # instance that takes CBC tens of seconds (Mélange's binary formulation over 16 types; see
+    # test_solver_process): the solve, the worker and the cancellation stay real.
+    hard = instance(16, 1, 2)
+    monkeypatch.setattr(planner_module, "build_problem", lambda **_: (hard, {}))
+    for w in planner._all:
+        monkeypatch.setattr(w, "solve", functools.partial(type(w).solve, w, formulation="binary", baselines=False))
     stub = pb_grpc.FlotillaStub(grpc.insecure_channel(gw.address))
-    hard = pb.PlanQuery(rate=32.0, devices=["l4", "a10g", "t4", "l40s", "a100-40g-sxm", "a100-80g-sxm", "h100-sxm",
-                                            "h200-sxm"])
-    before = gw.servicer.planner.cancelled
-    call = stub.Plan.future(pb.PlanRequest(query=hard), timeout=120)
-    time.sleep(1.0)  # the solve is running in its worker
-    if call.done():  # CBC found and proved this one fast (the worker-level test covers cancelling)
-        pytest.skip("the instance was solved before it could be cancelled")
+    before = planner.cancelled
+    call = stub.Plan.future(pb.PlanRequest(query=pb.PlanQuery(rate=2.0, devices=["l4"])), timeout=120)
+    deadline = time.monotonic() + 30
+    while planner.solving == 0 and not call.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert planner.solving == 1 and not call.done()
+    time.sleep(0.5)  # the worker has the problem
     call.cancel()
     deadline = time.monotonic() + 10
-    while gw.servicer.planner.cancelled == before and time.monotonic() < deadline:
+    while (planner.cancelled == before or planner.solving) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert gw.servicer.planner.cancelled == before + 1
+    assert planner.cancelled == before + 1 and planner.solving == 0
+    monkeypatch.undo()
     t0 = time.monotonic()  # both slots are free: an easy plan answers at once
     quick = [stub.Plan(pb.PlanRequest(query=pb.PlanQuery(rate=6.0, devices=["l4", "a100-80g-sxm"])), timeout=60)
              for _ in range(2)]
