@@ -10,6 +10,9 @@ from cluster.exceptions import InputError, StoreUnavailableError
 from cluster.state.base import _CONNECT_TIMEOUT_S, _SOCKET_TIMEOUT_S, StateStore
 from cluster.state.values import DEFAULT_HISTOGRAM_CAP, HistogramSummary, redact_url
 
+#: Connections one store opens at most; callers beyond it wait (up to the socket timeout) for one.
+MAX_CONNECTIONS = 256
+
 _LUA_DEVICES = """
 local ids = redis.call('SMEMBERS', KEYS[1])
 local out = {}
@@ -189,13 +192,19 @@ class RedisStore(StateStore):
         from redis.retry import Retry
 
         self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self._client = redis.Redis.from_url(
+        # A bounded pool that waits for a free connection: redis-py 7+ caps a plain pool at 100
+        # connections and fails the 101st call at once, while a gateway runs hundreds of threads.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=_SOCKET_TIMEOUT_S,
             decode_responses=True,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
         )
+        self._client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._client.auto_close_connection_pool = True
         self._prefix = f"flotilla:{namespace}:"
         reg = self._client.register_script
         self._lua_devices = reg(_LUA_DEVICES)

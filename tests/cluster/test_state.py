@@ -889,3 +889,23 @@ def test_redis_footprint_of_a_completed_request_does_not_depend_on_its_prompt(re
     assert sizes["long"][0] > sizes["short"][0] + 60_000  # the prompt is held while pending (UTF-8)
     assert sizes["long"][0] < 2 * 16_384 * 5  # stored as UTF-8, not \\u-escaped (12 bytes an emoji)
     assert sizes["long"][1] == sizes["short"][1] < 1024  # and dropped once completed
+
+
+def test_more_threads_than_redis_connections_wait_for_one(redis_url, monkeypatch):
+    """A Redis store shares a bounded pool: callers beyond its connections wait for a free one
+    instead of failing (redis-py's plain pool raises on the 101st concurrent call)."""
+    import cluster.state.redis_store as redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_CONNECTIONS", 3)
+    store = open_store(redis_url, namespace=f"test-pool-{uuid.uuid4().hex[:8]}")
+    try:
+        def body(i: int) -> None:
+            for _ in range(20):
+                store.incr("hits")
+
+        _run_together(48, body)
+        assert store.counter("hits") == 48 * 20
+        assert store._client.connection_pool.max_connections == 3
+    finally:
+        store.clear()
+        store.close()
