@@ -173,13 +173,17 @@ class Dispatcher:
         n = bucket_index(plan, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
         bucket = plan["buckets"][n]
 
-        def pick(replicas: list[Replica]) -> Replica | None:
+        fallback = [False]
+
+        def pick(replicas: list[Replica]) -> Replica | None:  # under the pool's lock: no store calls
             choice = choose_replica(replicas, bucket, (version or 0, n), turns, next(self._rr))
-            if choice.fallback:
-                self.store.incr("router.plan_fallback")
+            fallback[0] = choice.fallback
             return choice.replica
 
-        return self.pool.acquire(pick, deadline)
+        replica = self.pool.acquire(pick, deadline)
+        if fallback[0]:
+            self.store.incr("router.plan_fallback")
+        return replica
 
     def _hooked(self, req: dict[str, Any]) -> Replica | None:
         """The dispatch hook's replica for ``req`` (None: the plan's). A hook failure other than

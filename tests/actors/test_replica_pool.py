@@ -1,5 +1,6 @@
 """The router's replica pool without Ray: slots bounded by capacity, drained and dead replicas
-take no new work, a replacement serves again, waiters wake on release, deadline and close."""
+take no new work, a replacement serves again, waiters wake on release, deadline and close; a freed
+slot goes to the first waiter that takes it, and only that waiter is woken."""
 
 from __future__ import annotations
 
@@ -139,3 +140,63 @@ def test_membership_errors_name_the_device():
         pool.add(Replica("a-0", "a", None))
     pool.add(Replica("b-0", "b", "hb"))
     assert pool.acquire(_plan_pick({"kinds": ["b"]}), _soon()).device_id == "b-0"
+
+
+def _queue_waiters(pool: ReplicaPool, picks: list, deadline_s: float = 30.0) -> tuple[list, list[threading.Thread]]:
+    """Start one thread per pick, each queued (waiting) before the next starts; returns the
+    list the threads append ``(index, device_id)`` to as they get their slots."""
+    got: list = []
+    threads = []
+    for i, pick in enumerate(picks):
+        t = threading.Thread(target=lambda i=i, pick=pick: got.append((i, pool.acquire(pick, time.monotonic() + deadline_s).device_id)))
+        t.start()
+        threads.append(t)
+        end = time.monotonic() + 10
+        while len(pool._waiters) < i + 1 and time.monotonic() < end:
+            time.sleep(0.001)
+        assert len(pool._waiters) == i + 1
+    return got, threads
+
+
+def test_freed_slots_go_to_waiters_first_come_first_served_waking_only_one():
+    pool = _pool(("a-0", "a", 1))
+    held = pool.acquire(_plan_pick(), _soon())
+    calls = [0]
+    base = _plan_pick()
+
+    def counting(replicas):
+        calls[0] += 1
+        return base(replicas)
+
+    got, threads = _queue_waiters(pool, [counting] * 8)
+    for n in range(8):
+        before = calls[0]
+        pool.release(held)
+        end = time.monotonic() + 10
+        while len(got) < n + 1 and time.monotonic() < end:
+            time.sleep(0.001)
+        # one pick ran for this release (the first waiter's), not one per waiting caller
+        assert calls[0] - before == 1
+    for t in threads:
+        t.join(10)
+    assert [i for i, _ in got] == list(range(8))
+
+
+def test_a_waiter_whose_pick_declines_does_not_hold_up_the_ones_behind_it():
+    pool = _pool(("a-0", "a", 1), ("b-0", "b", 1))
+    a = pool.acquire(_plan_pick({"kinds": ["a"]}), _soon())
+    b = pool.acquire(_plan_pick({"kinds": ["b"]}), _soon())
+    only_b = _plan_pick({"kinds": ["b"], "weights": None})
+
+    def strictly_b(replicas):
+        r = only_b(replicas)
+        return r if r is not None and r.kind == "b" else None
+
+    got, threads = _queue_waiters(pool, [strictly_b, _plan_pick()])
+    pool.release(a)  # the first waiter wants b only: the second takes a-0
+    for t in threads[1:]:
+        t.join(10)
+    assert got == [(1, "a-0")] and len(pool._waiters) == 1
+    pool.release(b)
+    threads[0].join(10)
+    assert got == [(1, "a-0"), (0, "b-0")] and pool._waiters == []
