@@ -69,6 +69,7 @@ from actors.journal import RequestJournal, fingerprint, replayed
 from actors.replica_pool import ReplicaPool
 from actors.routing import DeadlineExceededError, QueueFullError, Replica, RouterClosedError
 from actors.routing_plan import PLAN_NAME, RoutingPlanView
+from cluster.load import LoadRecorder
 from cluster.exceptions import InputError
 
 __all__ = ["PLAN_NAME", "UNARY_MAX_TOKENS", "DeadlineExceededError", "QueueFullError", "Router", "RouterClosedError",
@@ -124,17 +125,6 @@ class RouterConfig:
                 raise InputError(f"{name}: {v!r}; allowed: a number of seconds > 0")
 
 
-def _record_load(store: Any, req: dict[str, Any]) -> None:
-    """Count the request in the store's load window (what autoscaling re-plans from); a store
-    error costs the sample, never the request."""
-    from cluster.load import record_request
-
-    try:
-        record_request(store, math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
-    except Exception:  # noqa: BLE001
-        log.debug("could not record the request's load", exc_info=True)
-
-
 class Router:
     """Dispatches requests to replicas; see the module docstring. A facade over the replica pool
     (:mod:`actors.replica_pool`), the routing plan (:mod:`actors.routing_plan`), dispatch with
@@ -148,6 +138,7 @@ class Router:
         self.owner = cfg.router_id or f"router-{uuid.uuid4().hex[:12]}"
         self._stop = threading.Event()
         self._pool = ReplicaPool(replicas, stop=self._stop)
+        self._load = LoadRecorder(store)  # the load window the autoscaling loop reads
         self._plans = RoutingPlanView(store, [r.kind for r in replicas], cfg.plan_refresh_s)
         #: ``dispatch_hook(request) -> Replica | None``: a replica outside the plan for this
         #: request (a long prompt to :mod:`actors.cp_adapter`), or None for the plan's choice.
@@ -164,6 +155,7 @@ class Router:
         """Begin serving: take this router's lease, and (``replay``) take over and re-run, in the
         background, every pending journal entry whose router holds no lease any more; keep doing
         so every ``lease_ttl_s``. Returns how many entries are replayed now."""
+        self._load.start()
         return self._journal.start(replay=replay)
 
     def wait_replayed(self, timeout: float | None = None) -> bool:
@@ -175,6 +167,12 @@ class Router:
         the same store takes them over at once."""
         self._pool.close()  # sets the stop event every part watches and wakes the waiters
         self._journal.release_lease()
+        self._load.close()
+
+    def flush_load(self) -> int:
+        """Write the load samples not yet written (they go out every half second anyway);
+        returns how many requests they hold."""
+        return self._load.flush()
 
     @property
     def lease_failures(self) -> int:
@@ -313,7 +311,7 @@ class Router:
                 with self._admission:
                     self._admitted -= 1
 
-        _record_load(self.store, req)
+        self._load.record(math.ceil(len(req["prompt"]) / 4), req["max_tokens"])
         try:
             for ev in self._journal.run(rid, req, fp, deadline, whole=whole):
                 if ev["type"] == "done":

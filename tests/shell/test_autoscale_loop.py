@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cluster.exceptions import InputError
-from cluster.load import SLOT_S, length_bin, read_window, record_request
+from cluster.load import SLOT_S, LoadRecorder, length_bin, read_window, record_request
 from cluster.state import open_store
 
 
@@ -86,6 +86,65 @@ def test_window_bad_input_names_the_field():
         read_window(store, 0.0)
     with pytest.raises(InputError, match="window_s"):
         read_window(store, 7200.0)  # longer than the buckets live
+
+
+def test_the_recorder_writes_the_same_window_as_one_increment_per_request(redis_url):
+    """LoadRecorder (what the router uses) batches the increments; the window read back is the
+    one record_request per request writes, also with threads recording at once."""
+    import uuid
+
+    rng = np.random.default_rng(7)
+    t0 = 2_000_000.0
+    arrivals = np.sort(rng.uniform(t0, t0 + 60, 800))
+    lens = rng.integers(1, 5000, (800, 2))
+    one = open_store(redis_url, namespace=f"test-load-{uuid.uuid4().hex[:8]}")
+    batched = open_store(redis_url, namespace=f"test-load-{uuid.uuid4().hex[:8]}")
+    try:
+        for t, (p, o) in zip(arrivals, lens):
+            record_request(one, int(p), int(o), now=float(t))
+        rec = LoadRecorder(batched, flush_s=3600)
+        parts = np.array_split(np.arange(800), 8)
+
+        def body(idx: np.ndarray) -> None:
+            for i in idx:
+                rec.record(int(lens[i, 0]), int(lens[i, 1]), now=float(arrivals[i]))
+
+        threads = [threading.Thread(target=body, args=(ix,)) for ix in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert read_window(batched, 60.0, now=t0 + 60)[0] == 0.0  # nothing written before a flush
+        assert rec.flush() == 800 and rec.flush() == 0
+        for window in (5.0, 30.0, 65.0):
+            a, b = read_window(one, window, now=t0 + 60), read_window(batched, window, now=t0 + 60)
+            assert a[0] == b[0] and sorted(zip(a[1], a[2])) == sorted(zip(b[1], b[2]))
+    finally:
+        for s in (one, batched):
+            s.clear()
+            s.close()
+
+
+def test_the_recorder_flushes_by_itself_and_a_store_error_costs_only_samples(throwaway_redis):
+    store = open_store(throwaway_redis.url(), namespace="load-rec")
+    rec = LoadRecorder(store, flush_s=0.05).start()
+    rec.record(100, 20)
+    deadline = time.monotonic() + 10
+    while read_window(store, 10.0)[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert round(read_window(store, 10.0)[0] * 10.0) == 1  # written by the thread, no flush called
+    throwaway_redis.stop()
+    rec.record(100, 20)
+    rec.record(3, 4)
+    time.sleep(0.3)  # flushes fail meanwhile: the samples are lost, nothing raises
+    assert rec.lost == 2
+    throwaway_redis.start()  # empty again (no persistence)
+    rec.record(100, 20)
+    rec.close()  # the last samples are written on close
+    assert round(read_window(store, 10.0)[0] * 10.0) == 1 and rec.lost == 2
+    with pytest.raises(InputError, match="flush_s"):
+        LoadRecorder(store, flush_s=0)
+    store.close()
 
 
 # ---------------------------------------------------------------------------------------------- router drain
