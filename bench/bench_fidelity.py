@@ -68,6 +68,39 @@ def _machine() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+class HostMeter:
+    """CPU time of the whole host (``/proc/stat``) and of this run's process tree (this driver,
+    Ray's processes and workers): what other jobs took from the 2 cores while a stretch ran."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.root = psutil.Process()
+        self.error = psutil.Error
+
+    def read(self) -> tuple[float, float, float, float]:
+        """``(busy s, steal s, ours s, perf_counter)``: cumulative."""
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+        ours = 0.0
+        for p in [self.root, *self.root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                ours += t.user + t.system
+            except self.error:
+                pass
+        return (user + nice + system + irq + softirq) / self.tick, steal / self.tick, ours, time.perf_counter()
+
+    @staticmethod
+    def share(a: tuple[float, ...], b: tuple[float, ...]) -> dict[str, float]:
+        """Shares of the host's CPU capacity between two reads: this run's, other jobs', stolen by the hypervisor."""
+        cap = (b[3] - a[3]) * (os.cpu_count() or 1)
+        ours = b[2] - a[2]
+        return {"ours": round(ours / cap, 4), "other": round(max(0.0, (b[0] - a[0]) - ours) / cap, 4),
+                "steal": round((b[1] - a[1]) / cap, 4)}
+
+
 class Serving:
     """The real path: DeviceActor + ExpertActor (SmolLM2) + Router; :meth:`one` runs a request."""
 
@@ -191,6 +224,8 @@ def simulate(engines: list[Any], segments: list[list[dict[str, Any]]], seeds: in
     from cluster.sim.requests import Requests
 
     per_seed = []
+    seg_ttft: list[list[np.ndarray]] = [[] for _ in segments]
+    seg_tpot: list[list[np.ndarray]] = [[] for _ in segments]
     for s in range(seeds):
         ttft, tpot = [], []
         for j, (engine, recs) in enumerate(zip(engines, segments)):
@@ -202,9 +237,13 @@ def simulate(engines: list[Any], segments: list[list[dict[str, Any]]], seeds: in
             ttft.append(run.first_token - reqs.arrival)
             multi = reqs.output_len > 1
             tpot.append((run.finish[multi] - run.first_token[multi]) / (reqs.output_len[multi] - 1))
+            seg_ttft[j].append(ttft[-1])
+            seg_tpot[j].append(tpot[-1])
         per_seed.append(_pcts(np.concatenate(ttft), np.concatenate(tpot)))
     return {m: float(np.median([p[m] for p in per_seed])) for m in METRICS} | {
-        "range_10_90": {m: [float(np.percentile([p[m] for p in per_seed], q)) for q in (10, 90)] for m in METRICS}}
+        "range_10_90": {m: [float(np.percentile([p[m] for p in per_seed], q)) for q in (10, 90)] for m in METRICS},
+        "segments": [{"mean_ttft_ms": float(np.mean(np.concatenate(a))) * 1e3, "p50_tpot_ms": float(np.median(np.concatenate(b))) * 1e3}
+                     for a, b in zip(seg_ttft, seg_tpot)]}
 
 
 def _r(x: Any) -> Any:
@@ -253,6 +292,13 @@ def analyse(cals: list[dict[str, Any]], segs: list[dict[str, Any]], fracs: list[
             "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in recs])),
             "mean_completion_tokens": float(np.mean([r["completion_tokens"] for r in recs])),
             "segment_speed": [round(s["speed"], 4) for s in mine],
+            # per segment, real against simulated (a diagnostic: which stretches of the run the model misses)
+            "segment_check": [{"segment": segs.index(s), "requests": len(s["recs"]), "speed": round(s["speed"], 4),
+                               "real_mean_ttft_ms": 1e3 * float(np.mean([r["ttft_s"] for r in s["recs"]])),
+                               "sim_mean_ttft_ms": got["mean_ttft_ms"],
+                               "real_p50_tpot_ms": 1e3 * float(np.median([r["tpot_s"] for r in s["recs"] if r["tpot_s"] is not None])),
+                               "sim_p50_tpot_ms": got["p50_tpot_ms"], "cpu_share": s.get("cpu_share")}
+                              for s, got in zip(mine, sim["segments"])],
             "segment_load_avg_1m": [s["load_avg_1m"] for s in mine],
         })
         print(json.dumps({"level": frac, "n": len(recs), "real": real, "sim": {m: sim[m] for m in METRICS}}), file=sys.stderr)
@@ -265,12 +311,14 @@ def resimulate(path: str, out: str | None, sim_seeds: int | None) -> dict[str, A
     cals = doc["calibrations"]
     fracs = sorted({s["level"] for s in doc["segments"]}, key=[lv["level"] for lv in doc["levels"]].index)
     segs = [{"level": fracs.index(s["level"]), "recs": s["records"], "calibration": s["calibration"], "wall_s": s["wall_s"],
-             "load_avg_1m": s["load_avg_1m"]} for s in doc["segments"]]
+             "load_avg_1m": s["load_avg_1m"], "cpu_share": s.get("cpu_share")} for s in doc["segments"]]
     seeds = sim_seeds or doc["sim_seeds"]
     engine, levels = analyse(cals, segs, fracs, doc["capacity_rps"], doc["tolerance"], seeds, f"{out or path}: engine")
     for seg, s in zip(doc["segments"], segs):
         seg["speed"] = s["speed"]
-    doc.update(engine=engine.to_json(), levels=levels, all_pass=all(lv["all_pass"] for lv in levels), sim_seeds=seeds)
+    doc.update(engine=engine.to_json(), levels=levels, all_pass=all(lv["all_pass"] for lv in levels), sim_seeds=seeds,
+               resimulated={"command": f"python bench/bench_fidelity.py --resimulate {path}" + (f" --out {out}" if out else ""),
+                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     if out:
         Path(out).write_text(json.dumps(doc, indent=1) + "\n")
     return doc
@@ -313,10 +361,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for p in PROMPTS * 2:  # warm up: the model's first calls are slower
             srv.one(p)
 
+        meter = HostMeter()
+
         def measure() -> None:
-            load0, t_cal = os.getloadavg()[0], time.perf_counter()
+            load0, t_cal, h0 = os.getloadavg()[0], time.perf_counter(), meter.read()
             got = calibrate(srv, c, args.calib_reps)
-            cals.append({"samples": got, "wall_s": time.perf_counter() - t_cal, "load_avg_1m": [load0, os.getloadavg()[0]]})
+            cals.append({"samples": got, "wall_s": time.perf_counter() - t_cal, "load_avg_1m": [load0, os.getloadavg()[0]],
+                         "cpu_share": meter.share(h0, meter.read())})
 
         measure()
         first = fit_measured(cals[0]["samples"], max_concurrency=c)
@@ -331,9 +382,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             plans.append([(j, offsets[a:a + per] - offsets[a], which[a:a + per]) for a in cuts])
         order = [p[i] for i in range(max(len(p) for p in plans)) for p in plans if i < len(p)]
         for j, offsets, which in order:
-            load0, t_seg = os.getloadavg()[0], time.perf_counter()
+            load0, t_seg, h0 = os.getloadavg()[0], time.perf_counter(), meter.read()
             recs = replay(srv, offsets, which)
-            segs.append({"level": j, "recs": recs, "wall_s": time.perf_counter() - t_seg,
+            segs.append({"level": j, "recs": recs, "wall_s": time.perf_counter() - t_seg, "cpu_share": meter.share(h0, meter.read()),
                          "load_avg_1m": [load0, os.getloadavg()[0]], "calibration": [len(cals) - 1, len(cals)]})
             print(json.dumps({"segment": len(segs) - 1, "level": fracs[j], "n": len(recs), "wall_s": round(segs[-1]["wall_s"], 1)}),
                   file=sys.stderr, flush=True)
@@ -351,10 +402,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean_service_s_at_full_concurrency": service_s, "engine": engine.to_json(),
         "levels": levels, "all_pass": all(lv["all_pass"] for lv in levels),
         "wall_s": time.perf_counter() - t_run,
-        "calibrations": [{"wall_s": cal["wall_s"], "load_avg_1m": cal["load_avg_1m"],
+        "calibrations": [{"wall_s": cal["wall_s"], "load_avg_1m": cal["load_avg_1m"], "cpu_share": cal["cpu_share"],
                           "samples": [{k: _r(s[k]) for k in CAL_KEYS} for s in cal["samples"]]} for cal in cals],
         "segments": [{"level": fracs[s["level"]], "calibration": s["calibration"], "speed": s["speed"], "wall_s": s["wall_s"],
-                      "load_avg_1m": s["load_avg_1m"],
+                      "load_avg_1m": s["load_avg_1m"], "cpu_share": s["cpu_share"],
                       "records": [{k: _r(r[k]) for k in REC_KEYS} for r in sorted(s["recs"], key=lambda r: r["start_s"])]}
                      for s in segs],
         "note": ("real: client-observed times through the Router (start = when the client sent the request, "
