@@ -24,8 +24,10 @@ in-memory store, streaming through Ray), driven in this process. Steps:
    prediction is the median over seeds of each percentile, with its 10-90 % range.
 4. Write per level: rate, real and simulated p50 / p99 TTFT and TPOT (pooled over the level's
    segments), relative errors, pass/fail against ``--tolerance`` (0.15), ablations (FIFO hand-off,
-   no speed factor, no jitter), load average, machine, date, command, and the raw calibration
-   samples and replay records (enough to refit and re-simulate offline).
+   a table per concurrency instead of the phased one, no speed factor, no jitter), per segment
+   real against simulated mean TTFT and median TPOT, the CPU share other jobs took, load average,
+   machine, date, command, and the raw calibration samples and replay records (enough to refit
+   and re-simulate offline: ``--resimulate FILE``).
 
 ``python bench/bench_fidelity.py [--out bench/results/fidelity.json]``; a timing benchmark: run it
 under ``flock /work/bench.lock``.
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: The prompt mix: three lengths (with SmolLM2's chat template, about 44, 65 and 95 tokens).
+#: The prompt mix: three lengths (with SmolLM2's chat template, about 44, 66 and 95 tokens).
 PROMPTS = (
     "Write a long story about a fleet of small boats crossing the sea.",
     "Write a long story about a fleet of small boats crossing a cold grey sea at night. The sailors are "

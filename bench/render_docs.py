@@ -380,9 +380,13 @@ def fidelity() -> str:
     for lv in d["levels"]:
         for c in lv["segment_check"]:
             ok = abs(c["sim_mean_ttft_ms"] - c["real_mean_ttft_ms"]) <= tol * c["real_mean_ttft_ms"]
+            other = f", other jobs {100 * c['cpu_share']['other']:.0f} %" if c.get("cpu_share") else ""
             checks.append((ok, f"{c['segment']}, {lv['level']:g}: {c['real_mean_ttft_ms']:.0f} / {c['sim_mean_ttft_ms']:.0f} ms, "
-                               f"{c['real_p50_tpot_ms']:.0f} / {c['sim_p50_tpot_ms']:.0f} ms, {c['speed']:.2f}"))
+                               f"{c['real_p50_tpot_ms']:.0f} / {c['sim_p50_tpot_ms']:.0f} ms, {c['speed']:.2f}{other}"))
     checks.sort(key=lambda x: int(x[1].split(",")[0]))
+    shares = [s["cpu_share"]["other"] for s in d["segments"] if s.get("cpu_share")]
+    share_txt = (f" Other jobs took {100 * min(shares):.0f} to {100 * max(shares):.0f} % (median {100 * sorted(shares)[len(shares) // 2]:.0f} %) "
+                 "of the host's CPU during a segment." if shares else "")
     speeds = [s["speed"] for s in d["segments"]]
     loads = [x for s in d["segments"] for x in s["load_avg_1m"]]
     m = d["machine"]
@@ -394,9 +398,12 @@ def fidelity() -> str:
             f"another prefill and {1 + e['prefill_contention'][1]:.2f}x beside a decode, a decode {1 + e['decode_contention'][0]:.2f}x "
             f"beside a prefill and {1 + e['decode_contention'][1]:.2f}x beside another decode. Host speed per segment "
             f"(bracketing measurements over the table) {min(speeds):.2f} to {max(speeds):.2f}, load average {min(loads):.1f} to "
-            f"{max(loads):.1f}. Per segment (a diagnostic), the simulated mean TTFT is within 15 % of the real one in "
-            f"{sum(ok for ok, _ in checks)} of {len(checks)} segments; the others (segment, load: real / simulated mean TTFT, "
-            f"real / simulated median TPOT, speed): " + "; ".join(txt for ok, txt in checks if not ok) + f". Host {m['host']}, {m['cores']} cores, {d['date']}, `{d['command']}`, {d['wall_s']:.0f} s.\n\n"
+            f"{max(loads):.1f}.{share_txt} Per segment (a diagnostic), the simulated mean TTFT is within 15 % of the real one in "
+            f"{sum(ok for ok, _ in checks)} of {len(checks)} segments" + (
+                f"; the others (segment, load: real / simulated mean TTFT, real / simulated median TPOT, speed"
+                f"{', share of the CPU other jobs took during it' if shares else ''}): "
+                + "; ".join(txt for ok, txt in checks if not ok) if not all(ok for ok, _ in checks) else "")
+            + f". Host {m['host']}, {m['cores']} cores, {d['date']}, `{d['command']}`, {d['wall_s']:.0f} s.\n\n"
             "Error of the simulation with one part of the model changed (ablations, same runs):\n\n"
             + _table(["load", "change"] + list(names.values()), arows))
 
