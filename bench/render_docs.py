@@ -362,36 +362,50 @@ def fidelity() -> str:
     for lv in d["levels"]:
         for m, label in names.items():
             e = lv["relative_error"][m]
-            rows.append([f"{lv['level']:g} × capacity", f"{lv['rate_rps']:.3f}", str(lv["requests"]), label,
-                         f"{lv['real'][m]:.0f}", f"{lv['simulated'][m]:.0f}", f"{100 * e:+.1f} %",
+            lo, hi = lv["simulated_range_10_90"][m]
+            rows.append([f"{lv['level']:g} × capacity", f"{lv['rate_rps']:.3f}", f"{lv['requests']} ({lv['segments']})", label,
+                         f"{lv['real'][m]:.0f}", f"{lv['simulated'][m]:.0f} ({lo:.0f}-{hi:.0f})", f"{100 * e:+.1f} %",
                          "yes" if abs(e) <= tol else "no"])
-    out = _table(["load", "req/s", "requests", "metric", "real ms", "simulated ms", "error", f"within {100 * tol:g} %"], rows)
-    def drift(lv: dict) -> float:
-        """Median over prompt lengths of (the replay's median actor prefill time / the calibration's at
-        concurrency 1): how much slower (> 1) the host ran during the replay than when measured."""
-        import statistics
-
-        cal, rep = lv["calibration"]["raw"], lv["records"]
-        ratios = []
-        for p in sorted({r["prompt_tokens"] for r in cal}):
-            a = [r["engine_ttft_s"] for r in cal if r["prompt_tokens"] == p and r["concurrency"] == 1]
-            b = [r["engine_ttft_s"] for r in rep if r["prompt_tokens"] == p]
-            if a and b:
-                ratios.append(statistics.median(b) / statistics.median(a))
-        return statistics.median(ratios)
-
-    tables = []
+    out = _table(["load", "req/s", "requests (segments)", "metric", "real ms", "simulated ms (10-90 % over seeds)", "error",
+                  f"within {100 * tol:g} %"], rows)
+    abl = {"fifo_hand_off": "FIFO hand-off", "per_concurrency_table": "per-concurrency table", "no_speed_factor": "no speed factor",
+           "no_jitter": "no jitter"}
+    arows = []
     for lv in d["levels"]:
-        e = lv["calibration"]["engine"]
-        tables.append(f"{lv['level']:g}: overhead {1e3 * e['overhead_s']:.0f} ms, prefill {1e3 * e['prefill_base_s']:.0f} ms + "
-                      f"{1e3 * e['prefill_per_token_s']:.2f} ms/token, decode step "
-                      + " / ".join(f"{1e3 * x:.0f}" for x in e["decode_step_s"])
-                      + f" ms at 1..{e['max_concurrency']} requests, load average {lv['load_avg_1m'][0]:.1f} -> {lv['load_avg_1m'][1]:.1f}, "
-                      f"replay prefill / calibration prefill {drift(lv):.2f}")
+        for key, label in abl.items():
+            arows.append([f"{lv['level']:g}", label] + [f"{100 * (lv['ablations'][key][m] - lv['real'][m]) / lv['real'][m]:+.0f} %"
+                                                         for m in names])
+    e = d["engine"]
+    checks = []
+    for lv in d["levels"]:
+        for c in lv["segment_check"]:
+            ok = abs(c["sim_mean_ttft_ms"] - c["real_mean_ttft_ms"]) <= tol * c["real_mean_ttft_ms"]
+            other = f", other jobs {100 * c['cpu_share']['other']:.0f} %" if c.get("cpu_share") else ""
+            checks.append((ok, f"{c['segment']}, {lv['level']:g}: {c['real_mean_ttft_ms']:.0f} / {c['sim_mean_ttft_ms']:.0f} ms, "
+                               f"{c['real_p50_tpot_ms']:.0f} / {c['sim_p50_tpot_ms']:.0f} ms, {c['speed']:.2f}{other}"))
+    checks.sort(key=lambda x: int(x[1].split(",")[0]))
+    shares = [s["cpu_share"]["other"] for s in d["segments"] if s.get("cpu_share")]
+    share_txt = (f" Other jobs took {100 * min(shares):.0f} to {100 * max(shares):.0f} % (median {100 * sorted(shares)[len(shares) // 2]:.0f} %) "
+                 "of the host's CPU during a segment." if shares else "")
+    speeds = [s["speed"] for s in d["segments"]]
+    loads = [x for s in d["segments"] for x in s["load_avg_1m"]]
     m = d["machine"]
     return (out + f"\n{sum(lv['all_pass'] for lv in d['levels'])} of {len(d['levels'])} levels within {100 * tol:g} % on every "
-            f"metric. Measured tables (per level): " + "; ".join(tables) + f". Host {m['host']}, {m['cores']} cores, "
-            f"{d['date']}, `{d['command']}`, {d['wall_s']:.0f} s.\n")
+            f"metric ({sum(p for lv in d['levels'] for p in lv['pass'].values())} of {4 * len(d['levels'])} figures). "
+            f"Measured table (all {len(d['calibrations'])} measurements): overhead {1e3 * e['overhead_s']:.0f} ms, prefill "
+            f"{1e3 * e['prefill_base_s']:.0f} ms + {1e3 * e['prefill_per_token_s']:.2f} ms/token, decode step "
+            f"{1e3 * e['decode_step_s'][0]:.0f} ms alone; a prefill runs {1 + e['prefill_contention'][0]:.2f}x slower beside "
+            f"another prefill and {1 + e['prefill_contention'][1]:.2f}x beside a decode, a decode {1 + e['decode_contention'][0]:.2f}x "
+            f"beside a prefill and {1 + e['decode_contention'][1]:.2f}x beside another decode. Host speed per segment "
+            f"(bracketing measurements over the table) {min(speeds):.2f} to {max(speeds):.2f}, load average {min(loads):.1f} to "
+            f"{max(loads):.1f}.{share_txt} Per segment (a diagnostic), the simulated mean TTFT is within 15 % of the real one in "
+            f"{sum(ok for ok, _ in checks)} of {len(checks)} segments" + (
+                f"; the others (segment, load: real / simulated mean TTFT, real / simulated median TPOT, speed"
+                f"{', share of the CPU other jobs took during it' if shares else ''}): "
+                + "; ".join(txt for ok, txt in checks if not ok) if not all(ok for ok, _ in checks) else "")
+            + f". Host {m['host']}, {m['cores']} cores, {d['date']}, `{d['command']}`, {d['wall_s']:.0f} s.\n\n"
+            "Error of the simulation with one part of the model changed (ablations, same runs):\n\n"
+            + _table(["load", "change"] + list(names.values()), arows))
 
 
 EXPERT_SEEDS = ("experts_evaluate.json", "experts_evaluate_seed1.json", "experts_evaluate_seed2.json",
