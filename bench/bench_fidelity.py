@@ -20,10 +20,10 @@ in-memory store, streaming through Ray), driven in this process. Steps:
    :func:`cluster.sim.measured.fit_measured` makes from ALL the engine measurements, scaled by the
    host's speed in the two measurements that bracket the segment
    (:func:`cluster.sim.measured.speed_factor`). No replay time enters the table. The simulation
-   is repeated over ``--sim-seeds`` seeds (the jitter draws and the random slot hand-off); the
+   is repeated over ``--sim-seeds`` seeds (the jitter draws); the
    prediction is the median over seeds of each percentile, with its 10-90 % range.
 4. Write per level: rate, real and simulated p50 / p99 TTFT and TPOT (pooled over the level's
-   segments), relative errors, pass/fail against ``--tolerance`` (0.15), ablations (FIFO hand-off,
+   segments), relative errors, pass/fail against ``--tolerance`` (0.15), ablations (random hand-off,
    a table per concurrency instead of the phased one, no speed factor, no jitter), per segment
    real against simulated mean TTFT and median TPOT, the CPU share other jobs took, load average,
    machine, date, command, and the raw calibration samples and replay records (enough to refit
@@ -277,7 +277,7 @@ def analyse(cals: list[dict[str, Any]], segs: list[dict[str, Any]], fracs: list[
         real = real_percentiles(recs)
         sims = {
             "simulated": simulate(engines, [s["recs"] for s in mine], sim_seeds),
-            "fifo_hand_off": simulate(engines, [s["recs"] for s in mine], sim_seeds, hand_off="fifo"),
+            "random_hand_off": simulate(engines, [s["recs"] for s in mine], sim_seeds, hand_off="random"),
             "no_speed_factor": simulate([engine] * len(mine), [s["recs"] for s in mine], sim_seeds),
             "no_jitter": simulate(engines, [s["recs"] for s in mine], sim_seeds, jitter=False),
             "per_concurrency_table": simulate([engine_k.scaled(s["speed_k"]) for s in mine], [s["recs"] for s in mine], sim_seeds),

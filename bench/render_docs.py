@@ -368,7 +368,7 @@ def fidelity() -> str:
                          "yes" if abs(e) <= tol else "no"])
     out = _table(["load", "req/s", "requests (segments)", "metric", "real ms", "simulated ms (10-90 % over seeds)", "error",
                   f"within {100 * tol:g} %"], rows)
-    abl = {"fifo_hand_off": "FIFO hand-off", "per_concurrency_table": "per-concurrency table", "no_speed_factor": "no speed factor",
+    abl = {"random_hand_off": "random hand-off", "per_concurrency_table": "per-concurrency table", "no_speed_factor": "no speed factor",
            "no_jitter": "no jitter"}
     arows = []
     for lv in d["levels"]:

@@ -5,8 +5,8 @@ model a vLLM-like engine that batches every running sequence into one step. flot
 ExpertActor does not batch: each request runs alone (batch 1, its own KV cache) in one of the
 actor's ``max_concurrency`` threads, and concurrent requests share the host's cores. The Router
 dispatches a request only to a replica with a free slot (``active < capacity``); requests that
-find none wait on the slot pool's condition variable, and a released slot goes to whichever
-waiter wakes first (``notify_all``: not the oldest). This module simulates exactly that policy,
+find none queue in the slot pool, and a released slot goes to the oldest waiter whose pick takes
+it (:mod:`actors.replica_pool`). This module simulates exactly that policy,
 timed by a table measured on the real serving path (``bench/bench_fidelity.py`` measures one):
 
 * a request admitted at ``t`` (a slot free) spends ``overhead_s`` (router, Ray call, first
@@ -26,8 +26,9 @@ timed by a table measured on the real serving path (``bench/bench_fidelity.py`` 
   prefill and one from ``decode_jitter`` for its decode (empirical ratios of measured per-request
   times to the table's value, so the simulated spread is the measured spread); seeded, so a run
   is reproducible;
-* when a request finishes its slot goes at once to a waiting request: any of them, uniformly at
-  random (``hand_off="random"``, the Router's slot pool) or the oldest (``"fifo"``); an arrival
+* when a request finishes its slot goes at once to a waiting request: the oldest (``"fifo"``, the
+  Router's slot pool) or any of them, uniformly at random (``hand_off="random"``, what the pool did
+  while a release woke every waiter and the first to take the lock won); an arrival
   with several free replicas takes the least loaded (ties: the lowest index).
 
 The host's speed drifts (a shared machine): :func:`speed_factor` says how much slower a stretch
@@ -354,13 +355,13 @@ class MeasuredRun:
     peak: np.ndarray
 
 
-#: How a freed slot picks among the waiting requests: ``"random"`` (any waiter, uniformly; what the
-#: Router's slot pool does) or ``"fifo"`` (the oldest).
-HAND_OFFS = ("random", "fifo")
+#: How a freed slot picks among the waiting requests: ``"fifo"`` (the oldest; what the Router's slot
+#: pool does) or ``"random"`` (any waiter, uniformly).
+HAND_OFFS = ("fifo", "random")
 
 
 def run_measured(engine: MeasuredEngine, reqs: Requests, *, replicas: int = 1, seed: int = 0,
-                 jitter: bool = True, hand_off: str = "random") -> MeasuredRun:
+                 jitter: bool = True, hand_off: str = "fifo") -> MeasuredRun:
     """Simulate ``reqs`` on ``replicas`` identical replicas of ``engine`` (module docstring)."""
     validate.integer("replicas", replicas, minimum=1, maximum=100_000)
     if hand_off not in HAND_OFFS:

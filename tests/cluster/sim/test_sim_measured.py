@@ -144,12 +144,13 @@ def test_random_hand_off_gives_a_freed_slot_to_any_waiter_uniformly_and_seeded()
     reqs = _reqs([0.0, 0.1, 0.1, 0.1], [100] * 4, [5] * 4)
     firsts = []
     for seed in range(300):
-        run = run_measured(one, reqs, seed=seed)
+        run = run_measured(one, reqs, seed=seed, hand_off="random")
         assert run.admitted[0] == 0.0 and sorted(run.admitted[1:]) == pytest.approx([0.41, 0.82, 1.23])
         firsts.append(int(np.argmin(run.admitted[1:])) + 1)
     counts = np.bincount(firsts, minlength=4)[1:]
     assert counts.min() > 70  # each of the three waiters is served first about 100 times in 300
-    assert np.array_equal(run_measured(one, reqs, seed=7).admitted, run_measured(one, reqs, seed=7).admitted)
+    assert np.array_equal(run_measured(one, reqs, seed=7, hand_off="random").admitted,
+                          run_measured(one, reqs, seed=7, hand_off="random").admitted)
     with pytest.raises(InputError, match="hand_off"):
         run_measured(one, reqs, hand_off="lifo")
 
