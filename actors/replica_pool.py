@@ -54,6 +54,10 @@ class _Waiter:
 class ReplicaPool:
     """Replicas and their slots; see the module docstring."""
 
+    #: Seconds a waiting caller sleeps before it runs its own pick again (a change nobody handed
+    #: over, the pool closing, its deadline).
+    poll_s = 1.0
+
     def __init__(self, replicas: list[Replica], *, stop: threading.Event | None = None) -> None:
         self._replicas = list(replicas)
         self._cond = threading.Condition()  # its lock guards everything; drain waits on it
@@ -112,10 +116,10 @@ class ReplicaPool:
 
     def _await(self, waiter: _Waiter, deadline: float, what: str) -> Replica:
         """Block until ``waiter`` is handed a slot; raise when closed, its pick fails or past
-        ``deadline``. Every second it runs its own pick again (a change nobody handed over)."""
+        ``deadline``. Every ``poll_s`` it runs its own pick again (a change nobody handed over)."""
         while True:
             remaining = deadline - time.monotonic()
-            waiter.wake.acquire(timeout=min(max(remaining, 0.0), 1.0))
+            waiter.wake.acquire(timeout=min(max(remaining, 0.0), self.poll_s))
             with self._cond:
                 if waiter.replica is not None:
                     return waiter.replica

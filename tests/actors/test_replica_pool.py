@@ -160,6 +160,7 @@ def _queue_waiters(pool: ReplicaPool, picks: list, deadline_s: float = 30.0) -> 
 
 def test_freed_slots_go_to_waiters_first_come_first_served_waking_only_one():
     pool = _pool(("a-0", "a", 1))
+    pool.poll_s = 60.0  # no waiter re-runs its pick by itself during the test: only hand-overs count
     held = pool.acquire(_plan_pick(), _soon())
     calls = [0]
     base = _plan_pick()

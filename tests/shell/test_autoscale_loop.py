@@ -136,7 +136,9 @@ def test_the_recorder_flushes_by_itself_and_a_store_error_costs_only_samples(thr
     throwaway_redis.stop()
     rec.record(100, 20)
     rec.record(3, 4)
-    time.sleep(0.3)  # flushes fail meanwhile: the samples are lost, nothing raises
+    deadline = time.monotonic() + 10  # flushes fail meanwhile: the samples are lost, nothing raises
+    while rec.lost < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert rec.lost == 2
     throwaway_redis.start()  # empty again (no persistence)
     rec.record(100, 20)
