@@ -16,7 +16,7 @@ from tests.actors.test_llama import long_text
 from tests.shell.test_cli import flotilla
 
 KINDS = ("rtx4090", "a100-80g-sxm")
-ABOVE = 1024
+ABOVE = 512
 NEW_TOKENS = 6
 
 
@@ -31,7 +31,7 @@ def served(ray_session, tmp_path_factory):
     s = start_serving(ServeConfig(fleet=str(fleet), gateway=GatewayConfig(port=0), max_concurrency=1,
                                   max_context=4096, context_parallel_above=ABOVE))
     long = d / "LONG.txt"
-    long.write_text(long_text(110) + "\n\nWhich animal met the owl in line 3?")
+    long.write_text(long_text(38) + "\n\nWhich animal met the owl in line 3?")
     yield s, long
     s.shutdown()
 
