@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import machine  # noqa: E402 - after the path set-up
+
 #: The prompt mix: three lengths (with SmolLM2's chat template, about 44, 66 and 95 tokens).
 PROMPTS = (
     "Write a long story about a fleet of small boats crossing the sea.",
@@ -61,13 +62,6 @@ PROMPTS = (
     "who has never left her village before, keeps the lantern lit at the bow of the smallest boat.",
 )
 METRICS = ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms")
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 class HostMeter:
@@ -396,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engine, levels = analyse(cals, segs, fracs, capacity, args.tolerance, args.sim_seeds, f"{args.out or 'bench_fidelity'}: engine")
     doc = {
         "benchmark": "simulator fidelity vs flotilla's CPU serving (SmolLM2-135M ExpertActor behind the Router)",
-        "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _machine(),
+        "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(torch=True),
         "torch_threads_here": torch.get_num_threads(),
         "load_avg_start": list(load_start), "load_avg_end": list(os.getloadavg()),
         "model": "smollm2-135m", "concurrency": args.concurrency, "max_tokens": args.max_tokens,

@@ -31,11 +31,12 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.common import emit, machine
 
 BODY = {"model": "echo", "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "one two three four"}]}
@@ -46,11 +47,6 @@ VARIANTS = ("whole", "stream")
 #: the actual send time, so it is charged less than the HTTP variants when the client falls behind).
 REFERENCE = "grpc_stream"
 
-
-def _machine() -> dict[str, Any]:
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load_avg_1m": os.getloadavg()[0]}
 
 
 def _pct(xs: list[float], p: float) -> float | None:
@@ -224,14 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_against:
         print(json.dumps(asyncio.run(_load(args.load_against, args.variant, rates[0], args.seconds))))
         return 0
-    result = {"machine": _machine(), "command": "python -m bench.bench_http " + " ".join(argv or sys.argv[1:]),
+    result = {"machine": machine(), "command": "python -m bench.bench_http " + " ".join(argv or sys.argv[1:]),
               **bench(sorted(rates), args.seconds, args.p99_ms, variants)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover

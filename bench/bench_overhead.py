@@ -49,7 +49,8 @@ import sys
 import time
 from typing import Any
 
-from bench.bench_http import _machine, _pct  # the same machine record and nearest-rank percentile
+from bench.bench_http import _pct  # the same nearest-rank percentile
+from bench.common import emit, free_ports, machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "one two three four"
@@ -227,19 +228,6 @@ def _run_client(path: str, target: str, rate: float, seconds: float, seed: int) 
 # ------------------------------------------------------------------------------ Ray Serve
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _alias_proto() -> None:
     """Ray Serve pickles gRPC messages between its proxy and replicas; the generated classes name
     their module ``flotilla_pb2``, so that name must import in both."""
@@ -359,7 +347,7 @@ def bench(rates: list[float], seconds: float, p99_ms: float, paths: tuple[str, .
                 if not group:
                     continue
                 if server == "serve":
-                    http_port, grpc_port = _free_ports(2)
+                    http_port, grpc_port = free_ports(2)
                     _start_serve(http_port, grpc_port)
                     targets["serve_http"] = f"http://127.0.0.1:{http_port}/v1"
                     targets["serve_grpc"] = f"127.0.0.1:{grpc_port}"
@@ -431,15 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_against:
         print(json.dumps(asyncio.run(_load(args.client, args.load_against, rates[0], args.seconds, args.seed))))
         return 0
-    result = {"machine": _machine(), "command": "python -m bench.bench_overhead " + " ".join(argv or sys.argv[1:]),
+    result = {"machine": machine(), "command": "python -m bench.bench_overhead " + " ".join(argv or sys.argv[1:]),
               **bench(sorted(rates), args.seconds, args.p99_ms, paths, args.redis, args.seed)}
     result["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,22 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from bench.common import emit, machine
+
 PROMPT = "Write a long story about a fleet of small boats crossing the sea."
 
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load_avg_1m": os.getloadavg()[0]}
 
 
 def bench_decode(n_tokens: int, reps: int) -> dict[str, Any]:
@@ -215,18 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                 c.generate("warm up the path", max_tokens=4)
             print(json.dumps(_open_loop(c, args.rate, args.seconds)))
         return 0
-    result: dict[str, Any] = {"machine": _machine()}
+    result: dict[str, Any] = {"machine": machine(torch=True)}
     if args.part in ("decode", "all"):
         result["decode"] = bench_decode(args.tokens, args.reps)
         result["decode_actor"] = bench_actor_decode(args.tokens)
     if args.part in ("overhead", "all"):
         result["overhead"] = bench_overhead(args.rate, args.seconds, args.reps)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover

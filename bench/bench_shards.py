@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import random
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.progress import Progress  # noqa: E402
 
 from cluster.shell.cli.shards import shard_inputs  # noqa: E402
-from solvers.shards import ShardDevice, ShardModel, solve  # noqa: E402
+from solvers.shards import ShardModel, solve  # noqa: E402
 from tests.solvers.test_shards import brute_force, random_fleet  # noqa: E402
 
 FLEET = ["rtx4090", "rtx4090", "a100-80g-sxm", "a100-80g-sxm", "jetson-agx-orin-64",

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,14 +34,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import free_ports  # noqa: E402 - after the path set-up
+
 READY = "flotilla gateway on"
 GOAL_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def commit(tree: Path) -> str:
@@ -62,7 +60,7 @@ def chat(port: int, model: str, timeout_s: float) -> str:
 
 def run_once(tree: Path, model: str, timeout_s: float) -> dict:
     """Start serve from ``tree``, time it to ready, check one answer, stop it."""
-    port, http_port = free_port(), free_port()
+    port, http_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PYTHONPATH=str(tree), RAY_USAGE_STATS_ENABLED="0", FLOTILLA_CONFIG=str(tree / ".no-config.yaml"))
     cmd = [sys.executable, "-m", "cluster.shell.cli.main", "serve", "--port", str(port), "--http-port", str(http_port),
@@ -136,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"after": args.after.resolve()}
     if args.before is not None:
         trees = {"before": args.before.resolve(), "after": args.after.resolve()}
-    sys.path.insert(0, str(ROOT))
     from actors.llm.loader import ensure_cached, resolve_source
 
     ensure_cached(resolve_source(None))  # "once the cache exists": building it is not timed

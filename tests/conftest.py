@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from testkit import free_ports
 
 # Logical CPUs for the session's Ray instance. Actors in tests ask for fractions of a CPU, so this
 # is a scheduling budget, not a claim about the 2-core machine.
@@ -52,9 +53,7 @@ def redis_url() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class ThrowawayRedis:

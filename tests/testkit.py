@@ -3,12 +3,12 @@ tests/conftest.py)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import typer
 from typer.testing import CliRunner
 
+from bench.common import free_ports  # noqa: F401 - one helper for the tests and the benchmarks
 from cluster.exceptions import InputError
 
 
@@ -28,18 +28,6 @@ def run_command(register: Callable[[typer.Typer], None], *args: str) -> tuple[in
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception
     return res.exit_code, res.stdout, res.stderr if res.stderr_bytes is not None else ""
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports on 127.0.0.1 that nothing listened on when asked."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_until_dead(handle: object, timeout_s: float = 60.0) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,18 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
+from bench.common import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "fake_cluster.yaml"
 KINDS = ("l4", "a10g", "a100-80g-sxm")
 SHORT = " ".join(f"w{i}" for i in range(40))          # ~50 input tokens, max_tokens 32
 LONG = " ".join(f"long{i:04d}" for i in range(900))   # ~2000 input tokens, max_tokens 512
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -153,7 +147,7 @@ def fake_cluster(tmp_path):
     """A fake multinode Ray cluster with an autoscaler; yields its address; stopped after."""
     import yaml
 
-    port = _free_port()
+    port, client, dashboard, agent = free_ports(4)
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["provider"]["gcs_address"] = f"127.0.0.1:{port}"  # where the fake nodes join (default: 6379)
     path = tmp_path / "fake_cluster.yaml"
@@ -164,8 +158,8 @@ def fake_cluster(tmp_path):
          f"--autoscaling-config={path}", "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={temp}",
          "--disable-usage-stats",
          # ports that default to fixed numbers: free ones, so two such clusters can run at once
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}"],
+         f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent}"],
         env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=120)
