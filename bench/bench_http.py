@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-from bench.common import emit, machine
+from bench.common import emit, machine, read_sse_text
 
 BODY = {"model": "echo", "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "one two three four"}]}
@@ -81,22 +81,11 @@ async def _load(url: str, variant: str, rate: float, seconds: float) -> dict[str
                     doc = await r.json()
                     ok = doc["choices"][0]["message"]["content"] == EXPECTED
                 else:
-                    text, first, done = "", None, False
-                    async for line in r.content:
-                        if not line.startswith(b"data: "):
-                            continue
-                        data = line[6:].strip()
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        ev = json.loads(data)
-                        piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
-                        if piece and first is None:
-                            first = time.perf_counter()
-                        text += piece or ""
+                    first: list[float] = []
+                    text, done = await read_sse_text(r, lambda: first.append(time.perf_counter()))
                     ok = done and text == EXPECTED
-                    if ok and first is not None:
-                        ttft.append((first - t_sched) * 1e3)
+                    if ok and first:
+                        ttft.append((first[0] - t_sched) * 1e3)
                 if not ok:
                     error("wrong answer")
                     return

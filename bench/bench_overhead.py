@@ -50,7 +50,7 @@ import time
 from typing import Any
 
 from bench.bench_http import _pct  # the same nearest-rank percentile
-from bench.common import emit, free_ports, machine
+from bench.common import emit, free_ports, machine, read_sse_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "one two three four"
@@ -124,17 +124,7 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
                 if kind == "http_whole":
                     doc = await r.json(content_type=None)
                     return doc["choices"][0]["message"]["content"] == EXPECTED
-                text, done = "", False
-                async for line in r.content:
-                    if not line.startswith(b"data: "):
-                        continue
-                    data = line[6:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    ev = json.loads(data)
-                    if ev.get("choices"):
-                        text += ev["choices"][0]["delta"].get("content") or ""
+                text, done = await read_sse_text(r)
                 return done and text == EXPECTED
 
     async def one(t_sched: float) -> None:

@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -44,3 +45,23 @@ def emit(result: dict[str, Any], out: str | None) -> int:
         with open(out, "w") as f:
             f.write(text + "\n")
     return 0
+
+
+async def read_sse_text(response: Any, on_first: Callable[[], None] | None = None) -> tuple[str, bool]:
+    """Read an OpenAI server-sent-event stream (an ``aiohttp`` response) to ``data: [DONE]``:
+    ``(the content deltas joined, whether [DONE] came)``; ``on_first`` is called when the first
+    non-empty delta arrives."""
+    text, first = "", True
+    async for line in response.content:
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:].strip()
+        if data == b"[DONE]":
+            return text, True
+        ev = json.loads(data)
+        piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
+        if piece and first and on_first is not None:
+            on_first()
+        first = first and not piece
+        text += piece or ""
+    return text, False
