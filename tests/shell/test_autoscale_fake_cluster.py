@@ -169,9 +169,12 @@ def fake_cluster(tmp_path):
         for sig in (signal.SIGTERM, signal.SIGKILL):  # every Ray process of this cluster: its group
             try:
                 os.killpg(proc.pid, sig)
+                end = time.monotonic() + 3
+                while time.monotonic() < end:  # until the group is empty (killpg 0 raises), 3 s at most
+                    time.sleep(0.1)
+                    os.killpg(proc.pid, 0)
             except ProcessLookupError:
                 break
-            time.sleep(2)
 
 
 def test_step_up_launches_planned_kinds_and_step_down_releases_them(fake_cluster, tmp_path):

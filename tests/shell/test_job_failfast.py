@@ -76,7 +76,7 @@ def token_head(tmp_path_factory):
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
+            proc.wait(timeout=3)  # a throw-away head: a few seconds' grace, then its group is killed
         except ProcessLookupError:
             pass
         except subprocess.TimeoutExpired:

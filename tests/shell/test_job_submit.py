@@ -66,7 +66,7 @@ def head():
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
+            proc.wait(3)  # a throw-away head: a few seconds' grace, then its group is killed
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
 
