@@ -77,10 +77,19 @@ def test_submitted_job_serves_through_the_gateway(head):
     from cluster.shell.client import Client
 
     (port,) = free_ports(1)
-    job = head.submit_job(
-        entrypoint=f"python -m cluster.shell.job serve --model echo --port {port}",
-        runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "**/__pycache__", ".hypothesis", ".pytest_cache"]},
-    )
+    deadline = time.monotonic() + 60
+    while True:  # the dashboard answers before the head's job agent has registered with it
+        try:
+            job = head.submit_job(
+                entrypoint=f"python -m cluster.shell.job serve --model echo --port {port}",
+                runtime_env={"working_dir": str(REPO),
+                             "excludes": [".venv", ".git", "**/__pycache__", ".hypothesis", ".pytest_cache"]},
+            )
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
     try:
         with Client(f"127.0.0.1:{port}") as c:
             deadline = time.monotonic() + 150
