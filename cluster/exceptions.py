@@ -22,6 +22,10 @@ class StoreUnavailableError(FlotillaError):
     """The state store cannot be reached; the message names the URL (password removed)."""
 
 
+class RayStartError(FlotillaError):
+    """A local Ray instance could not be started (its first error line, with what to try)."""
+
+
 class CapacityError(FlotillaError):
     """A device cannot hold what was asked of it (memory ledger over capacity)."""
 

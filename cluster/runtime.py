@@ -13,6 +13,7 @@ CPU and reports the modeled time and energy of its kind, labelled as modeled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -24,7 +25,7 @@ import yaml
 
 from cluster.catalog import Catalog, kind_from_device_name
 from cluster.probe import probed_catalog
-from cluster.exceptions import CatalogError, InputError, UnknownDeviceKindError
+from cluster.exceptions import CatalogError, InputError, RayStartError, UnknownDeviceKindError
 
 RESOURCE_PREFIX = "device:"
 
@@ -284,15 +285,22 @@ def start(
         resources = fleet.resources()
         owns = not ray.is_initialized()
         if owns:
-            ray.init(
-                address="local",
-                num_cpus=num_cpus if num_cpus is not None else max(os.cpu_count() or 1, fleet.size + 2),
-                resources=resources,
-                namespace=namespace,
-                include_dashboard=False,
-                logging_level="ERROR",
-                log_to_driver=False,
-            )
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus if num_cpus is not None else max(os.cpu_count() or 1, fleet.size + 2),
+                    resources=resources,
+                    namespace=namespace,
+                    include_dashboard=False,
+                    logging_level="ERROR",
+                    log_to_driver=False,
+                )
+            except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
+                with contextlib.suppress(Exception):
+                    ray.shutdown()  # whatever part of it did start
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise RayStartError(f"could not start a local Ray instance: {first} ({type(exc).__name__}); "
+                                    "Ray's logs are under /tmp/ray/session_latest/logs") from None
         slots = _assign_cuda(fleet.slots(), detected)
         return Runtime(embedded=True, address=None, slots=slots, fleet_name=fleet.name, owns_ray=owns)
 

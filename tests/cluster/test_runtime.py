@@ -144,3 +144,26 @@ def test_joined_cluster_slots_follow_each_nodes_gpus() -> None:
         ("l4-0", "c-mixed", 0, False),
         ("rtx4090-2", "c-mixed", None, True),
     ]
+
+
+def test_a_local_ray_that_fails_to_start_is_one_flotilla_error() -> None:
+    """ray.init refusing to start (here: a negative CPU count, which Ray itself rejects) becomes
+    RayStartError with Ray's first line, and the CLI prints it as one line (exit 1), not a
+    traceback. Run in a fresh process: this one may hold the session's Ray already."""
+    code = (
+        "import sys\n"
+        "from cluster.exceptions import RayStartError\n"
+        "from cluster.runtime import load_fleet, start\n"
+        "from cluster.shell.console import exit_code_for\n"
+        "try:\n"
+        "    start(load_fleet('examples/fleet.yaml'), num_cpus=-1)\n"
+        "except RayStartError as exc:\n"
+        "    sys.exit(exit_code_for(exc))\n"
+        "sys.exit(0)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("flotilla:")]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith("flotilla: failed: could not start a local Ray instance: Resource quantities must be "
+                               "nonnegative") and "(ValueError)" in lines[0] and "/tmp/ray/session_latest/logs" in lines[0]

@@ -61,9 +61,10 @@ def test_progress_lines_outside_a_terminal_then_ready():
         _, rest = p.communicate(timeout=90)
     phases = [m.groups() for m in (re.match(r"^\[ *(\d+\.\d) s\] (.*)$", ln) for ln in lines) if m]
     said = [text for _, text in phases]
-    assert said[0] == "starting Ray for 5 devices (fleet 'example')…", lines
+    whole = "\n".join(lines) + "\n" + rest  # all of stderr, unabridged, when an assertion fails
+    assert said[0] == "starting Ray for 5 devices (fleet 'example')…", whole
     assert said[1:] == ["Ray is up; starting 5 device actors…", "starting 5 echo experts…", "5 device actors up",
-                        "5 experts loaded; starting the router and the gateways…", "ready"], lines
+                        "5 experts loaded; starting the router and the gateways…", "ready"], whole
     times = [float(t) for t, _ in phases]
     assert times == sorted(times)
     assert lines[-1].startswith("flotilla gateway on 127.0.0.1:")
