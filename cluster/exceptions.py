@@ -23,7 +23,7 @@ class StoreUnavailableError(FlotillaError):
 
 
 class RayStartError(FlotillaError):
-    """A local Ray instance could not be started (its first error line, with what to try)."""
+    """A local Ray instance could not be started (Ray's first error line and where its logs are)."""
 
 
 class CapacityError(FlotillaError):
