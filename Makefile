@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/flotilla demo --fleet examples/fleet.yaml
 
+# Each half of the suite ends with its 12 slowest tests, so a slow run shows where the time went.
 test: setup
 	$(BIN)/lint-imports --no-cache
-	@PY=$(BIN)/python scripts/with-redis scripts/run-tests
+	@PY=$(BIN)/python scripts/with-redis scripts/run-tests --durations=12
 
 # Each benchmark writes its figures under bench/results/; docs/benchmarks.md cites them.
 # The GPU checks exit 0 with a message on a machine without CUDA.
