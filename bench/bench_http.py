@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-from bench.common import emit, machine, read_sse_text
+from bench.common import emit, machine, percentile, read_sse_text
 
 BODY = {"model": "echo", "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "one two three four"}]}
@@ -46,14 +46,6 @@ VARIANTS = ("whole", "stream")
 #: loaded by ``bench.bench_serving``'s client process (threads + the sync gRPC client; latency from
 #: the actual send time, so it is charged less than the HTTP variants when the client falls behind).
 REFERENCE = "grpc_stream"
-
-
-
-def _pct(xs: list[float], p: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[max(0, min(len(xs) - 1, int(round(p / 100 * len(xs))) - 1))]  # nearest rank
 
 
 async def _load(url: str, variant: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -110,8 +102,8 @@ async def _load(url: str, variant: str, rate: float, seconds: float) -> dict[str
         sent_s = time.perf_counter() - start
         await asyncio.gather(*tasks)
     return {"variant": variant, "rate_rps": rate, "requests": n, "sent_rps": n / sent_s, "ok": len(lat),
-            "errors": errors, "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90), "p99_ms": _pct(lat, 99),
-            "max_ms": max(lat) if lat else None, "ttft_p50_ms": _pct(ttft, 50), "ttft_p99_ms": _pct(ttft, 99),
+            "errors": errors, "p50_ms": percentile(lat, 50), "p90_ms": percentile(lat, 90), "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat) if lat else None, "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
             "load_avg_1m": os.getloadavg()[0]}
 
 

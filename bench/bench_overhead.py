@@ -49,8 +49,7 @@ import sys
 import time
 from typing import Any
 
-from bench.bench_http import _pct  # the same nearest-rank percentile
-from bench.common import emit, free_ports, machine, read_sse_text
+from bench.common import emit, free_ports, machine, percentile, read_sse_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "one two three four"
@@ -171,7 +170,7 @@ async def _load(kind: str, target: str, rate: float, seconds: float, seed: int) 
         for close in closers:
             await close()
     return {"requests": n, "sent_rps": n / sent_s, "achieved_rps": len(lat) / wall_s, "ok": len(lat), "errors": errors,
-            "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90), "p99_ms": _pct(lat, 99),
+            "p50_ms": percentile(lat, 50), "p90_ms": percentile(lat, 90), "p99_ms": percentile(lat, 99),
             "max_ms": max(lat) if lat else None, "client_cpu_ms_per_request": cpu_s / n * 1e3,
             "load_avg_1m": os.getloadavg()[0]}
 

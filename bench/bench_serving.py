@@ -27,10 +27,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.common import emit, machine
+from bench.common import emit, machine, percentile
 
 PROMPT = "Write a long story about a fleet of small boats crossing the sea."
-
 
 
 def bench_decode(n_tokens: int, reps: int) -> dict[str, Any]:
@@ -118,10 +117,9 @@ def _open_loop(client: Any, rate: float, seconds: float) -> dict[str, Any]:
                 time.sleep(delay)
             pool.submit(one)
     achieved = n / (time.perf_counter() - start)
-    lat.sort()
-    pct = lambda p: lat[max(0, min(len(lat) - 1, int(round(p / 100 * len(lat))) - 1))]  # noqa: E731 - nearest rank
     return {"rate_rps": rate, "achieved_rps": achieved, "requests": n, "refused": refused[0],
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": lat[-1], "load_avg_1m": os.getloadavg()[0]}
+            "p50_ms": percentile(lat, 50), "p90_ms": percentile(lat, 90), "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat), "load_avg_1m": os.getloadavg()[0]}
 
 
 #: Variants compared by the overhead benchmark: the router's dispatch path

@@ -37,6 +37,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def percentile(xs: list[float], p: float) -> float | None:
+    """The nearest-rank ``p``-th percentile of ``xs`` (None when empty)."""
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[max(0, min(len(xs) - 1, int(round(p / 100 * len(xs))) - 1))]
+
+
 def emit(result: dict[str, Any], out: str | None) -> int:
     """Print ``result`` as indented JSON and, with ``out``, write the same text there; returns 0."""
     text = json.dumps(result, indent=2)
